@@ -1,0 +1,1 @@
+"""Torch-free pcap side of mmae-hf: read captures, assemble flows, anonymise, compute statistics."""
