@@ -1,0 +1,162 @@
+"""Model cards for fine-tuned MMAE classifiers, filled from the fine-tuning results.
+
+`build_finetuned_model_card(summary, ...)` turns the summary that `run_finetuning` returns into a
+`huggingface_hub.ModelCard`: YAML metadata (license, library, tags, base model, datasets and the
+``model-index`` with test accuracy, macro-F1 and weighted-F1 from `EvalResult`s) plus a Markdown body rendered
+from ``model_cards/mmae_classifier.md`` (data, preprocessing / anonymisation profile, training recipe, results
+table with optional baselines, per-class scores, OOD threshold, limitations).
+"""
+
+import re
+from pathlib import Path
+from typing import Any
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "model_cards"
+DEFAULT_TEMPLATE = TEMPLATE_DIR / "mmae_classifier.md"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_repo_id(value: str | None) -> bool:
+    """True for ``owner/name`` strings that are not an existing local path (those are safe to publish)."""
+    return bool(value) and _REPO_ID.match(value) is not None and not Path(value).exists()
+
+
+def describe_preprocessing(feature_extractor_config: dict | None) -> str:
+    """Markdown lines describing the flow-extraction and anonymisation settings of the feature extractor."""
+    if not feature_extractor_config:
+        return ("No `preprocessor_config.json` was available at training time, so the flow-extraction and "
+                "anonymisation settings are not recorded with this model. Treat inputs with care.")
+    options = feature_extractor_config.get("flow_options", feature_extractor_config)
+    lines = []
+    profile = options.get("anonymize")
+    if profile is not None:
+        lines.append(f"- Anonymisation profile: **{profile}**")
+    direction = options.get("bidirectional")
+    if direction is not None:
+        lines.append(f"- Flows: {'bidirectional (both directions of a connection form one flow)' if direction else 'unidirectional 5-tuples'}")
+    layout = [options.get(k) for k in ("num_packets", "header_bytes", "payload_bytes")]
+    if all(v is not None for v in layout):
+        n, h, p = layout
+        lines.append(f"- Input bytes: first {n} packets x ({h} header bytes from the IP header on + {p} L4-payload "
+                     f"bytes) = {n * (h + p)} bytes, zero-padded")
+    for key, text in (("idle_timeout", "idle timeout (s)"), ("active_timeout", "active timeout (s)"),
+                      ("tcp_close", "end flows at TCP FIN/RST"), ("min_packets", "minimum packets per flow"),
+                      ("drop_service_chatter", "drop DNS/DHCP/NTP/... service flows")):
+        if key in options:
+            lines.append(f"- {text}: {options[key]}")
+    shown = {"anonymize", "bidirectional", "num_packets", "header_bytes", "payload_bytes", "idle_timeout",
+             "active_timeout", "tcp_close", "min_packets", "drop_service_chatter"}
+    rest = {k: v for k, v in options.items() if k not in shown and not k.startswith("_")
+            and k not in ("feature_extractor_type", "processor_class", "model_input_names")}
+    if rest:
+        lines.append("- Other settings: " + ", ".join(f"`{k}={v}`" for k, v in sorted(rest.items())))
+    return "\n".join(lines) if lines else "Feature extractor settings: defaults."
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{float(value):.4f}"
+
+
+def _baseline_rows(baselines: list[dict[str, Any]] | None) -> list[dict[str, str]]:
+    rows = []
+    for entry in baselines or []:
+        test = entry.get("test", entry)
+        rows.append({"name": entry["name"], **{k: _fmt(test.get(k)) for k in
+                    ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall")}})
+    return rows
+
+
+def build_finetuned_model_card(
+    summary: dict[str, Any],
+    dataset_name: str,
+    feature_extractor_config: dict | None = None,
+    config=None,
+    baselines: list[dict[str, Any]] | None = None,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    template_path: str | Path | None = None,
+):
+    """Render the model card of a fine-tuned classifier.
+
+    Args:
+        summary: the dict returned by `mmae_hf.training.finetuning.run_finetuning` (needs ``test``,
+            ``validation``, ``label_names``, ``num_rows``, ``hyperparameters`` and the OOD fields).
+        dataset_name: dataset repo id (goes into the ``datasets:`` metadata when it is one) or a plain name.
+        feature_extractor_config: the saved ``preprocessor_config.json`` as a dict (for the preprocessing section).
+        config: the model config (for the architecture line); optional.
+        baselines: extra rows for the results table, each ``{"name": ..., "test": {accuracy, macro_f1, ...}}``.
+        repo_id: where the model is (or will be) published, used in the usage snippet.
+        template_path: a Jinja Markdown template; defaults to ``model_cards/mmae_classifier.md``.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    template = Path(template_path) if template_path else DEFAULT_TEMPLATE
+    if not template.is_file():
+        raise FileNotFoundError(f"model card template {template} not found (pass template_path=...)")
+    model_name = summary["model_name"]
+    test, validation = summary["test"], summary["validation"]
+    pretrained = summary.get("pretrained")
+    if not is_hub_repo_id(dataset_name) and Path(dataset_name).exists():
+        dataset_name = Path(dataset_name).resolve().name  # never publish a path of the training machine
+    dataset_type = dataset_name if is_hub_repo_id(dataset_name) else dataset_name.replace(" ", "-")
+
+    def result(metric_type, value, name, args=None):
+        return EvalResult(task_type="text-classification", task_name="Flow classification",
+                          dataset_type=dataset_type, dataset_name=dataset_name, dataset_split="test",
+                          metric_type=metric_type, metric_name=name, metric_value=float(value), metric_args=args)
+
+    card_data = ModelCardData(
+        license=license,
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["mmae", "network-traffic", "encrypted-traffic-classification", "masked-autoencoder"],
+        datasets=[dataset_name] if is_hub_repo_id(dataset_name) else None,
+        base_model=pretrained if is_hub_repo_id(pretrained) else None,
+        model_name=model_name,
+        metrics=["accuracy", "f1"],
+        eval_results=[
+            result("accuracy", test["accuracy"], "Accuracy"),
+            result("f1", test["macro_f1"], "Macro F1", {"average": "macro"}),
+            result("f1", test["weighted_f1"], "Weighted F1", {"average": "weighted"}),
+        ],
+    )
+    if pretrained is None:
+        init = f"trained from scratch from the `{summary.get('preset')}` preset, no pre-training"
+    elif is_hub_repo_id(pretrained):
+        init = f"initialised from the pre-trained encoder [{pretrained}](https://huggingface.co/{pretrained})"
+    else:
+        init = "initialised from a locally pre-trained MMAE encoder"
+    if config is not None:
+        init += (f"; {config.num_hidden_layers} layers, hidden size {config.hidden_size}, "
+                 f"{config.num_attention_heads} heads")
+    threshold = summary.get("ood_threshold")
+    ood_rate = summary.get("test_share_below_ood_threshold")
+    card = ModelCard.from_template(
+        card_data,
+        template_str=template.read_text(),
+        model_name=model_name,
+        repo_id=repo_id or f"<user>/{model_name}",
+        init_description=init,
+        num_labels=len(summary["label_names"]),
+        label_names=summary["label_names"],
+        dataset_name=dataset_name,
+        num_rows=summary["num_rows"],
+        num_train_rows_used=summary.get("num_train_rows_used", summary["num_rows"]["train"]),
+        preprocessing=describe_preprocessing(feature_extractor_config),
+        recipe=summary.get("hyperparameters", {}),
+        best_checkpoint=summary.get("best_checkpoint") or "final",
+        best_validation_macro_f1=summary.get("best_validation_macro_f1"),
+        train_runtime_s=summary.get("train_runtime_s") or 0.0,
+        global_steps=summary.get("global_steps", 0),
+        validation=validation,
+        test=test,
+        per_class=test.get("per_class", {}),
+        baselines=_baseline_rows(baselines),
+        ood_threshold_text="None (no correct validation flow)" if threshold is None else f"{threshold:.4f}",
+        ood_percentile=summary.get("ood_percentile", 5.0),
+        ood_rate_text="n/a" if ood_rate is None else f"{100 * ood_rate:.1f}%",
+    )
+    return card
+
+
+__all__ = ["build_finetuned_model_card", "describe_preprocessing", "is_hub_repo_id"]
