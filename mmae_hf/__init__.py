@@ -3,4 +3,52 @@
 Importing the package registers the MMAE classes with the transformers Auto* factories.
 """
 
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
+)
+
+from .configuration_mmae import PRESETS, MMAEConfig
+from .flowmix import DataCollatorForFlowMix
+from .modeling_mmae import (
+    MMAEForPreTraining,
+    MMAEForPreTrainingOutput,
+    MMAEForSequenceClassification,
+    MMAEModel,
+    MMAEPreTrainedModel,
+    MMAETeacherOutput,
+    set_auto_map,
+)
+from .pmp import hard_mask_share
+from .teacher import MeanTeacher
+
+
 __version__ = "0.1.0"
+
+AutoConfig.register("mmae", MMAEConfig, exist_ok=True)
+AutoModel.register(MMAEConfig, MMAEModel, exist_ok=True)
+AutoModelForPreTraining.register(MMAEConfig, MMAEForPreTraining, exist_ok=True)
+AutoModelForSequenceClassification.register(MMAEConfig, MMAEForSequenceClassification, exist_ok=True)
+
+# trust_remote_code: save_pretrained copies the .py files; the full auto_map is written by MMAEPreTrainedModel.
+MMAEConfig.register_for_auto_class()
+MMAEModel.register_for_auto_class("AutoModel")
+MMAEForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+MMAEForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+__all__ = [
+    "PRESETS",
+    "DataCollatorForFlowMix",
+    "MMAEConfig",
+    "MMAEForPreTraining",
+    "MMAEForPreTrainingOutput",
+    "MMAEForSequenceClassification",
+    "MMAEModel",
+    "MMAEPreTrainedModel",
+    "MMAETeacherOutput",
+    "MeanTeacher",
+    "hard_mask_share",
+    "set_auto_map",
+]

@@ -1,0 +1,142 @@
+# Copyright 2026 The mmae-hf authors. Licensed under the Apache License, Version 2.0.
+"""FlowMix batching: stack data-contract rows, pair every flow with a similar partner, draw the mask noise.
+
+Pairing (method.md §4.1, official `get_symmetric_pairing`): greedy most-similar-first symmetric matching on the cosine
+similarity of the flows' statistics. The official code embeds the 27 statistics with a StatEncoder whose parameters
+never receive gradients (a fixed random map behind a batch-statistics BatchNorm); we use the batch-standardised,
+signed-log statistics directly (the BatchNorm part, without the random projection), so nothing is fitted on data.
+
+The matching is computed with the "locally dominant edge" rounds: in every round each unpaired flow points at its
+most similar unpaired flow, and mutual choices are paired. Every mutual choice is an edge the sequential greedy
+algorithm would also take, so the result equals greedy most-similar-first matching (for distinct similarities), in a
+handful of vectorised rounds instead of B/2 global argmax steps. With an odd batch the one flow left over is its own
+partner (no mixing for it: its "masked" tokens stay its own tokens).
+"""
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+
+PER_PACKET_COLUMNS = {
+    "packet_lengths": torch.int32,
+    "packet_iats": torch.float32,
+    "packet_directions": torch.int8,
+    "flow_stats": torch.float32,
+}
+
+
+def transform_flow_stats(flow_stats: torch.Tensor) -> torch.Tensor:
+    """Fixed transform of raw statistics [B, S] before pairing: signed log1p, then standardised over the batch (as the
+    official BatchNorm in train mode); non-finite values count as 0."""
+    x = torch.nan_to_num(flow_stats.double(), nan=0.0, posinf=0.0, neginf=0.0)
+    x = torch.sign(x) * torch.log1p(x.abs())
+    x = x - x.mean(dim=0, keepdim=True)
+    return x / (x.var(dim=0, unbiased=False, keepdim=True) + 1e-5).sqrt()
+
+
+def greedy_symmetric_pairing(features: torch.Tensor) -> torch.Tensor:
+    """Greedy most-similar-first perfect matching on the cosine similarity of `features` [B, F].
+
+    Returns `partner` [B] (long), an involution: `partner[partner] == arange(B)`; flows are never their own partner
+    except the single leftover of an odd batch.
+    """
+    batch = features.shape[0]
+    partner = torch.arange(batch, device=features.device)
+    if batch < 2:
+        return partner
+    unit = torch.nn.functional.normalize(features.double(), dim=1)
+    sim = unit @ unit.T
+    sim.fill_diagonal_(float("-inf"))
+    free = torch.ones(batch, dtype=torch.bool, device=features.device)
+    index = torch.arange(batch, device=features.device)
+    while int(free.sum()) >= 2:
+        masked = sim.masked_fill(~(free.unsqueeze(0) & free.unsqueeze(1)), float("-inf"))
+        best = masked.argmax(dim=1)
+        mutual = free & (best[best] == index) & (best != index)
+        if not bool(mutual.any()):
+            # Only possible with ties: take the global best pair, like one step of the sequential algorithm.
+            flat = int(masked.argmax())
+            r, c = divmod(flat, batch)
+            mutual = torch.zeros_like(free)
+            mutual[r] = mutual[c] = True
+            best = best.clone()
+            best[r], best[c] = c, r
+        partner[mutual] = best[mutual]
+        free &= ~mutual
+    return partner
+
+
+def _stack(values, dtype: torch.dtype, name: str) -> torch.Tensor:
+    try:
+        if isinstance(values[0], torch.Tensor):
+            return torch.stack([v.to(dtype) for v in values])
+        return torch.from_numpy(np.stack([np.asarray(v) for v in values])).to(dtype)
+    except (ValueError, RuntimeError, TypeError) as error:
+        raise ValueError(f"column {name!r}: rows cannot be stacked into one tensor ({error})") from error
+
+
+class DataCollatorForFlowMix:
+    """Collates data-contract rows for `MMAEForPreTraining`.
+
+    Args:
+        config: an `MMAEConfig` (byte layout, token count).
+        seed: seed of the collator's own `torch.Generator` (pairing ties, mask noise). With DataLoader workers every
+            worker derives its own stream (`seed + 1_000_003 * worker_id`), so workers never repeat each other.
+        use_flowmix: compute `partner_index` (False: plain MAE batches, no pairing).
+
+    `__call__(rows)` takes a list of dicts with `payload` (or `input_bytes`), `packet_lengths`, `packet_iats`,
+    `packet_directions`, `flow_stats` (numpy arrays, lists or tensors; optional `label`/`labels`) and returns
+    `input_bytes` [B, num_bytes] uint8, `packet_lengths` [B, P] int32, `packet_iats` [B, P] float32,
+    `packet_directions` [B, P] int8, `flow_stats` [B, S] float32, `partner_index` [B] long (with FlowMix),
+    `mask_noise` [B, num_tokens] float32 in [0, 1), and `labels` [B] long when the rows carry labels.
+    """
+
+    def __init__(self, config, seed: int | None = None, use_flowmix: bool = True):
+        self.config = config
+        self.seed = seed
+        self.use_flowmix = use_flowmix
+        self.generator = torch.Generator()
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        else:
+            self.generator.seed()
+        self._worker_id = None
+
+    def _maybe_reseed_for_worker(self):
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self._worker_id != info.id:
+            self._worker_id = info.id
+            base = self.seed if self.seed is not None else int(info.seed)
+            self.generator.manual_seed(base + 1_000_003 * info.id)
+
+    def __call__(self, rows: Sequence[Mapping]) -> dict:
+        if len(rows) == 0:
+            raise ValueError("DataCollatorForFlowMix got an empty batch")
+        self._maybe_reseed_for_worker()
+        first = rows[0]
+        byte_key = "payload" if "payload" in first else "input_bytes"
+        if byte_key not in first:
+            raise ValueError(f"rows need a 'payload' (or 'input_bytes') column; got columns {sorted(first)}")
+        input_bytes = _stack([r[byte_key] for r in rows], torch.uint8, byte_key)
+        if input_bytes.shape[1] != self.config.num_bytes:
+            raise ValueError(f"{byte_key!r} rows have {input_bytes.shape[1]} bytes, the model expects {self.config.num_bytes}")
+        batch = {"input_bytes": input_bytes}
+        for name, dtype in PER_PACKET_COLUMNS.items():
+            if name in first:
+                batch[name] = _stack([r[name] for r in rows], dtype, name)
+        label_key = "labels" if "labels" in first else ("label" if "label" in first else None)
+        if label_key is not None:
+            batch["labels"] = torch.as_tensor([int(r[label_key]) for r in rows], dtype=torch.long)
+        size = input_bytes.shape[0]
+        if self.use_flowmix:
+            if "flow_stats" in batch:
+                batch["partner_index"] = greedy_symmetric_pairing(transform_flow_stats(batch["flow_stats"]))
+            else:
+                raise ValueError("FlowMix pairing needs the 'flow_stats' column (or use_flowmix=False)")
+        batch["mask_noise"] = torch.rand(size, self.config.num_tokens, generator=self.generator)
+        return batch
+
+
+__all__ = ["DataCollatorForFlowMix", "greedy_symmetric_pairing", "transform_flow_stats"]
