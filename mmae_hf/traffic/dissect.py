@@ -1,0 +1,241 @@
+"""Vectorised dissection of a block of frames: link layer, VLAN tags, IPv4/IPv6 (with extension headers), TCP/UDP.
+
+All fields of all frames of a ``RecordChunk`` are extracted with numpy fancy indexing; there is no per-packet Python.
+Frames that cannot be part of a TCP/UDP flow get a skip reason code (index into ``SKIP_REASONS`` + 1).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .core import SKIP_REASONS
+from .pcapio import RecordChunk
+
+OK = 0
+R_NON_IP, R_FRAGMENT, R_TRUNCATED, R_MALFORMED, R_LINKTYPE, R_TRANSPORT, R_FILTERED, R_SHORT = range(1, 9)
+assert SKIP_REASONS[R_SHORT - 1] == "short_flow"
+
+LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW_12, LINKTYPE_RAW_14 = 0, 1, 12, 14
+LINKTYPE_RAW, LINKTYPE_LOOP, LINKTYPE_SLL, LINKTYPE_SLL2 = 101, 108, 113, 276
+SUPPORTED_LINKTYPES = (0, 1, 12, 14, 101, 108, 113, 276)
+VLAN_ETHERTYPES = (0x8100, 0x88A8, 0x9100)
+AF_INET6_VALUES = (10, 24, 28, 30)  # Linux, OpenBSD/NetBSD, FreeBSD, macOS
+
+# UDP/TCP services that are infrastructure chatter rather than application traffic (NetMamba+ removes them too)
+SERVICE_CHATTER_PORTS = (53, 67, 68, 123, 137, 138, 1900, 5353, 5355, 546, 547)
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+
+@dataclass
+class PacketBatch:
+    """Per-frame fields of one chunk (arrays of equal length n; offsets index ``data``)."""
+
+    data: np.ndarray  # uint8 block
+    timestamp: np.ndarray  # float64
+    reason: np.ndarray  # int8, 0 = usable TCP/UDP packet
+    ip_version: np.ndarray  # int8, 4 / 6 / 0
+    l3: np.ndarray  # int64 offset of the IP header
+    l4: np.ndarray  # int64 offset of the TCP/UDP header
+    payload_start: np.ndarray  # int64 offset of the transport payload
+    ip_end: np.ndarray  # int64 end of the IP datagram according to its length field
+    frame_end: np.ndarray  # int64 end of the captured frame
+    ip_length: np.ndarray  # int64 IP total length (IPv6: 40 + payload length)
+    payload_length: np.ndarray  # int64 transport payload length from the IP length fields
+    protocol: np.ndarray  # int64 6 / 17
+    src_port: np.ndarray  # int64
+    dst_port: np.ndarray  # int64
+    tcp_flags: np.ndarray  # int64 (0 for UDP)
+    seq: np.ndarray  # int64
+    ack: np.ndarray  # int64
+    src_addr: np.ndarray  # uint8 [n, 16] (IPv4 in the first 4 bytes)
+    dst_addr: np.ndarray  # uint8 [n, 16]
+
+    def __len__(self) -> int:
+        return len(self.timestamp)
+
+
+def _u8(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    return data.take(pos, mode="clip").astype(np.int64)
+
+
+def _u16(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    return (data.take(pos, mode="clip").astype(np.int64) << 8) | data.take(pos + 1, mode="clip")
+
+
+def _u32(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    return (_u16(data, pos) << 16) | _u16(data, pos + 2)
+
+
+def dissect(chunk: RecordChunk, drop_service_chatter: bool = False) -> PacketBatch:
+    data = chunk.data
+    n = len(chunk)
+    start = chunk.frame_offset
+    frame_end = start + chunk.caplen
+    lt = chunk.linktype
+    reason = np.zeros(n, dtype=np.int8)
+    reason[~np.isin(lt, SUPPORTED_LINKTYPES)] = R_LINKTYPE
+
+    # ---- link layer -> (ethertype-like code, l3 offset)
+    ethertype = np.zeros(n, dtype=np.int64)
+    l3 = start.copy()
+    is_eth = lt == LINKTYPE_ETHERNET
+    ethertype[is_eth] = _u16(data, start[is_eth] + 12)
+    l3[is_eth] = start[is_eth] + 14
+    is_sll = lt == LINKTYPE_SLL
+    ethertype[is_sll] = _u16(data, start[is_sll] + 14)
+    l3[is_sll] = start[is_sll] + 16
+    is_sll2 = lt == LINKTYPE_SLL2
+    ethertype[is_sll2] = _u16(data, start[is_sll2])
+    l3[is_sll2] = start[is_sll2] + 20
+    is_raw = np.isin(lt, (LINKTYPE_RAW, LINKTYPE_RAW_12, LINKTYPE_RAW_14))
+    version_nibble = _u8(data, start[is_raw]) >> 4
+    ethertype[is_raw] = np.where(version_nibble == 4, 0x0800, np.where(version_nibble == 6, 0x86DD, 0))
+    is_null = np.isin(lt, (LINKTYPE_NULL, LINKTYPE_LOOP))
+    fam_le = _u8(data, start[is_null]) | (_u8(data, start[is_null] + 1) << 8)
+    fam_be = _u16(data, start[is_null] + 2)
+    # NULL is in the capturing host's byte order, LOOP in network order; the family is < 256 either way
+    family = np.where(fam_le != 0, fam_le, fam_be)
+    ethertype[is_null] = np.where(family == 2, 0x0800, np.where(np.isin(family, AF_INET6_VALUES), 0x86DD, 0))
+    l3[is_null] = start[is_null] + 4
+    # VLAN / QinQ tags (Ethernet and SLL)
+    for _ in range(3):
+        tagged = np.isin(ethertype, VLAN_ETHERTYPES) & (is_eth | is_sll)
+        if not tagged.any():
+            break
+        ethertype[tagged] = _u16(data, l3[tagged] + 2)
+        l3[tagged] += 4
+    link_short = (l3 > frame_end) & (reason == OK)
+    reason[link_short] = R_TRUNCATED
+    is_v4 = (ethertype == 0x0800) & (reason == OK)
+    is_v6 = (ethertype == 0x86DD) & (reason == OK)
+    reason[(reason == OK) & ~is_v4 & ~is_v6] = R_NON_IP
+
+    ip_version = np.zeros(n, dtype=np.int8)
+    l4 = np.zeros(n, dtype=np.int64)
+    ip_end = np.zeros(n, dtype=np.int64)
+    ip_length = np.zeros(n, dtype=np.int64)
+    protocol = np.zeros(n, dtype=np.int64)
+    src_addr = np.zeros((n, 16), dtype=np.uint8)
+    dst_addr = np.zeros((n, 16), dtype=np.uint8)
+
+    # ---- IPv4
+    idx = np.flatnonzero(is_v4)
+    if len(idx):
+        p = l3[idx]
+        b0 = _u8(data, p)
+        ihl = (b0 & 15) * 4
+        tot = _u16(data, p + 2)
+        frag = _u16(data, p + 6)
+        r = np.zeros(len(idx), dtype=np.int8)
+        r[(frag & 0x3FFF) != 0] = R_FRAGMENT
+        r[(b0 >> 4 != 4) | (ihl < 20) | (tot < ihl)] = R_MALFORMED
+        r[(r == OK) & (p + ihl > frame_end[idx])] = R_TRUNCATED
+        reason[idx] = np.where(r != OK, r, reason[idx])
+        ip_version[idx] = 4
+        l4[idx] = p + ihl
+        ip_end[idx] = p + tot
+        ip_length[idx] = tot
+        protocol[idx] = _u8(data, p + 9)
+        cols = np.arange(4)
+        src_addr[idx, :4] = data.take(p[:, None] + 12 + cols, mode="clip")
+        dst_addr[idx, :4] = data.take(p[:, None] + 16 + cols, mode="clip")
+
+    # ---- IPv6 (+ extension headers)
+    idx = np.flatnonzero(is_v6)
+    if len(idx):
+        p = l3[idx]
+        r = np.zeros(len(idx), dtype=np.int8)
+        r[(_u8(data, p) >> 4) != 6] = R_MALFORMED
+        r[(r == OK) & (p + 40 > frame_end[idx])] = R_TRUNCATED
+        plen = _u16(data, p + 4)
+        nh = _u8(data, p + 6)
+        pos = p + 40
+        for _ in range(8):
+            ext = (r == OK) & np.isin(nh, (0, 43, 44, 51, 60, 135, 139, 140))
+            if not ext.any():
+                break
+            e = np.flatnonzero(ext)
+            short = pos[e] + 8 > frame_end[idx[e]]
+            r[e[short]] = R_TRUNCATED
+            e = e[~short]
+            code = nh[e]
+            hlen = _u8(data, pos[e] + 1)
+            size = np.where(code == 51, (hlen + 2) * 4, np.where(code == 44, 8, (hlen + 1) * 8))
+            is_frag = code == 44
+            if is_frag.any():
+                fe = e[is_frag]
+                fo = _u16(data, pos[fe] + 2)
+                # an "atomic" fragment header (offset 0, no more fragments) does not fragment anything
+                r[fe[(fo & 0xFFF9) != 0]] = R_FRAGMENT
+            nh[e] = _u8(data, pos[e])
+            pos[e] = pos[e] + size
+        r[(r == OK) & (pos > p + 40 + plen)] = R_MALFORMED
+        reason[idx] = np.where(r != OK, r, reason[idx])
+        ip_version[idx] = 6
+        l4[idx] = pos
+        ip_end[idx] = p + 40 + plen
+        ip_length[idx] = 40 + plen
+        protocol[idx] = nh
+        cols = np.arange(16)
+        src_addr[idx] = data.take(p[:, None] + 8 + cols, mode="clip")
+        dst_addr[idx] = data.take(p[:, None] + 24 + cols, mode="clip")
+
+    # ---- transport
+    ok = reason == OK
+    reason[ok & (protocol != 6) & (protocol != 17)] = R_TRANSPORT
+    src_port = np.zeros(n, dtype=np.int64)
+    dst_port = np.zeros(n, dtype=np.int64)
+    tcp_flags = np.zeros(n, dtype=np.int64)
+    seq = np.zeros(n, dtype=np.int64)
+    ack = np.zeros(n, dtype=np.int64)
+    payload_start = np.zeros(n, dtype=np.int64)
+    tcp = np.flatnonzero((reason == OK) & (protocol == 6))
+    if len(tcp):
+        p = l4[tcp]
+        r = np.zeros(len(tcp), dtype=np.int8)
+        r[p + 20 > frame_end[tcp]] = R_TRUNCATED
+        doff = (_u8(data, p + 12) >> 4) * 4
+        r[(r == OK) & ((doff < 20) | (p + doff > ip_end[tcp]))] = R_MALFORMED
+        reason[tcp] = r
+        src_port[tcp] = _u16(data, p)
+        dst_port[tcp] = _u16(data, p + 2)
+        seq[tcp] = _u32(data, p + 4)
+        ack[tcp] = _u32(data, p + 8)
+        tcp_flags[tcp] = _u8(data, p + 13)
+        payload_start[tcp] = p + doff
+    udp = np.flatnonzero((reason == OK) & (protocol == 17))
+    if len(udp):
+        p = l4[udp]
+        r = np.zeros(len(udp), dtype=np.int8)
+        r[p + 8 > frame_end[udp]] = R_TRUNCATED
+        r[(r == OK) & (p + 8 > ip_end[udp])] = R_MALFORMED
+        reason[udp] = r
+        src_port[udp] = _u16(data, p)
+        dst_port[udp] = _u16(data, p + 2)
+        payload_start[udp] = p + 8
+    if drop_service_chatter:
+        chatter = np.isin(src_port, SERVICE_CHATTER_PORTS) | np.isin(dst_port, SERVICE_CHATTER_PORTS)
+        reason[(reason == OK) & chatter] = R_FILTERED
+    payload_length = np.maximum(ip_end - payload_start, 0)
+    return PacketBatch(
+        data=data,
+        timestamp=chunk.timestamp,
+        reason=reason,
+        ip_version=ip_version,
+        l3=l3,
+        l4=l4,
+        payload_start=payload_start,
+        ip_end=ip_end,
+        frame_end=frame_end,
+        ip_length=ip_length,
+        payload_length=payload_length,
+        protocol=protocol,
+        src_port=src_port,
+        dst_port=dst_port,
+        tcp_flags=tcp_flags,
+        seq=seq,
+        ack=ack,
+        src_addr=src_addr,
+        dst_addr=dst_addr,
+    )

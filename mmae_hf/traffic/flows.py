@@ -1,0 +1,357 @@
+"""Flow assembly: packets -> bidirectional (or unidirectional) flows with the MMAE byte layout and statistics.
+
+Flow rules (identical in both engines below):
+- Key: (IP version, protocol, endpoint A, endpoint B) with endpoint = (address, port). Bidirectional mode orders the two
+  endpoints canonically; the initiator is the sender of the flow's first packet (capture order).
+- Capture clock: the largest timestamp read so far (timestamps need not be monotonic).
+- A flow ends when the clock passes its last packet's time by more than ``idle_timeout`` or its first packet's time by
+  more than ``active_timeout``; when a TCP flow is closed (see ``FlowOptions.tcp_close``) and a fresh SYN arrives; or at
+  the end of the capture. Flows are emitted when they end; idle flows are expired at regular points, so memory holds
+  only flows that are still active (or closed less than ``idle_timeout`` ago).
+- Packet order inside a flow is capture order; inter-arrival times are clipped at 0.
+
+Two engines produce identical flows: ``ReferenceAssembler`` walks packet by packet (simple, the specification), and
+``FastAssembler`` (``fastflows.py``) works on whole blocks with numpy.
+"""
+
+import ipaddress
+import math
+import os
+from typing import Iterator
+
+import numpy as np
+
+from .anonymize import SequenceBase, build_slot, slots_to_array
+from .core import NUM_FLOW_STATS, SKIP_REASONS, FlowOptions, FlowRecord, PacketAccounting
+from .dissect import OK, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, PacketBatch, dissect
+from .netmamba import netmamba_slot
+from .pcapio import CaptureReader
+
+
+def format_address(addr: bytes, ip_version: int) -> str:
+    if ip_version == 4:
+        return ".".join(str(b) for b in addr[:4])
+    return str(ipaddress.IPv6Address(bytes(addr)))
+
+
+def packet_slot(batch: PacketBatch, i: int, direction: int, options: FlowOptions, seq_base) -> bytes:
+    """The [header | payload] bytes of packet ``i`` of a batch under the configured profile."""
+    l3 = int(batch.l3[i])
+    pkt = batch.data[l3 : int(batch.frame_end[i])].tobytes()
+    if options.anonymize == "netmamba":
+        if batch.ip_version[i] != 4:
+            return bytes(options.slot_bytes)
+        return netmamba_slot(pkt, True, options.header_bytes, options.payload_bytes)
+    return build_slot(
+        pkt,
+        int(batch.ip_version[i]),
+        int(batch.l4[i]) - l3,
+        int(batch.payload_start[i]) - l3,
+        int(batch.ip_end[i]) - l3,
+        int(batch.protocol[i]),
+        int(batch.tcp_flags[i]),
+        direction,
+        options.anonymize,
+        options.header_bytes,
+        options.payload_bytes,
+        seq_base,
+    )
+
+
+class FlowState:
+    """Accumulators of one active flow: O(1) memory besides the first ``num_packets`` slots."""
+
+    __slots__ = (
+        "key", "ip_version", "protocol", "src", "dst", "sport", "dport", "init_lo", "order",
+        "start", "last", "tmax", "n", "bytes", "sumsq", "lmin", "lmax", "fwd_n", "fwd_bytes", "bwd_max",
+        "iat_sum", "iat_sumsq", "iat_min", "iat_max", "fwd_iat_sum", "last_fwd", "pay_sum", "pay_max", "zero_pay",
+        "syn", "fin", "rst", "psh", "dir_changes", "last_dir", "fin_fwd", "fin_bwd", "closed",
+        "slots", "lens", "iats", "dirs", "seq_base",
+    )  # fmt: skip
+
+    def __init__(self, key, ip_version, protocol, src, dst, sport, dport, init_lo, ts, order):
+        self.key = key
+        self.ip_version = ip_version
+        self.protocol = protocol
+        self.src, self.dst, self.sport, self.dport = src, dst, sport, dport
+        self.init_lo = init_lo
+        self.order = order
+        self.start = self.last = self.tmax = ts
+        self.n = self.bytes = self.sumsq = 0
+        self.lmin, self.lmax = math.inf, 0
+        self.fwd_n = self.fwd_bytes = self.bwd_max = 0
+        self.iat_sum = self.iat_sumsq = 0.0
+        self.iat_min, self.iat_max = math.inf, 0.0
+        self.fwd_iat_sum = 0.0
+        self.last_fwd = None
+        self.pay_sum = self.pay_max = self.zero_pay = 0
+        self.syn = self.fin = self.rst = self.psh = 0
+        self.dir_changes = 0
+        self.last_dir = 0
+        self.fin_fwd = self.fin_bwd = self.closed = False
+        self.slots, self.lens, self.iats, self.dirs = [], [], [], []
+        self.seq_base = SequenceBase()
+
+    def stats(self) -> np.ndarray:
+        n = self.n
+        s = np.zeros(NUM_FLOW_STATS, dtype=np.float64)
+        mean = self.bytes / n
+        bwd_n = n - self.fwd_n
+        duration = self.tmax - self.start
+        n_iat = n - 1
+        s[0] = n
+        s[1] = self.bytes
+        s[2] = mean
+        s[3] = math.sqrt(max(self.sumsq / n - mean * mean, 0.0))
+        s[4] = self.lmin
+        s[5] = self.lmax
+        s[6] = self.fwd_bytes / self.fwd_n if self.fwd_n else 0.0
+        s[7] = (self.bytes - self.fwd_bytes) / bwd_n if bwd_n else 0.0
+        s[8] = self.bwd_max
+        s[9] = duration
+        if n_iat:
+            iat_mean = self.iat_sum / n_iat
+            s[10] = iat_mean
+            s[11] = math.sqrt(max(self.iat_sumsq / n_iat - iat_mean * iat_mean, 0.0))
+            s[12] = self.iat_min
+            s[13] = self.iat_max
+        s[14] = self.fwd_iat_sum / (self.fwd_n - 1) if self.fwd_n > 1 else 0.0
+        s[15] = self.pay_sum / n
+        s[16] = self.pay_max
+        s[17] = self.zero_pay / n
+        if duration > 0:
+            s[18] = n / duration
+            s[19] = self.bytes / duration
+        s[20], s[21], s[22], s[23] = self.syn, self.fin, self.rst, self.psh
+        s[24] = self.fwd_n / n
+        s[25] = self.fwd_bytes / self.bytes if self.bytes else 0.0
+        s[26] = self.dir_changes
+        return s.astype(np.float32)
+
+    def to_record(self, options: FlowOptions, source_file: str) -> FlowRecord:
+        k = options.num_packets
+        lens = np.zeros(k, dtype=np.int32)
+        iats = np.zeros(k, dtype=np.float32)
+        dirs = np.zeros(k, dtype=np.int8)
+        lens[: len(self.lens)] = self.lens
+        iats[: len(self.iats)] = self.iats
+        dirs[: len(self.dirs)] = self.dirs
+        return FlowRecord(
+            payload=slots_to_array(self.slots, k, options.slot_bytes),
+            packet_lengths=lens,
+            packet_iats=iats,
+            packet_directions=dirs,
+            flow_stats=self.stats(),
+            src_ip=format_address(self.src, self.ip_version),
+            dst_ip=format_address(self.dst, self.ip_version),
+            src_port=int(self.sport),
+            dst_port=int(self.dport),
+            protocol=int(self.protocol),
+            start_time=float(self.start),
+            end_time=float(self.tmax),
+            packet_count=int(self.n),
+            byte_count=int(self.bytes),
+            source_file=source_file,
+        )
+
+
+class _AssemblerBase:
+    def __init__(self, options: FlowOptions, accounting: PacketAccounting, source_file: str):
+        self.options = options
+        self.accounting = accounting
+        self.source_file = source_file
+        self.active: dict = {}
+        self.clock = -math.inf
+        self.ready: list[FlowState] = []
+        self.next_order = 0
+
+    def _count_skips(self, batch: PacketBatch) -> None:
+        counts = np.bincount(batch.reason, minlength=len(SKIP_REASONS) + 1)
+        for code, count in enumerate(counts[1:], start=1):
+            self.accounting.skip(SKIP_REASONS[code - 1], int(count))
+
+    def _emit(self, st: FlowState) -> None:
+        self.ready.append(st)
+
+    def expire(self) -> None:
+        """Move flows the clock has left behind to ``ready``."""
+        idle, active, clock = self.options.idle_timeout, self.options.active_timeout, self.clock
+        dead = [k for k, st in self.active.items() if clock - st.last > idle or clock - st.start > active]
+        for k in dead:
+            self._emit(self.active.pop(k))
+
+    def drain(self) -> Iterator[FlowRecord]:
+        """Yield the ended flows (in order of their first packet) as records."""
+        if not self.ready:
+            return
+        ready = sorted(self.ready, key=lambda st: st.order)
+        self.ready = []
+        for st in ready:
+            if st.n < self.options.min_packets:
+                self.accounting.skip("short_flow", st.n)
+                continue
+            self.accounting.packets_in_flows += st.n
+            self.accounting.flows += 1
+            yield st.to_record(self.options, self.source_file)
+
+    def finish(self) -> None:
+        for st in self.active.values():
+            self._emit(st)
+        self.active = {}
+
+
+class ReferenceAssembler(_AssemblerBase):
+    """Packet-by-packet assembler: the readable specification of the flow rules (and the benchmark's baseline)."""
+
+    SWEEP_EVERY = 4096
+
+    def feed(self, batch: PacketBatch) -> None:
+        self._count_skips(batch)
+        for i in np.flatnonzero(batch.reason == OK).tolist():
+            src = batch.src_addr[i].tobytes()
+            dst = batch.dst_addr[i].tobytes()
+            self.add_packet(
+                batch,
+                i,
+                float(batch.timestamp[i]),
+                int(batch.ip_version[i]),
+                int(batch.protocol[i]),
+                src,
+                int(batch.src_port[i]),
+                dst,
+                int(batch.dst_port[i]),
+                int(batch.tcp_flags[i]),
+                int(batch.ip_length[i]),
+                int(batch.payload_length[i]),
+                int(batch.seq[i]),
+                int(batch.ack[i]),
+            )
+
+    def add_packet(self, batch, i, ts, ipv, proto, src, sport, dst, dport, flags, length, paylen, seq, ack,
+                   slot_fn=None) -> None:  # fmt: skip
+        opts = self.options
+        self.clock = max(self.clock, ts)
+        a, b = (src, sport), (dst, dport)
+        if opts.bidirectional and b < a:
+            key = (ipv, proto, b, a)
+            from_lo = False
+        else:
+            key = (ipv, proto, a, b)
+            from_lo = True
+        st = self.active.get(key)
+        if st is not None:
+            fresh_syn = proto == 6 and (flags & (TCP_SYN | TCP_ACK)) == TCP_SYN
+            if (
+                self.clock - st.last > opts.idle_timeout
+                or self.clock - st.start > opts.active_timeout
+                or (st.closed and fresh_syn)
+            ):
+                self._emit(self.active.pop(key))
+                st = None
+        if st is None:
+            st = FlowState(key, ipv, proto, src, dst, sport, dport, from_lo, ts, self.next_order)
+            self.next_order += 1
+            self.active[key] = st
+        direction = 1 if from_lo == st.init_lo else -1
+        # ---- accumulate
+        if st.n:
+            iat = max(ts - st.last, 0.0)
+            st.iat_sum += iat
+            st.iat_sumsq += iat * iat
+            st.iat_min = min(st.iat_min, iat)
+            st.iat_max = max(st.iat_max, iat)
+            if direction != st.last_dir:
+                st.dir_changes += 1
+        else:
+            iat = 0.0
+        st.n += 1
+        st.bytes += length
+        st.sumsq += length * length
+        st.lmin = min(st.lmin, length)
+        st.lmax = max(st.lmax, length)
+        if direction == 1:
+            st.fwd_n += 1
+            st.fwd_bytes += length
+            if st.last_fwd is not None:
+                st.fwd_iat_sum += max(ts - st.last_fwd, 0.0)
+            st.last_fwd = ts
+        else:
+            st.bwd_max = max(st.bwd_max, length)
+        st.pay_sum += paylen
+        st.pay_max = max(st.pay_max, paylen)
+        st.zero_pay += paylen == 0
+        if proto == 6:
+            st.syn += bool(flags & TCP_SYN)
+            st.fin += bool(flags & TCP_FIN)
+            st.rst += bool(flags & TCP_RST)
+            st.psh += bool(flags & TCP_PSH)
+            if opts.tcp_close:
+                if flags & TCP_RST:
+                    st.closed = True
+                if flags & TCP_FIN:
+                    if direction == 1:
+                        st.fin_fwd = True
+                    else:
+                        st.fin_bwd = True
+                    if st.fin_bwd and st.fin_fwd or not opts.bidirectional:
+                        st.closed = True
+        st.last = ts
+        st.tmax = max(st.tmax, ts)
+        st.last_dir = direction
+        if len(st.slots) < opts.num_packets:
+            if slot_fn is None:
+                st.slots.append(packet_slot(batch, i, direction, opts, st.seq_base))
+            else:
+                st.slots.append(slot_fn(direction, st.seq_base))
+            st.lens.append(length)
+            st.iats.append(iat)
+            st.dirs.append(direction)
+        if self.next_order % self.SWEEP_EVERY == 0:
+            self.expire()
+
+
+def _engine(options: FlowOptions, accounting: PacketAccounting, source_file: str, engine: str):
+    if engine == "reference":
+        return ReferenceAssembler(options, accounting, source_file)
+    try:
+        from .fastflows import FastAssembler
+    except ImportError:  # fast engine not built yet
+        return ReferenceAssembler(options, accounting, source_file)
+    return FastAssembler(options, accounting, source_file)
+
+
+def iter_flows(
+    source,
+    options: FlowOptions | None = None,
+    *,
+    accounting: PacketAccounting | None = None,
+    strict: bool = False,
+    source_name: str | None = None,
+    engine: str = "fast",
+) -> Iterator[FlowRecord]:
+    """Stream the flows of one capture (pcap or pcapng; path, bytes or binary file object).
+
+    Flows are yielded as they end (ordered by first packet within each emission point); memory is bounded by the
+    number of active flows. Every packet read is counted in ``accounting`` (``packets_in_flows`` or ``skipped``).
+    A damaged file raises ``PcapFormatError`` when ``strict``; otherwise the message (file, byte offset) goes to
+    ``accounting.errors`` and the flows read before the damage are still yielded.
+
+    Args:
+        engine: ``"fast"`` (block-wise numpy) or ``"reference"`` (packet by packet); both give identical flows.
+    """
+    options = options or FlowOptions()
+    accounting = accounting if accounting is not None else PacketAccounting()
+    if source_name is None:
+        source_name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>"
+    reader = CaptureReader(source, source_name=source_name, strict=strict)
+    asm = _engine(options, accounting, source_name, engine)
+    try:
+        for chunk in reader:
+            accounting.packets_read += len(chunk)
+            asm.feed(dissect(chunk, options.drop_service_chatter))
+            asm.expire()
+            yield from asm.drain()
+    finally:
+        accounting.errors.extend(reader.errors)
+    asm.finish()
+    yield from asm.drain()
