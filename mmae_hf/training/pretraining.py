@@ -1,0 +1,791 @@
+"""MMAE pre-training loop on top of accelerate: student + mean teacher, FlowMix, exact checkpoint/resume.
+
+The loop is a plain accelerate loop (no `Trainer`): one optimizer step = ``gradient_accumulation_steps``
+micro-batches of ``per_device_train_batch_size`` flows on every process. Per micro-batch:
+
+1. rows are read by index through one arrow ``take`` (uint8 kept, `data.FlowBatchReader`);
+2. `DataCollatorForFlowMix` draws the FlowMix partners and the mask noise from its own seeded generator;
+3. the EMA teacher (not wrapped by DDP, eval mode, no grad) encodes the unmixed flows and gives the
+   distillation targets and the per-token predicted losses used for guided ("hard") masking;
+4. the student's forward returns ``loss`` and its components; a NaN/inf in any of them (reduced over all
+   processes, so every process stops together) raises `NonFiniteLossError` naming the step and component.
+
+After each optimizer step the teacher takes an EMA step, the learning rate follows linear warm-up then a
+cosine decay (counted in optimizer steps), and every ``logging_steps`` the loss components, lr, EMA momentum,
+hard-mask share, gradient norm and samples/s per process go to tensorboard and ``metrics.jsonl``.
+
+Checkpoints (``output_dir/checkpoints/checkpoint-<step>``) hold everything needed to continue *exactly*:
+model, optimizer and scheduler (accelerate's ``save_state``, which also stores the python / numpy / torch
+RNG states of every process), the teacher (safetensors), each process's collator generator state and the
+data position (epoch, batch in epoch). A run stopped and resumed ends with the same weights as a run that
+never stopped (tested).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import (
+    EpochBatchSampler,
+    FlowBatchReader,
+    find_preprocessor_config,
+    load_pretraining_split,
+)
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE_NAME = "trainer_state.json"
+TEACHER_WEIGHTS_NAME = "teacher.safetensors"
+METRICS_NAME = "metrics.jsonl"
+SUMMARY_NAME = "pretraining_summary.json"
+ARGS_NAME = "pretraining_args.json"
+LOSS_COMPONENTS = ("loss", "reconstruction_loss", "rank_loss", "distillation_loss")
+# parameter names (substrings) that get no weight decay besides biases and norms
+NO_DECAY_NAME_PARTS = ("position_embedding", "pos_embed", "cls_token")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss component or the gradient norm becomes NaN or infinite."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete or does not fit the current run."""
+
+
+@dataclass
+class PretrainingArguments:
+    """Everything one pre-training run depends on (saved as ``pretraining_args.json`` beside the model).
+
+    Data and model:
+        dataset (`str`): dataset folder (``save_to_disk`` or parquet shards) or Hub dataset id.
+        output_dir (`str`): where the ``save_pretrained`` folder, checkpoints and logs go.
+        config (`str`, defaults to ``"mmae-base"``): a preset name (``mmae-base``, ``mmae-tiny``), a
+            ``config.json`` path or a model folder holding one.
+        config_overrides (`dict`): config fields to change, e.g. ``{"mask_ratio": 0.75}``.
+        split (`str`, defaults to ``"train"``): the split pre-training reads; validation/test are refused.
+        dataset_cache_dir (`str`, *optional*): datasets cache for parquet folders and Hub ids.
+
+    Length and batch:
+        max_steps (`int`, defaults to 150000): optimizer steps (official MMAE: 150k).
+        per_device_train_batch_size (`int`, defaults to 128): flows per process per micro-batch (even: FlowMix pairs).
+        gradient_accumulation_steps (`int`, defaults to 1): micro-batches per optimizer step.
+        stop_after_step (`int`, *optional*): end this invocation after this optimizer step with a checkpoint,
+            schedules unchanged (for time-boxed / preemptible jobs; continue with ``resume_from_checkpoint``).
+
+    Optimisation:
+        learning_rate (`float`, *optional*): absolute peak learning rate. Default: ``base_learning_rate *
+            global_batch / 256`` (official: 1e-3 * 128 / 256 = 5e-4).
+        base_learning_rate (`float`, defaults to 1e-3).
+        weight_decay (`float`, defaults to 0.05): AdamW decay, not applied to biases, norms, position
+            embeddings and the CLS token.
+        adam_beta1, adam_beta2, adam_epsilon (defaults 0.9, 0.95, 1e-8).
+        warmup_steps (`int`, *optional*) / warmup_ratio (`float`, defaults to 0.1): linear warm-up length.
+        min_lr_ratio (`float`, defaults to 0.0): the cosine decays to ``min_lr_ratio * peak``.
+        max_grad_norm (`float`, defaults to 1.0): gradient clipping (0 turns it off).
+        ema_momentum_start / ema_momentum_end (defaults 0.96 / 0.99): teacher EMA momentum, cosine over the run.
+
+    Runtime:
+        mixed_precision (`str`, defaults to ``"no"``): ``no``, ``bf16`` or ``fp16`` (fp16 needs a GPU).
+        cpu (`bool`): force the CPU even when a GPU is present.
+        seed (`int`, defaults to 0): model init, data order, FlowMix pairing / mask noise, drop path.
+        num_workers (`int`, defaults to 0): background threads reading batches (the arrow read is fast;
+            keep 0 on small machines).
+        logging_steps (`int`, defaults to 10), save_steps (`int`, defaults to 5000), save_total_limit
+            (`int`, defaults to 2): logging and checkpoint cadence; 0 disables periodic checkpoints.
+        resume_from_checkpoint (`str`, *optional*): a checkpoint folder, or ``"latest"`` (newest one in
+            ``output_dir/checkpoints``).
+        report_to (`str`, defaults to ``"tensorboard"``): ``tensorboard`` or ``none`` (metrics.jsonl is always written).
+        ddp_find_unused_parameters (`str`, defaults to ``"auto"``): ``auto`` probes one backward pass and turns
+            it on when the config's switches leave parameters without gradient; ``true`` / ``false`` force it.
+        save_teacher (`bool`): also save the EMA teacher as a ``save_pretrained`` folder in ``output_dir/teacher``.
+        progress_bar (`bool`, defaults to True).
+    """
+
+    dataset: str
+    output_dir: str
+    config: str = "mmae-base"
+    config_overrides: dict = field(default_factory=dict)
+    split: str = "train"
+    dataset_cache_dir: str | None = None
+    max_steps: int = 150_000
+    per_device_train_batch_size: int = 128
+    gradient_accumulation_steps: int = 1
+    stop_after_step: int | None = None
+    learning_rate: float | None = None
+    base_learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_epsilon: float = 1e-8
+    warmup_steps: int | None = None
+    warmup_ratio: float = 0.1
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    ema_momentum_start: float = 0.96
+    ema_momentum_end: float = 0.99
+    mixed_precision: str = "no"
+    cpu: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    logging_steps: int = 10
+    save_steps: int = 5000
+    save_total_limit: int = 2
+    resume_from_checkpoint: str | None = None
+    report_to: str = "tensorboard"
+    ddp_find_unused_parameters: str = "auto"
+    save_teacher: bool = False
+    progress_bar: bool = True
+
+    def __post_init__(self):
+        problems = []
+        if self.max_steps < 1:
+            problems.append(f"max_steps must be >= 1 (got {self.max_steps})")
+        if self.per_device_train_batch_size < 2 or self.per_device_train_batch_size % 2:
+            problems.append(
+                f"per_device_train_batch_size must be even and >= 2 (FlowMix pairs flows), got {self.per_device_train_batch_size}"
+            )
+        if self.gradient_accumulation_steps < 1:
+            problems.append(f"gradient_accumulation_steps must be >= 1 (got {self.gradient_accumulation_steps})")
+        if self.stop_after_step is not None and not 1 <= self.stop_after_step <= self.max_steps:
+            problems.append(f"stop_after_step must be in [1, max_steps={self.max_steps}] (got {self.stop_after_step})")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            problems.append(f"mixed_precision must be no, bf16 or fp16 (got {self.mixed_precision!r})")
+        if self.report_to not in ("tensorboard", "none"):
+            problems.append(f"report_to must be tensorboard or none (got {self.report_to!r})")
+        if self.ddp_find_unused_parameters not in ("auto", "true", "false"):
+            problems.append(f"ddp_find_unused_parameters must be auto, true or false (got {self.ddp_find_unused_parameters!r})")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.max_steps:
+            problems.append(f"warmup_steps must be in [0, max_steps] (got {self.warmup_steps})")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            problems.append(f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
+        if not 0.0 <= self.ema_momentum_start <= 1.0 or not 0.0 <= self.ema_momentum_end <= 1.0:
+            problems.append("EMA momenta must be in [0, 1]")
+        if self.logging_steps < 1 or self.save_steps < 0 or self.save_total_limit < 0:
+            problems.append("logging_steps must be >= 1, save_steps and save_total_limit >= 0")
+        if problems:
+            raise ValueError("invalid pre-training arguments: " + "; ".join(problems))
+
+    @property
+    def num_warmup_steps(self):
+        if self.warmup_steps is not None:
+            return int(self.warmup_steps)
+        return int(round(self.warmup_ratio * self.max_steps))
+
+    def peak_learning_rate(self, global_batch_size):
+        if self.learning_rate is not None:
+            return float(self.learning_rate)
+        return self.base_learning_rate * global_batch_size / 256
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+def parse_config_overrides(items):
+    """``["mask_ratio=0.75", "use_pmp=false"]`` -> ``{"mask_ratio": 0.75, "use_pmp": False}`` (values as JSON, else str)."""
+    overrides = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"config override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        lowered = raw.strip()
+        if lowered in ("true", "True"):
+            value = True
+        elif lowered in ("false", "False"):
+            value = False
+        elif lowered in ("none", "None", "null"):
+            value = None
+        else:
+            try:
+                value = json.loads(lowered)
+            except json.JSONDecodeError:
+                value = raw
+        overrides[key.strip()] = value
+    return overrides
+
+
+def load_model_config(config, overrides=None):
+    """A preset name, a config.json file or a folder holding one -> `MMAEConfig` with ``overrides`` applied."""
+    from ..configuration_mmae import PRESETS, MMAEConfig
+
+    overrides = dict(overrides or {})
+    known = {f.name for f in dataclasses.fields(MMAEConfig)} | {"id2label", "label2id", "num_labels"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown MMAEConfig field(s) in overrides: {unknown}")
+    if config in PRESETS:
+        return MMAEConfig.from_preset(config, **overrides)
+    path = Path(config)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ValueError(f"--config {config!r}: neither a preset ({sorted(PRESETS)}) nor a config.json / model folder")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if values.get("model_type", "mmae") != "mmae":
+        raise ValueError(f"{path}: model_type is {values.get('model_type')!r}, expected 'mmae'")
+    values.update(overrides)
+    return MMAEConfig.from_dict(values)
+
+
+# -------------------------------------------------------------------------------------------- optimizer
+
+
+def is_no_decay_parameter(name, parameter):
+    """Biases, norm weights (all 1-d tensors), position embeddings and the CLS token get no weight decay."""
+    lowered = name.lower()
+    return parameter.ndim <= 1 or lowered.endswith(".bias") or any(part in lowered for part in NO_DECAY_NAME_PARTS)
+
+
+def optimizer_parameter_groups(model, weight_decay):
+    """Two AdamW groups: ``decay`` (weight matrices, mask tokens) and ``no_decay``; frozen parameters are left out."""
+    decay, no_decay, decay_names, no_decay_names = [], [], [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if is_no_decay_parameter(name, parameter):
+            no_decay.append(parameter)
+            no_decay_names.append(name)
+        else:
+            decay.append(parameter)
+            decay_names.append(name)
+    return [
+        {"params": decay, "weight_decay": float(weight_decay), "names": decay_names},
+        {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names},
+    ]
+
+
+def warmup_cosine_factor(step, warmup_steps, total_steps, min_lr_ratio=0.0):
+    """Learning-rate multiplier for optimizer step ``step`` (0-based): linear warm-up to 1, then cosine to ``min_lr_ratio``.
+
+    Warm-up step ``s`` uses ``(s + 1) / (warmup_steps + 1)`` so that no step runs at lr 0; after warm-up the
+    factor follows ``min + (1 - min) * 0.5 * (1 + cos(pi * progress))`` with progress 0 -> 1 over the rest.
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer_and_scheduler(model, args, global_batch_size):
+    groups = optimizer_parameter_groups(model, args.weight_decay)
+    lr = args.peak_learning_rate(global_batch_size)
+    optimizer = torch.optim.AdamW(
+        [{k: v for k, v in g.items() if k != "names"} for g in groups if g["params"]],
+        lr=lr,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+    )
+    warmup, total, floor = args.num_warmup_steps, args.max_steps, args.min_lr_ratio
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine_factor(s, warmup, total, floor))
+    return optimizer, scheduler, groups
+
+
+# ------------------------------------------------------------------------------------------- RNG helpers
+
+
+def generator_state(generator):
+    """JSON-able state of a torch or numpy generator (or of an object exposing ``state_dict``)."""
+    if isinstance(generator, torch.Generator):
+        return {"kind": "torch", "state": generator.get_state().tolist()}
+    if isinstance(generator, np.random.Generator):
+        return {"kind": "numpy", "state": _jsonable(generator.bit_generator.state)}
+    if isinstance(generator, random.Random):
+        return {"kind": "python", "state": _jsonable(generator.getstate())}
+    raise TypeError(f"cannot checkpoint a generator of type {type(generator).__name__}")
+
+
+def set_generator_state(generator, saved):
+    if saved["kind"] == "torch":
+        generator.set_state(torch.tensor(saved["state"], dtype=torch.uint8))
+    elif saved["kind"] == "numpy":
+        generator.bit_generator.state = saved["state"]
+    elif saved["kind"] == "python":
+        version, internal, gauss = saved["state"]
+        generator.setstate((version, tuple(internal), gauss))
+    else:
+        raise CheckpointError(f"unknown generator kind {saved['kind']!r}")
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def collator_state(collator):
+    """The collator's random state: its ``state_dict()`` when it has one, else its ``generator`` attribute."""
+    if hasattr(collator, "state_dict") and callable(collator.state_dict):
+        return {"kind": "state_dict", "state": _jsonable(_tensors_to_lists(collator.state_dict()))}
+    generator = getattr(collator, "generator", None)
+    if generator is None:
+        return None
+    return generator_state(generator)
+
+
+def load_collator_state(collator, saved):
+    if saved is None:
+        return
+    if saved["kind"] == "state_dict":
+        collator.load_state_dict(saved["state"])
+    else:
+        set_generator_state(collator.generator, saved)
+
+
+def _tensors_to_lists(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _tensors_to_lists(v) for k, v in value.items()}
+    return value
+
+
+# -------------------------------------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(output_dir):
+    """Checkpoint folders of a run, oldest first."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
+        if match and path.is_dir() and (path / TRAINER_STATE_NAME).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def resolve_checkpoint(resume_from_checkpoint, output_dir):
+    if resume_from_checkpoint in (None, ""):
+        return None
+    if resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        if not checkpoints:
+            raise CheckpointError(f"--resume-from-checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINT_DIR}")
+        return checkpoints[-1]
+    path = Path(resume_from_checkpoint)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint folder does not exist")
+    missing = [name for name in (TRAINER_STATE_NAME, "optimizer.bin") if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {missing}")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- probing
+
+
+def _model_inputs(batch, device=None):
+    names = ("input_bytes", "packet_lengths", "packet_iats", "packet_directions", "flow_stats", "partner_index", "mask_noise")
+    inputs = {k: batch[k] for k in names if k in batch and batch[k] is not None}
+    if device is not None:
+        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+    return inputs
+
+
+def teacher_targets(teacher_model, inputs, config):
+    """Run the teacher on the unmixed flows -> extra student inputs: ``teacher_features`` and, with guided
+    masking, ``hard_token_scores`` (the teacher's per-token predicted losses for this very batch)."""
+    teacher_inputs = {k: v for k, v in inputs.items() if k not in ("partner_index", "mask_noise")}
+    with torch.no_grad():
+        out = teacher_model.teacher_forward(**teacher_inputs)
+    extra = {"teacher_features": out.features.detach()}
+    if out.predicted_token_loss is not None and getattr(config, "use_guided_masking", False):
+        extra["hard_token_scores"] = out.predicted_token_loss.detach()
+    return extra
+
+
+def find_unused_parameters(model, collator, rows, config, teacher_model=None):
+    """Names of trainable parameters that get no gradient in one forward/backward (RNG states left untouched)."""
+    was_training = model.training
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        saved = collator_state(collator)
+        batch = collator(rows)
+        load_collator_state(collator, saved)
+        inputs = _model_inputs(batch)
+        if teacher_model is not None:
+            inputs.update(teacher_targets(teacher_model, inputs, config))
+            inputs["hard_mask_share"] = 0.5 if getattr(config, "use_guided_masking", False) else 0.0
+        out = model(**inputs)
+        out.loss.backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None)]
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return unused
+
+
+# ------------------------------------------------------------------------------------------------- loop
+
+
+@dataclass
+class PretrainingResult:
+    """What `run_pretraining` did: final step, where the model went, last logged values, throughput."""
+
+    step: int
+    output_dir: str
+    finished: bool
+    last_metrics: dict
+    samples_per_second_per_process: list
+    world_size: int
+    checkpoint: str | None = None
+
+
+class _BatchPrefetcher:
+    """Reads upcoming index batches in background threads (arrow ``take`` releases the GIL); order preserved."""
+
+    def __init__(self, reader, index_batches, num_workers):
+        self.reader, self.index_batches, self.num_workers = reader, index_batches, num_workers
+
+    def __iter__(self):
+        if self.num_workers <= 0:
+            for indices in self.index_batches:
+                yield self.reader[indices]
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.num_workers) as pool:
+            pending = []
+            iterator = iter(self.index_batches)
+            for indices in iterator:
+                pending.append(pool.submit(self.reader.__getitem__, indices))
+                if len(pending) > 2 * self.num_workers:
+                    yield pending.pop(0).result()
+            for future in pending:
+                yield future.result()
+
+
+def _format_value(value):
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def run_pretraining(args, dataset=None, model_cls=None):
+    """Pre-train an MMAE model as described by ``args`` (a `PretrainingArguments`).
+
+    Args:
+        args (`PretrainingArguments`).
+        dataset (`datasets.Dataset`, *optional*): use these rows instead of loading ``args.dataset``
+            (the caller is then responsible for passing training flows only).
+        model_cls (*optional*): the pre-training model class (default `MMAEForPreTraining`).
+
+    Returns:
+        `PretrainingResult`. When the run reaches ``max_steps`` the student is saved with ``save_pretrained`` in
+        ``output_dir`` (plus ``preprocessor_config.json`` when the dataset folder carries one).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    from ..flowmix import DataCollatorForFlowMix
+    from ..modeling_mmae import MMAEForPreTraining
+    from ..pmp import hard_mask_share
+    from ..teacher import MeanTeacher
+
+    model_cls = model_cls or MMAEForPreTraining
+    output_dir = Path(args.output_dir)
+    config = load_model_config(args.config, args.config_overrides)
+    config.architectures = [model_cls.__name__]
+
+    # ---- data (before the Accelerator: the probe below needs rows; loading is read-only and cached)
+    if dataset is None:
+        dataset = load_pretraining_split(args.dataset, split=args.split, cache_dir=args.dataset_cache_dir)
+    width = dataset.features["payload"].length
+    if width not in (None, -1) and width != config.num_bytes:
+        raise ValueError(
+            f"{args.dataset}: payload has {width} bytes per flow but the model config expects {config.num_bytes} "
+            f"(num_packets={config.num_packets} x (header_bytes={config.header_bytes} + payload_bytes={config.payload_bytes}))"
+        )
+    reader = FlowBatchReader(dataset)
+
+    # ---- model, teacher (same init on every process: DDP also broadcasts rank 0's weights)
+    set_seed(args.seed)
+    model = model_cls(config)
+    model.train()
+    teacher = None
+    if getattr(config, "use_teacher", True):
+        teacher = MeanTeacher(model, momentum_start=args.ema_momentum_start, momentum_end=args.ema_momentum_end,
+                              total_steps=args.max_steps)
+
+    # ---- accelerator (DDP's find_unused_parameters decided by a one-batch probe unless forced)
+    world_size_env = int(os.environ.get("WORLD_SIZE", "1"))
+    find_unused = args.ddp_find_unused_parameters == "true"
+    unused_names = []
+    if args.ddp_find_unused_parameters == "auto" and world_size_env > 1:
+        probe_collator = DataCollatorForFlowMix(config, seed=args.seed, use_flowmix=config.use_flowmix)
+        probe_rows = FlowBatchReader.to_rows(reader[list(range(min(len(reader), 4)))])
+        unused_names = find_unused_parameters(model, probe_collator, probe_rows, config,
+                                              teacher.model if teacher is not None else None)
+        find_unused = bool(unused_names)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        cpu=args.cpu,
+        log_with="tensorboard" if args.report_to == "tensorboard" else None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+        step_scheduler_with_optimizer=False,
+    )
+    rank, world_size = accelerator.process_index, accelerator.num_processes
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    sampler = EpochBatchSampler(len(reader), args.per_device_train_batch_size, world_size, rank, seed=args.seed)
+    steps_per_epoch = len(sampler) // args.gradient_accumulation_steps
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"{args.dataset}: {len(reader)} training flows give {len(sampler)} batches of "
+            f"{args.per_device_train_batch_size} per process on {world_size} process(es), fewer than "
+            f"gradient_accumulation_steps={args.gradient_accumulation_steps}: lower the batch size or accumulation"
+        )
+    # per-process collator seed: the processes must draw different partners / masks for different rows
+    collator = DataCollatorForFlowMix(config, seed=args.seed + 100_003 * rank, use_flowmix=config.use_flowmix)
+
+    global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
+    optimizer, scheduler, groups = build_optimizer_and_scheduler(model, args, global_batch)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if teacher is not None:
+        teacher.model.to(accelerator.device)
+    unwrapped = accelerator.unwrap_model(model)
+
+    # ---- resume
+    step, epoch, batch_in_epoch = 0, 0, 0
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    if checkpoint is not None:
+        state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+        expected = {"world_size": world_size, "per_device_train_batch_size": args.per_device_train_batch_size,
+                    "gradient_accumulation_steps": args.gradient_accumulation_steps, "seed": args.seed,
+                    "max_steps": args.max_steps}
+        mismatched = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+        if mismatched:
+            raise CheckpointError(
+                f"{checkpoint}: cannot continue exactly, the run layout differs (checkpoint vs now): {mismatched}"
+            )
+        accelerator.load_state(str(checkpoint))
+        if teacher is not None:
+            from safetensors.torch import load_model
+
+            teacher_file = checkpoint / TEACHER_WEIGHTS_NAME
+            if not teacher_file.is_file():
+                raise CheckpointError(f"{checkpoint}: missing {TEACHER_WEIGHTS_NAME}")
+            load_model(teacher.model, str(teacher_file), device=str(accelerator.device))
+        collator_file = checkpoint / f"collator_state_{rank}.json"
+        if not collator_file.is_file():
+            raise CheckpointError(f"{checkpoint}: missing {collator_file.name} for process {rank}")
+        load_collator_state(collator, json.loads(collator_file.read_text()))
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+
+    # ---- logging
+    tracker_config = {k: (json.dumps(v) if isinstance(v, (dict, list)) or v is None else v)
+                      for k, v in args.to_dict().items()}
+    if args.report_to == "tensorboard":
+        accelerator.init_trackers("pretrain", config=tracker_config)
+    metrics_path = output_dir / METRICS_NAME
+    if accelerator.is_main_process:
+        (output_dir / ARGS_NAME).write_text(json.dumps(args.to_dict(), indent=2, sort_keys=True) + "\n")
+        config.to_json_file(str(output_dir / "pretraining_config.json"))
+        if checkpoint is not None and metrics_path.exists():  # keep what happened up to the checkpoint
+            kept = [line for line in metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= step]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+        elif checkpoint is None and metrics_path.exists():
+            metrics_path.unlink()
+    accelerator.print(
+        f"pre-training: {len(reader)} training flows, world size {world_size} ({accelerator.distributed_type}), "
+        f"device {accelerator.device}, {args.per_device_train_batch_size} flows/process/micro-batch x "
+        f"{args.gradient_accumulation_steps} accumulation = global batch {global_batch}, {steps_per_epoch} steps/epoch, "
+        f"peak lr {args.peak_learning_rate(global_batch):.3g}, find_unused_parameters={find_unused}"
+        + (f" (unused: {len(unused_names)} tensors)" if unused_names else "")
+        + (f", resumed from {checkpoint} at step {step}" if checkpoint is not None else "")
+    )
+
+    stop_step = args.stop_after_step or args.max_steps
+    progress = tqdm(total=args.max_steps, initial=step, desc="pre-training", dynamic_ncols=True,
+                    disable=not (args.progress_bar and accelerator.is_local_main_process))
+    last_metrics, measured_samples, measured_seconds = {}, 0, 0.0
+    last_checkpoint = str(checkpoint) if checkpoint is not None else None
+    max_share = float(getattr(config, "hard_mask_max_share", 0.0)) if getattr(config, "use_guided_masking", False) else 0.0
+    ga = args.gradient_accumulation_steps
+    first_step = step
+
+    def save_checkpoint(at_step):
+        path = output_dir / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}{at_step}"
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(path))
+        (path / f"collator_state_{rank}.json").write_text(json.dumps(collator_state(collator)))
+        if accelerator.is_main_process:
+            if teacher is not None:
+                from safetensors.torch import save_model
+
+                save_model(teacher.model, str(path / TEACHER_WEIGHTS_NAME))
+            state = {"step": at_step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "world_size": world_size,
+                     "per_device_train_batch_size": args.per_device_train_batch_size,
+                     "gradient_accumulation_steps": ga, "seed": args.seed, "max_steps": args.max_steps}
+            (path / TRAINER_STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
+            if args.save_total_limit:
+                for old in list_checkpoints(output_dir)[: -args.save_total_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return str(path)
+
+    try:
+        while step < stop_step:
+            sampler.set_epoch(epoch)
+            index_batches = sampler.epoch_batches()[batch_in_epoch: steps_per_epoch * ga]
+            batches = iter(_BatchPrefetcher(reader, index_batches, args.num_workers))
+            while step < stop_step and batch_in_epoch + ga <= steps_per_epoch * ga:
+                step_started = time.perf_counter()
+                share = hard_mask_share(step, args.max_steps, max_share) if max_share > 0 else 0.0
+                sums = torch.zeros(len(LOSS_COMPONENTS), device=accelerator.device, dtype=torch.float64)
+                for micro in range(ga):
+                    rows = FlowBatchReader.to_rows(next(batches))
+                    inputs = _model_inputs(collator(rows), accelerator.device)
+                    if teacher is not None:
+                        with accelerator.autocast():
+                            inputs.update(teacher_targets(teacher.model, inputs, config))
+                    inputs["hard_mask_share"] = share
+                    sync = micro == ga - 1
+                    with (nullcontext() if sync else accelerator.no_sync(model)):
+                        outputs = model(**inputs)
+                        values = torch.stack([
+                            (getattr(outputs, name) if getattr(outputs, name, None) is not None
+                             else torch.zeros((), device=accelerator.device)).detach().double()
+                            for name in LOSS_COMPONENTS
+                        ])
+                        # one tiny all-reduce: a NaN on any process stops every process at the same point
+                        values = accelerator.reduce(values, reduction="mean")
+                        if not torch.isfinite(values).all():
+                            bad = [f"{name} = {float(v)}" for name, v in zip(LOSS_COMPONENTS, values.tolist())]
+                            first = next(n for n, v in zip(LOSS_COMPONENTS[1:], values.tolist()[1:]) if not math.isfinite(v)) \
+                                if any(not math.isfinite(v) for v in values.tolist()[1:]) else "loss"
+                            raise NonFiniteLossError(
+                                f"non-finite {first} at optimizer step {step + 1} (epoch {epoch}, micro-batch {micro + 1}/{ga}, "
+                                f"lr {scheduler.get_last_lr()[0]:.3g}): " + ", ".join(bad)
+                                + ". Training stopped before the update; lower the learning rate, use bf16 instead of fp16, "
+                                f"or resume from the last checkpoint ({last_checkpoint or 'none yet'})."
+                            )
+                        sums += values
+                        accelerator.backward(outputs.loss / ga)
+                    batch_in_epoch += 1
+                grad_norm = None
+                if args.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    grad_norm = float(grad_norm)
+                    if not math.isfinite(grad_norm) and args.mixed_precision != "fp16":
+                        raise NonFiniteLossError(
+                            f"non-finite gradient norm ({grad_norm}) at optimizer step {step + 1} (epoch {epoch}) although "
+                            "every loss component was finite; lower the learning rate or resume from the last checkpoint "
+                            f"({last_checkpoint or 'none yet'})."
+                        )
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                momentum = None
+                if teacher is not None:
+                    momentum = float(teacher.momentum(step))
+                    teacher.update(unwrapped, step)
+                step += 1
+                seconds = time.perf_counter() - step_started
+                if step > first_step + 1:  # the first step of an invocation pays one-off costs
+                    measured_samples += args.per_device_train_batch_size * ga
+                    measured_seconds += seconds
+                progress.update(1)
+                if step % args.logging_steps == 0 or step == stop_step:
+                    means = (sums / ga).tolist()
+                    last_metrics = {f"train/{name}": value for name, value in zip(LOSS_COMPONENTS, means)}
+                    last_metrics.update({"train/learning_rate": lr, "train/hard_mask_share": share,
+                                         "train/epoch": epoch + batch_in_epoch / (steps_per_epoch * ga),
+                                         "train/samples_per_second_per_process":
+                                             measured_samples / measured_seconds if measured_seconds else None})
+                    if momentum is not None:
+                        last_metrics["train/ema_momentum"] = momentum
+                    if grad_norm is not None:
+                        last_metrics["train/grad_norm"] = grad_norm
+                    if args.report_to == "tensorboard":
+                        accelerator.log({k: v for k, v in last_metrics.items() if v is not None}, step=step)
+                    if accelerator.is_main_process:
+                        record = {"step": step, "world_size": world_size,
+                                  **{k.split("/", 1)[1]: v for k, v in last_metrics.items()}}
+                        with metrics_path.open("a") as handle:
+                            handle.write(json.dumps(record) + "\n")
+                    progress.set_postfix(loss=f"{means[0]:.4f}", lr=f"{lr:.2e}")
+                if args.save_steps and step % args.save_steps == 0 and step < args.max_steps:
+                    last_checkpoint = save_checkpoint(step)
+            if batch_in_epoch + ga > steps_per_epoch * ga:
+                epoch, batch_in_epoch = epoch + 1, 0
+        if step < args.max_steps and (not args.save_steps or step % args.save_steps):
+            last_checkpoint = save_checkpoint(step)  # stopped early: leave a checkpoint to continue from
+    finally:
+        progress.close()
+
+    throughput = measured_samples / measured_seconds if measured_seconds else 0.0  # 0: too few steps to measure
+    per_process = accelerator.gather(torch.tensor([throughput], device=accelerator.device, dtype=torch.float64))
+    per_process = [float(v) for v in per_process.cpu().tolist()]
+    finished = step >= args.max_steps
+    accelerator.wait_for_everyone()
+    if finished:
+        state_dict = accelerator.get_state_dict(model)
+        unwrapped.save_pretrained(str(output_dir), is_main_process=accelerator.is_main_process,
+                                  save_function=accelerator.save, state_dict=state_dict)
+        if accelerator.is_main_process:
+            preprocessor = find_preprocessor_config(args.dataset, args.dataset_cache_dir) if args.dataset else None
+            if preprocessor is not None:
+                shutil.copyfile(preprocessor, output_dir / preprocessor.name)
+            if teacher is not None and args.save_teacher:
+                teacher.model.save_pretrained(str(output_dir / "teacher"))
+    if accelerator.is_main_process:
+        summary = {"step": step, "max_steps": args.max_steps, "finished": finished, "world_size": world_size,
+                   "distributed_type": str(accelerator.distributed_type), "device": str(accelerator.device),
+                   "mixed_precision": args.mixed_precision, "global_batch_size": global_batch,
+                   "samples_per_second_per_process": per_process, "last_metrics": last_metrics,
+                   "checkpoint": last_checkpoint, "find_unused_parameters": find_unused,
+                   "unused_parameters": unused_names}
+        (output_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+    accelerator.print(
+        f"pre-training {'finished' if finished else 'stopped'} at step {step}: samples/s per process "
+        + ", ".join(f"{v:.1f}" for v in per_process)
+        + (f"; model saved to {output_dir}" if finished else f"; continue with --resume-from-checkpoint {last_checkpoint}")
+    )
+    accelerator.end_training()
+    return PretrainingResult(step=step, output_dir=str(output_dir), finished=finished, last_metrics=last_metrics,
+                             samples_per_second_per_process=per_process, world_size=world_size,
+                             checkpoint=last_checkpoint)
+
+
+__all__ = [
+    "CheckpointError",
+    "NonFiniteLossError",
+    "PretrainingArguments",
+    "PretrainingResult",
+    "build_optimizer_and_scheduler",
+    "find_unused_parameters",
+    "list_checkpoints",
+    "load_model_config",
+    "optimizer_parameter_groups",
+    "parse_config_overrides",
+    "run_pretraining",
+    "warmup_cosine_factor",
+]
