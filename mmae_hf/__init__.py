@@ -21,6 +21,7 @@ from .modeling_mmae import (
     MMAETeacherOutput,
     set_auto_map,
 )
+from .pipeline_traffic import TrafficClassificationPipeline, calibrate_ood_threshold, register_traffic_pipeline
 from .pmp import hard_mask_share
 from .teacher import MeanTeacher
 
@@ -38,6 +39,9 @@ MMAEModel.register_for_auto_class("AutoModel")
 MMAEForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 MMAEForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
+# pipeline("traffic-classification", model=...): pcap in, one prediction per flow out
+register_traffic_pipeline()
+
 __all__ = [
     "PRESETS",
     "DataCollatorForFlowMix",
@@ -49,6 +53,8 @@ __all__ = [
     "MMAEPreTrainedModel",
     "MMAETeacherOutput",
     "MeanTeacher",
+    "TrafficClassificationPipeline",
+    "calibrate_ood_threshold",
     "hard_mask_share",
     "set_auto_map",
 ]

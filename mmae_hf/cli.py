@@ -1,0 +1,398 @@
+"""Command-line entry points: ``mmae-classify`` and ``mmae-shortcut-report``.
+
+``mmae-classify CAPTURE... --model M [--output flows.csv|.jsonl|.parquet]`` classifies every flow of the
+captures (files or folders of .pcap / .pcapng / .cap) in bounded memory: flows stream from the pcap reader,
+are classified in batches and written out batch by batch. A summary (flows per predicted label, OOD count,
+packets skipped and why, per-file errors) goes to stdout and to ``<output>.summary.json``. Without
+``--output`` the flows are written to stdout as JSON lines and the summary to stderr.
+
+Exit status: 0 when every capture was read completely (also when it held no IP flow), 1 when a capture was
+missing or damaged (the flows read before the damage are still written), 2 on bad arguments.
+
+``mmae-shortcut-report --model M --dataset DIR [--split test]`` re-evaluates a classifier with the headers,
+the addresses, the ports or the payload zeroed and prints how much accuracy and macro-F1 drop.
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
+OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+# ---------------------------------------------------------------------- inputs
+
+
+def expand_captures(paths: list[str]) -> list[str]:
+    """Files as given; folders expanded to their capture files (recursively, sorted)."""
+    captures = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(
+                str(p) for p in Path(path).rglob("*") if p.is_file() and p.suffix.lower() in CAPTURE_SUFFIXES
+            )
+            captures.extend(found)
+        else:
+            captures.append(path)
+    return captures
+
+
+def load_pipeline(model: str, device: str | None = None, batch_size: int = 256):
+    """The traffic-classification pipeline for a saved model folder or Hub id, with its feature extractor."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    import mmae_hf  # noqa: F401  (registers the MMAE classes)
+    from mmae_hf.pipeline_traffic import TrafficClassificationPipeline
+
+    feature_extractor = None
+    try:
+        from mmae_hf.feature_extraction_mmae import MMAEFeatureExtractor
+
+        if not os.path.isdir(model) or os.path.isfile(os.path.join(model, "preprocessor_config.json")):
+            feature_extractor = MMAEFeatureExtractor.from_pretrained(model)
+    except (OSError, ImportError) as error:
+        print(f"warning: no feature extractor for {model} ({error}); using the default flow options", file=sys.stderr)
+    classifier = AutoModelForSequenceClassification.from_pretrained(model, dtype=torch.float32)
+    return TrafficClassificationPipeline(
+        model=classifier,
+        feature_extractor=feature_extractor,
+        device=torch.device(device) if device else torch.device("cpu"),
+        batch_size=batch_size,
+        task="traffic-classification",
+    )
+
+
+# ---------------------------------------------------------------------- outputs
+
+
+def flat_record(record: dict[str, Any], top_k: int) -> dict[str, Any]:
+    """One flow as flat columns (for CSV / parquet): metadata, label, score, ood, then label_i / score_i."""
+    from mmae_hf.pipeline_traffic import FLOW_FIELDS
+
+    row = {field: record.get(field) for field in FLOW_FIELDS}
+    row.update(label=record["label"], score=record["score"], ood=record["ood"], ood_score=record["ood_score"])
+    for i in range(top_k):
+        entry = record["top_k"][i] if i < len(record["top_k"]) else {"label": None, "score": None}
+        row[f"label_{i + 1}"] = entry["label"]
+        row[f"score_{i + 1}"] = entry["score"]
+    return row
+
+
+class FlowWriter:
+    """Writes flow records batch by batch to CSV, JSON lines or parquet (one row group per batch)."""
+
+    def __init__(self, path: str | None, top_k: int):
+        self.path = path
+        self.top_k = top_k
+        self.count = 0
+        self._file = None
+        self._parquet = None
+        if path is None:
+            self.format = "jsonl"
+            self._file = sys.stdout
+            return
+        suffix = Path(path).suffix.lower()
+        if suffix not in OUTPUT_FORMATS:
+            raise ValueError(f"--output {path}: unknown format {suffix!r}; use one of {sorted(OUTPUT_FORMATS)}")
+        self.format = OUTPUT_FORMATS[suffix]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            self._schema = self._arrow_schema()
+            self._parquet = pq.ParquetWriter(path, self._schema)
+        else:
+            self._file = open(path, "w", newline="" if self.format == "csv" else None)
+            if self.format == "csv":
+                columns = list(flat_record(_EMPTY_RECORD, top_k))
+                self._csv = csv.DictWriter(self._file, fieldnames=columns)
+                self._csv.writeheader()
+
+    def _arrow_schema(self):
+        import pyarrow as pa
+
+        fields = [
+            ("source_file", pa.string()), ("src_ip", pa.string()), ("src_port", pa.int32()),
+            ("dst_ip", pa.string()), ("dst_port", pa.int32()), ("protocol", pa.int16()),
+            ("start_time", pa.float64()), ("end_time", pa.float64()), ("packet_count", pa.int64()),
+            ("byte_count", pa.int64()), ("label", pa.string()), ("score", pa.float64()), ("ood", pa.bool_()),
+            ("ood_score", pa.float64()),
+        ]
+        for i in range(self.top_k):
+            fields += [(f"label_{i + 1}", pa.string()), (f"score_{i + 1}", pa.float64())]
+        return pa.schema(fields)
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        self.count += len(records)
+        if self.format == "jsonl":
+            for record in records:
+                self._file.write(json.dumps(record, default=_json_default) + "\n")
+            self._file.flush()
+        elif self.format == "csv":
+            self._csv.writerows(flat_record(r, self.top_k) for r in records)
+        else:
+            import pyarrow as pa
+
+            rows = [flat_record(r, self.top_k) for r in records]
+            self._parquet.write_table(pa.Table.from_pylist(rows, schema=self._schema))
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        elif self._file is not None and self._file is not sys.stdout:
+            self._file.close()
+
+
+_EMPTY_RECORD = {"label": None, "score": None, "ood": None, "ood_score": None, "top_k": []}
+
+
+def _json_default(value):
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:
+        pass
+    return str(value)
+
+
+# ---------------------------------------------------------------------- mmae-classify
+
+
+def build_classify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmae-classify",
+        description="Classify every flow of pcap/pcapng captures with an MMAE model (streaming, bounded memory).",
+    )
+    parser.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files or folders of captures")
+    parser.add_argument("--model", required=True, help="saved model folder or Hub id (with preprocessor_config.json)")
+    parser.add_argument("--output", help="flows.csv | flows.jsonl | flows.parquet (default: JSON lines on stdout)")
+    parser.add_argument("--batch-size", type=int, default=256, help="flows per model call (default 256)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--top-k", type=int, default=3, help="labels reported per flow (default 3)")
+    parser.add_argument("--ood-threshold", type=float, help="override the model's calibrated config.ood_threshold")
+    parser.add_argument("--explain", metavar="DIR", help="write byte attributions (.npy/.json/.png) of flows to DIR")
+    parser.add_argument("--explain-limit", type=int, default=20, help="explain at most this many flows (default 20)")
+    parser.add_argument("--explain-steps", type=int, default=32, help="integrated-gradients steps (default 32)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def classify_main(argv: list[str] | None = None) -> int:
+    parser = build_classify_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.top_k < 1 or args.explain_limit < 0:
+        parser.error("--batch-size and --top-k must be >= 1, --explain-limit >= 0")
+    if args.output is not None and Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
+        parser.error(f"--output must end in one of {sorted(OUTPUT_FORMATS)}")
+    log = sys.stdout if args.output else sys.stderr  # keep stdout clean when it carries the flows
+
+    captures = expand_captures(args.captures)
+    if not captures:
+        parser.error("no capture files found in " + ", ".join(args.captures))
+    from tqdm.auto import tqdm
+
+    from mmae_hf.traffic import PacketAccounting
+
+    pipe = load_pipeline(args.model, device=args.device, batch_size=args.batch_size)
+    writer = FlowWriter(args.output, args.top_k)
+    per_file: list[dict[str, Any]] = []
+    total = PacketAccounting()
+    labels: Counter = Counter()
+    ood_count = 0
+    timings: dict[str, float] = {}
+    explained = 0
+    progress = tqdm(total=len(captures), unit="file", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+
+    def on_source_end(name, accounting, error):
+        entry = {"file": name, **(accounting.to_dict() if accounting is not None else {})}
+        if error is not None and error not in entry.get("errors", []):
+            entry.setdefault("errors", []).append(error)
+        per_file.append(entry)
+        if accounting is not None:
+            total.merge(accounting)
+        for message in entry.get("errors", []):
+            print(f"error: {name}: {message}" if name not in message else f"error: {message}", file=sys.stderr)
+        progress.update(1)
+
+    def sources():
+        for path in captures:
+            if not os.path.isfile(path):
+                message = f"{path}: no such capture file"
+                per_file.append({"file": path, "flows": 0, "errors": [message]})
+                print(f"error: {message}", file=sys.stderr)
+                progress.update(1)
+                continue
+            yield path
+
+    start = time.perf_counter()
+    try:
+        stream = pipe.predict_stream(
+            sources(), batch_size=args.batch_size, top_k=args.top_k, ood_threshold=args.ood_threshold,
+            on_source_end=on_source_end, timings=timings, keep_inputs=bool(args.explain),
+        )
+        for records in stream:
+            if args.explain and explained < args.explain_limit:
+                explained += _explain_batch(pipe, records, args, explained)
+            for record in records:
+                record.pop("_inputs", None)
+                labels[record["label"]] += 1
+                ood_count += bool(record["ood"])
+            writer.write(records)
+            progress.set_postfix(flows=writer.count, refresh=False)
+    finally:
+        writer.close()
+        progress.close()
+    seconds = time.perf_counter() - start
+
+    threshold = args.ood_threshold if args.ood_threshold is not None else getattr(pipe.model.config, "ood_threshold", None)
+    errors = [{"file": f["file"], "error": message} for f in per_file for message in f.get("errors", [])]
+    summary = {
+        "model": args.model,
+        "output": args.output,
+        "files": len(captures),
+        "files_with_errors": sum(1 for f in per_file if f.get("errors")),
+        "flows": writer.count,
+        "flows_per_label": dict(labels.most_common()),
+        "ood_threshold": threshold,
+        "ood_flows": ood_count if threshold is not None else None,
+        "packets_read": total.packets_read,
+        "packets_in_flows": total.packets_in_flows,
+        "packets_skipped": dict(sorted(total.skipped.items())),
+        "errors": errors,
+        "explained_flows": explained,
+        "seconds": round(seconds, 3),
+        "flows_per_second": round(writer.count / seconds, 2) if seconds > 0 else None,
+        "time_split_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "per_file": per_file,
+    }
+    print(format_summary(summary), file=log)
+    if args.output:
+        summary_path = args.output + ".summary.json"
+        Path(summary_path).write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+        print(f"summary written to {summary_path}", file=log)
+    return 1 if errors else 0
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"classified {summary['flows']} flows from {summary['files']} capture(s) in {summary['seconds']:.1f} s"]
+    if summary["flows"] == 0:
+        lines.append("no TCP/UDP flow found in the input")
+    for label, count in summary["flows_per_label"].items():
+        lines.append(f"  {label:<24} {count:>8}")
+    if summary["ood_flows"] is None:
+        lines.append("out-of-distribution: not flagged (the model has no calibrated config.ood_threshold)")
+    else:
+        lines.append(f"out-of-distribution (max prob < {summary['ood_threshold']:.4f}): {summary['ood_flows']} flows")
+    skipped = summary["packets_skipped"]
+    lines.append(
+        f"packets: {summary['packets_read']} read, {summary['packets_in_flows']} in flows, "
+        f"{sum(skipped.values())} skipped" + (": " + ", ".join(f"{k} {v}" for k, v in skipped.items()) if skipped else "")
+    )
+    if summary["errors"]:
+        lines.append(f"{summary['files_with_errors']} capture(s) with errors (flows read before the error are kept):")
+        lines.extend(f"  {e['error']}" if e["file"] in e["error"] else f"  {e['file']}: {e['error']}"
+                     for e in summary["errors"])
+    return "\n".join(lines)
+
+
+def _explain_batch(pipe, records, args, already: int) -> int:
+    """Integrated-gradients explanations for the first flows of a batch, up to ``--explain-limit`` in total."""
+    import numpy as np
+
+    from mmae_hf.explain import integrated_gradients, write_explanation
+
+    chosen = records[: max(0, args.explain_limit - already)]
+    if not chosen:
+        return 0
+    config = pipe.model.config
+    input_bytes = np.stack([r["_inputs"]["input_bytes"] for r in chosen])
+    label2id = {str(v): int(k) for k, v in config.id2label.items()}
+    targets = [label2id[str(r["label"])] for r in chosen]
+    attributions, deltas = integrated_gradients(pipe.model, input_bytes, target=targets, steps=args.explain_steps)
+    for offset, record in enumerate(chosen):
+        lengths = record["_inputs"].get("packet_lengths")
+        write_explanation(
+            args.explain, f"flow_{already + offset:05d}", attributions[offset], input_bytes[offset],
+            flow={k: v for k, v in record.items() if k != "_inputs"}, explained_label=record["label"],
+            delta=float(deltas[offset]), packet_lengths=None if lengths is None else [int(x) for x in lengths],
+            num_packets=int(config.num_packets), header_bytes=int(config.header_bytes),
+            payload_bytes=int(config.payload_bytes),
+        )
+    return len(chosen)
+
+
+# ---------------------------------------------------------------------- mmae-shortcut-report
+
+
+def load_dataset_split(path: str, split: str):
+    """A split of a dataset folder: ``save_to_disk`` output, or parquet files (``data/<split>-*.parquet``)."""
+    import datasets
+
+    folder = Path(path)
+    if not folder.exists():
+        raise FileNotFoundError(f"dataset folder {path} does not exist")
+    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        loaded = datasets.load_from_disk(str(folder))
+    else:
+        loaded = datasets.load_dataset(str(folder))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"dataset {path} has no split {split!r}; it has {sorted(loaded)}")
+        return loaded[split]
+    return loaded
+
+
+def shortcut_report_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mmae-shortcut-report",
+        description="Re-evaluate a classifier with headers, addresses, ports or payload zeroed, to see what it "
+        "relies on.",
+    )
+    parser.add_argument("--model", required=True, help="saved model folder or Hub id")
+    parser.add_argument("--dataset", required=True, metavar="DIR", help="dataset folder (save_to_disk or parquet)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default test)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-flows", type=int, help="evaluate only the first N flows of the split")
+    parser.add_argument("--output", help="report JSON (default: shortcut_report_<split>.json)")
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    import mmae_hf  # noqa: F401
+    from mmae_hf.explain import format_shortcut_report, shortcut_report
+
+    split = load_dataset_split(args.dataset, args.split)
+    if args.max_flows is not None:
+        split = split.select(range(min(args.max_flows, len(split))))
+    if len(split) == 0:
+        print(f"error: split {args.split!r} of {args.dataset} is empty", file=sys.stderr)
+        return 1
+    model = AutoModelForSequenceClassification.from_pretrained(args.model, dtype=torch.float32).to(args.device)
+    report = shortcut_report(model, split, batch_size=args.batch_size, device=args.device)
+    report.update(model=args.model, dataset=args.dataset, split=args.split)
+    print(format_shortcut_report(report))
+    output = args.output or f"shortcut_report_{args.split}.json"
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"report written to {output}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(classify_main())

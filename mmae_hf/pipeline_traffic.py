@@ -1,0 +1,599 @@
+# Copyright 2026 The mmae-hf authors. Licensed under the Apache License, Version 2.0.
+"""The ``traffic-classification`` pipeline: a capture in, one prediction per flow out.
+
+```python
+import mmae_hf  # registers the task
+from transformers import pipeline
+
+classify = pipeline("traffic-classification", model="path/or/repo", batch_size=256)
+flows = classify("capture.pcap", top_k=3)
+# [{"source_file": "capture.pcap", "src_ip": "10.0.0.1", "src_port": 51234, "dst_ip": ..., "dst_port": 443,
+#   "protocol": 6, "start_time": ..., "end_time": ..., "packet_count": 12, "byte_count": 4242,
+#   "label": "Web", "score": 0.91, "top_k": [{"label": "Web", "score": 0.91}, ...],
+#   "ood": False, "ood_score": 0.91}, ...]
+```
+
+Inputs: a path to a pcap / pcapng file, the bytes of one, a list of paths (one list of flow records per
+path), or flows that were already extracted (a dict with ``input_bytes`` or ``payload`` of shape
+``[1600]`` / ``[N, 1600]``, or a uint8 array of that shape). The flow and anonymisation settings come from the
+`MMAEFeatureExtractor` saved beside the weights (``preprocessor_config.json``), so inference sees exactly the
+preprocessing the model was trained with.
+
+``batch_size`` counts *flows*: one capture yields many flows, which are batched inside the pipeline (the
+stock pipeline batching pads tokenizer outputs and does not apply here), so the pipeline-level batching of
+transformers always runs with one input at a time.
+
+Out-of-distribution flag: ``ood`` is True when the highest class probability is below
+``config.ood_threshold`` (calibrated on validation data with `calibrate_ood_threshold`); it is None when the
+model has no calibrated threshold.
+
+Remote code: this file is copied next to the weights by ``pipe.save_pretrained`` and may then be loaded with
+``trust_remote_code=True`` in a process without mmae-hf. It therefore imports only numpy, torch and
+transformers at module level; the pcap reader (``mmae_hf.traffic``) is imported inside ``try`` blocks. Without
+mmae-hf installed the pipeline classifies pre-extracted flows; pcap input needs ``pip install mmae-hf``.
+"""
+
+import inspect
+import os
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.base import ChunkPipeline
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+TASK = "traffic-classification"
+
+# First four bytes of the capture formats the reader understands (classic pcap in both byte orders, micro-
+# and nanosecond precision; pcapng section header block).
+PCAP_MAGICS = (
+    b"\xd4\xc3\xb2\xa1",
+    b"\xa1\xb2\xc3\xd4",
+    b"\x4d\x3c\xb2\xa1",
+    b"\xa1\xb2\x3c\x4d",
+    b"\x0a\x0d\x0d\x0a",
+)
+
+# Per-flow metadata copied from the reader's FlowRecord into every prediction (in this order).
+FLOW_FIELDS = (
+    "source_file",
+    "src_ip",
+    "src_port",
+    "dst_ip",
+    "dst_port",
+    "protocol",
+    "start_time",
+    "end_time",
+    "packet_count",
+    "byte_count",
+)
+
+# Model inputs of the data contract (docs/INTERFACES.md); the pipeline passes those the model's forward takes.
+MODEL_INPUT_NAMES = ("input_bytes", "packet_lengths", "packet_iats", "packet_directions", "flow_stats")
+_ROW_COLUMN = {"input_bytes": "payload"}  # data-contract column that holds a model input, where names differ
+
+DEFAULT_FLOW_BATCH_SIZE = 64
+
+
+def _traffic_module():
+    """``mmae_hf.traffic`` or None when mmae-hf is not installed (remote-code use)."""
+    try:
+        import mmae_hf.traffic as traffic
+    except ImportError:
+        return None
+    return traffic
+
+
+def _feature_extractor_class():
+    try:
+        from mmae_hf.feature_extraction_mmae import MMAEFeatureExtractor
+    except ImportError:
+        return None
+    return MMAEFeatureExtractor
+
+
+def is_pcap_bytes(data: bytes) -> bool:
+    """True when ``data`` starts with a pcap or pcapng magic number."""
+    return bytes(data[:4]) in PCAP_MAGICS
+
+
+def _source_name(source: Any, default: str = "<bytes>") -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return default
+
+
+class TrafficClassificationPipeline(ChunkPipeline):
+    """Per-flow traffic classification of pcap / pcapng captures with an MMAE classifier.
+
+    Each input is split into flows by the streaming pcap reader with the feature extractor's `FlowOptions`; the
+    flows are encoded and classified in batches of ``batch_size`` flows; each flow becomes one dict holding
+    its 5-tuple, start and end time, packet and byte count, the top-k labels with probabilities and the
+    out-of-distribution flag (see the module docstring).
+
+    Call parameters (also accepted by ``pipeline(...)``):
+        top_k (`int`, defaults to 3): labels returned per flow (capped at the number of classes).
+        batch_size (`int`, defaults to 64): flows per model call.
+        ood_threshold (`float`, *optional*): overrides ``config.ood_threshold`` for this call.
+        errors (`str`, defaults to ``"warn"``): what a damaged capture does. ``"warn"`` logs an error naming the
+            file and returns the flows read before the damage; ``"raise"`` raises the reader's error.
+        source_name (`str`, *optional*): name recorded as ``source_file`` for bytes input.
+
+    After each input, ``self.last_accounting`` holds the reader's `PacketAccounting` (packets read, packets
+    skipped and why, errors) for that input.
+    """
+
+    # v5 component flags: no tokenizer / processors; the feature extractor is optional (it carries the flow
+    # settings, but pre-extracted flows and remote use without mmae-hf work without it).
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_tokenizer = False
+    _load_feature_extractor = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # `batch_size` counts flows and is applied in `preprocess`; the base class's own batching (padding
+        # collate of tokenizer outputs) must stay at one input per step.
+        self.flow_batch_size = int(self._batch_size or DEFAULT_FLOW_BATCH_SIZE)
+        self._batch_size = None
+        if self.feature_extractor is None:
+            self.feature_extractor = self._load_saved_feature_extractor()
+        self._check_feature_extractor()
+        forward_params = inspect.signature(self.model.forward).parameters
+        self.model_input_names = [name for name in MODEL_INPUT_NAMES if name in forward_params]
+        if not self.model_input_names:
+            raise ValueError(f"{type(self.model).__name__}.forward takes none of the inputs {MODEL_INPUT_NAMES}")
+        self.last_accounting = None
+        self._warned_no_feature_extractor = False
+
+    # ------------------------------------------------------------------ setup
+    def _load_saved_feature_extractor(self):
+        """The MMAEFeatureExtractor saved beside the weights, when the model was loaded from a folder."""
+        folder = getattr(self.model, "name_or_path", None) or getattr(self.model.config, "_name_or_path", None)
+        extractor_class = _feature_extractor_class()
+        if not folder or extractor_class is None:
+            return None
+        if not os.path.isfile(os.path.join(os.fspath(folder), "preprocessor_config.json")):
+            return None
+        return extractor_class.from_pretrained(folder)
+
+    def _check_feature_extractor(self):
+        """The extractor's byte layout must be the one the model was built for."""
+        extractor = self.feature_extractor
+        options = getattr(extractor, "flow_options", None)
+        if extractor is None or options is None:
+            return
+        options = options if isinstance(options, dict) else options.to_dict()
+        config = self.model.config
+        for name in ("num_packets", "header_bytes", "payload_bytes"):
+            if name in options and hasattr(config, name) and int(options[name]) != int(getattr(config, name)):
+                raise ValueError(
+                    f"the feature extractor cuts flows with {name}={options[name]} but the model expects "
+                    f"{name}={getattr(config, name)}; use the preprocessor_config.json the model was trained with"
+                )
+
+    @property
+    def num_bytes(self) -> int:
+        config = self.model.config
+        if hasattr(config, "num_bytes"):
+            return int(config.num_bytes)
+        return int(config.num_packets * (config.header_bytes + config.payload_bytes))
+
+    # ------------------------------------------------------------------ pipeline API
+    def _sanitize_parameters(
+        self, top_k=None, ood_threshold=None, flow_batch_size=None, errors=None, source_name=None, **kwargs
+    ):
+        if kwargs:
+            raise TypeError(f"unknown arguments for the {TASK} pipeline: {sorted(kwargs)}")
+        preprocess = {}
+        if flow_batch_size is not None:
+            preprocess["flow_batch_size"] = int(flow_batch_size)
+        if errors is not None:
+            if errors not in ("warn", "raise"):
+                raise ValueError(f"errors must be 'warn' or 'raise', got {errors!r}")
+            preprocess["errors"] = errors
+        if source_name is not None:
+            preprocess["source_name"] = source_name
+        postprocess = {}
+        if top_k is not None:
+            if int(top_k) < 1:
+                raise ValueError(f"top_k must be >= 1, got {top_k}")
+            postprocess["top_k"] = int(top_k)
+        if ood_threshold is not None:
+            postprocess["ood_threshold"] = float(ood_threshold)
+        return preprocess, {}, postprocess
+
+    def __call__(self, inputs, *args, batch_size=None, **kwargs):
+        """Classify the flows of one capture (returns a list of flow dicts) or of a list of captures (a list of
+        such lists). ``batch_size`` is the number of flows per model call."""
+        if batch_size is not None:
+            kwargs["flow_batch_size"] = batch_size
+        return super().__call__(inputs, *args, batch_size=1, **kwargs)
+
+    def preprocess(self, inputs, flow_batch_size=None, errors="warn", source_name=None):
+        """Yields batches of encoded flows (`ChunkPipeline` chunks); the last one has ``is_last=True``."""
+        accounting = self._new_accounting()
+        self.last_accounting = accounting
+        flows = self._iter_flows(inputs, accounting, errors=errors, source_name=source_name)
+        yield from self._chunks(flows, flow_batch_size or self.flow_batch_size)
+
+    def _forward(self, chunk):
+        inputs = chunk["model_inputs"]
+        num_flows = len(chunk["flows"])
+        if num_flows == 0:
+            logits = torch.zeros(0, self.model.config.num_labels)
+        else:
+            logits = self.model(**inputs).logits
+        return {"logits": logits, "flows": chunk["flows"], "is_last": chunk["is_last"]}
+
+    def postprocess(self, chunk_outputs, top_k=3, ood_threshold=None):
+        records = []
+        for output in chunk_outputs:
+            records.extend(self.postprocess_chunk(output, top_k=top_k, ood_threshold=ood_threshold))
+        return records
+
+    # ------------------------------------------------------------------ streaming API (CLI, benchmarks)
+    def predict_stream(
+        self,
+        sources: Iterable[Any],
+        batch_size: int | None = None,
+        top_k: int = 3,
+        ood_threshold: float | None = None,
+        on_source_end=None,
+        errors: str = "warn",
+        timings: dict | None = None,
+        keep_inputs: bool = False,
+    ) -> Iterator[list[dict]]:
+        """Classify many captures in bounded memory: yields one list of flow dicts per model batch.
+
+        Flows of consecutive captures share batches (many small captures still fill a batch). Only the
+        active flows of the reader and one batch are held at a time.
+
+        Args:
+            sources: paths or pcap bytes.
+            on_source_end (callable, *optional*): ``on_source_end(name, accounting, error)`` after each
+                capture, with its `PacketAccounting` and the error that ended it (None when it was read whole).
+            timings (`dict`, *optional*): accumulates ``parse_s`` (reading, flow assembly, encoding),
+                ``model_s`` (forward passes) and ``postprocess_s`` seconds.
+            keep_inputs (`bool`, defaults to False): add each flow's model inputs (numpy) as ``record["_inputs"]``
+                (used for explanations).
+        """
+        timings = timings if timings is not None else {}
+        for key in ("parse_s", "model_s", "postprocess_s"):
+            timings.setdefault(key, 0.0)
+
+        def all_flows():
+            for source in sources:
+                accounting = self._new_accounting()
+                error_holder = []
+                yield from self._iter_flows(source, accounting, errors=errors, error_holder=error_holder)
+                if on_source_end is not None:
+                    on_source_end(_source_name(source), accounting, error_holder[0] if error_holder else None)
+
+        chunks = self._chunks(all_flows(), batch_size or self.flow_batch_size)
+        while True:
+            start = time.perf_counter()
+            chunk = next(chunks, None)
+            timings["parse_s"] += time.perf_counter() - start
+            if chunk is None:
+                return
+            if not chunk["flows"]:
+                continue
+            start = time.perf_counter()
+            output = self.forward(chunk)
+            timings["model_s"] += time.perf_counter() - start
+            start = time.perf_counter()
+            records = self.postprocess_chunk(output, top_k=top_k, ood_threshold=ood_threshold)
+            if keep_inputs:
+                inputs = {name: value.cpu().numpy() for name, value in chunk["model_inputs"].items()}
+                for index, record in enumerate(records):
+                    record["_inputs"] = {name: value[index] for name, value in inputs.items()}
+            timings["postprocess_s"] += time.perf_counter() - start
+            yield records
+
+    def postprocess_chunk(self, output, top_k=3, ood_threshold=None) -> list[dict]:
+        """Flow dicts of one model batch (``output`` as returned by `forward`)."""
+        logits = output["logits"]
+        flows = output["flows"]
+        if len(flows) == 0:
+            return []
+        probs = logits.float().softmax(-1)
+        k = min(int(top_k), probs.shape[-1])
+        top_scores, top_ids = probs.topk(k, dim=-1)
+        top_scores, top_ids = top_scores.tolist(), top_ids.tolist()
+        threshold = ood_threshold if ood_threshold is not None else getattr(self.model.config, "ood_threshold", None)
+        id2label = self.model.config.id2label
+        records = []
+        for meta, scores, ids in zip(flows, top_scores, top_ids):
+            labels = [{"label": id2label[int(i)], "score": float(s)} for s, i in zip(scores, ids)]
+            record = dict(meta)
+            record["label"] = labels[0]["label"]
+            record["score"] = labels[0]["score"]
+            record["top_k"] = labels
+            record["ood_score"] = labels[0]["score"]
+            record["ood"] = None if threshold is None else bool(labels[0]["score"] < threshold)
+            records.append(record)
+        return records
+
+    # ------------------------------------------------------------------ flows
+    def _new_accounting(self):
+        traffic = _traffic_module()
+        return traffic.PacketAccounting() if traffic is not None else None
+
+    def _iter_flows(self, source, accounting, errors="warn", source_name=None, error_holder=None):
+        """Yields ``(metadata dict, encodable flow)`` pairs for one input."""
+        if isinstance(source, dict) or isinstance(source, np.ndarray) or torch.is_tensor(source):
+            yield from self._pre_extracted_flows(source)
+            return
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if not is_pcap_bytes(source):
+                raise ValueError(
+                    "bytes input must be a pcap or pcapng capture (no pcap magic number found); pass already "
+                    "extracted flows as a dict with 'input_bytes' or as a uint8 array instead"
+                )
+            source = bytes(source)
+        elif not isinstance(source, (str, os.PathLike)) and not hasattr(source, "read"):
+            if hasattr(source, "payload"):  # a FlowRecord
+                yield self._record_metadata(source), source
+                return
+            raise TypeError(f"cannot classify an input of type {type(source).__name__}")
+        name = source_name or _source_name(source)
+        traffic = _traffic_module()
+        if traffic is None:
+            raise ImportError(
+                f"reading the capture {name} needs the mmae-hf package (pip install mmae-hf); without it this "
+                "pipeline classifies already extracted flows only"
+            )
+        if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
+            raise FileNotFoundError(f"capture {name} does not exist")
+        try:
+            for record in self._read_flows(source, accounting, name):
+                yield self._record_metadata(record, name), record
+        except traffic.PcapFormatError as error:
+            if error_holder is not None:
+                error_holder.append(str(error))
+            if errors == "raise":
+                raise
+            logger.error(f"{name}: capture is damaged, kept the flows read before the damage: {error}")
+            if accounting is not None and str(error) not in accounting.errors:
+                accounting.errors.append(str(error))
+            return
+        if accounting is not None and accounting.errors:
+            if error_holder is not None:
+                error_holder.extend(accounting.errors)
+            for message in accounting.errors:
+                logger.warning(f"{name}: {message}")
+
+    def _read_flows(self, source, accounting, name):
+        extractor = self.feature_extractor
+        if extractor is not None and hasattr(extractor, "extract_flows"):
+            return extractor.extract_flows(source, accounting=accounting)
+        if not self._warned_no_feature_extractor:
+            logger.warning(
+                "no MMAEFeatureExtractor (preprocessor_config.json) beside the model: flows are cut with the "
+                "default FlowOptions, which may differ from the preprocessing the model was trained with"
+            )
+            self._warned_no_feature_extractor = True
+        traffic = _traffic_module()
+        return traffic.iter_flows(source, traffic.FlowOptions(), accounting=accounting, source_name=name)
+
+    @staticmethod
+    def _record_metadata(record, name=None) -> dict:
+        meta = {field: getattr(record, field, None) for field in FLOW_FIELDS}
+        if not meta["source_file"] and name is not None:
+            meta["source_file"] = name
+        return meta
+
+    def _pre_extracted_flows(self, source):
+        """Flows given as arrays / columns (no pcap reader needed)."""
+        if isinstance(source, dict):
+            columns = dict(source)
+            if "input_bytes" not in columns and "payload" in columns:
+                columns["input_bytes"] = columns.pop("payload")
+            if "input_bytes" not in columns:
+                raise ValueError("a dict input needs an 'input_bytes' (or 'payload') entry with the flow bytes")
+        else:
+            columns = {"input_bytes": source}
+        arrays = {}
+        for name in MODEL_INPUT_NAMES:
+            if name in columns:
+                value = columns[name]
+                value = value.cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+                arrays[name] = value
+        payload = arrays["input_bytes"]
+        single = payload.ndim == 1
+        for name, value in arrays.items():
+            arrays[name] = value[None] if single else value
+        if arrays["input_bytes"].ndim != 2 or arrays["input_bytes"].shape[1] != self.num_bytes:
+            raise ValueError(
+                f"pre-extracted flows must have {self.num_bytes} bytes each, got an array of shape {payload.shape}"
+            )
+        count = arrays["input_bytes"].shape[0]
+        for index in range(count):
+            meta = {}
+            for field in FLOW_FIELDS:
+                value = columns.get(field)
+                if value is not None:
+                    value = value if single else value[index]
+                    meta[field] = value.item() if isinstance(value, np.generic) else value
+                else:
+                    meta[field] = None
+            yield meta, {name: value[index] for name, value in arrays.items()}
+
+    # ------------------------------------------------------------------ batching and encoding
+    def _chunks(self, flows, batch_size):
+        """Groups ``(meta, flow)`` pairs into encoded chunks; always yields at least one (possibly empty) chunk."""
+        batch = []
+        pending = None  # hold one full chunk back so the last one can be marked `is_last`
+        for item in flows:
+            batch.append(item)
+            if len(batch) >= batch_size:
+                if pending is not None:
+                    yield pending
+                pending = self._encode(batch, is_last=False)
+                batch = []
+        if batch:
+            if pending is not None:
+                yield pending
+            yield self._encode(batch, is_last=True)
+        elif pending is not None:
+            pending["is_last"] = True
+            yield pending
+        else:
+            yield self._encode([], is_last=True)
+
+    def _encode(self, batch, is_last):
+        metas = [meta for meta, _ in batch]
+        flows = [flow for _, flow in batch]
+        if not flows:
+            inputs = {"input_bytes": torch.zeros(0, self.num_bytes, dtype=torch.uint8)}
+        elif isinstance(flows[0], dict):
+            inputs = {
+                name: torch.from_numpy(np.stack([np.asarray(flow[name]) for flow in flows]))
+                for name in self.model_input_names
+                if name in flows[0]
+            }
+            inputs["input_bytes"] = inputs["input_bytes"].to(torch.uint8)
+        elif self.feature_extractor is not None:
+            features = self.feature_extractor(flows, return_tensors="pt")
+            inputs = {name: features[name] for name in self.model_input_names if name in features}
+        else:
+            inputs = {}
+            for name in self.model_input_names:
+                attribute = _ROW_COLUMN.get(name, name)
+                if hasattr(flows[0], attribute):
+                    inputs[name] = torch.from_numpy(np.stack([getattr(flow, attribute) for flow in flows]))
+        if "input_bytes" not in inputs:
+            raise ValueError("the encoded flows lack 'input_bytes'")
+        return {"model_inputs": inputs, "flows": metas, "is_last": is_last}
+
+
+# ---------------------------------------------------------------------- helpers on datasets
+
+
+def _dataset_batches(dataset_split, batch_size, columns):
+    """Yields dicts of numpy arrays (``columns`` that exist) from an HF Dataset, a dict of arrays or an array."""
+    if hasattr(dataset_split, "with_format"):
+        present = [c for c in columns if c in dataset_split.column_names]
+        formatted = dataset_split.with_format("numpy", columns=present)
+        for start in range(0, len(formatted), batch_size):
+            yield formatted[start : start + batch_size]
+        return
+    if not isinstance(dataset_split, dict):
+        dataset_split = {"payload": dataset_split}
+    data = {c: np.asarray(dataset_split[c]) for c in columns if c in dataset_split}
+    total = len(next(iter(data.values())))
+    for start in range(0, total, batch_size):
+        yield {c: v[start : start + batch_size] for c, v in data.items()}
+
+
+@torch.no_grad()
+def predict_logits(model, dataset_split, batch_size: int = 256, device=None, transform=None) -> np.ndarray:
+    """Logits ``[N, num_labels]`` of ``model`` on the ``payload`` (or ``input_bytes``) column of a dataset split.
+
+    Args:
+        model: an MMAE classifier.
+        dataset_split: an HF `Dataset` with the data contract's columns, a dict of columns, or a uint8 array
+            ``[N, 1600]``.
+        transform (callable, *optional*): applied to each uint8 batch ``[n, 1600]`` before the model (used by the
+            shortcut report to occlude bytes).
+    """
+    was_training = model.training
+    model.eval()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    outputs = []
+    for batch in _dataset_batches(dataset_split, batch_size, ("payload", "input_bytes")):
+        payload = batch["payload"] if "payload" in batch else batch["input_bytes"]
+        payload = np.asarray(payload).astype(np.uint8, copy=False)
+        if transform is not None:
+            payload = transform(payload)
+        logits = model(input_bytes=torch.from_numpy(np.ascontiguousarray(payload)).to(device)).logits
+        outputs.append(logits.float().cpu().numpy())
+    model.train(was_training)
+    num_labels = model.config.num_labels
+    return np.concatenate(outputs) if outputs else np.zeros((0, num_labels), dtype=np.float32)
+
+
+def dataset_labels(dataset_split) -> np.ndarray:
+    """The integer ``label`` column of a dataset split."""
+    if hasattr(dataset_split, "with_format"):
+        return np.asarray(dataset_split.with_format("numpy", columns=["label"])["label"], dtype=np.int64)
+    return np.asarray(dataset_split["label"], dtype=np.int64)
+
+
+def _percentile_of_correct(logits, labels, percentile):
+    logits = np.asarray(logits, dtype=np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    top = probs.max(-1)
+    correct = probs.argmax(-1) == np.asarray(labels)
+    if not correct.any():
+        return None
+    return float(np.percentile(top[correct], percentile))
+
+
+def calibrate_ood_threshold(
+    model, dataset_split, percentile: float = 5.0, batch_size: int = 256, device=None, set_config: bool = True
+) -> float | None:
+    """Calibrates the out-of-distribution threshold of ``model`` on a validation split.
+
+    The threshold is the ``percentile``-th percentile of the max-softmax probability over the correctly
+    classified flows of ``dataset_split`` (so about ``percentile`` % of correct in-distribution flows would be
+    flagged); a flow whose highest class probability falls below it is flagged ``ood`` by the pipeline.
+
+    Args:
+        model: an MMAE classifier (`MMAEForSequenceClassification`).
+        dataset_split: the *validation* split (HF `Dataset` with ``payload`` and ``label`` columns, or a dict of
+            those arrays). Never calibrate on the test split.
+        percentile (`float`, defaults to 5.0): share (%) of correct validation flows allowed below the threshold.
+        set_config (`bool`, defaults to True): store the result in ``model.config.ood_threshold`` (saved with
+            the model).
+
+    Returns:
+        The threshold, or None when the model classifies no validation flow correctly (config left unchanged).
+    """
+    if not 0.0 <= percentile <= 100.0:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    logits = predict_logits(model, dataset_split, batch_size=batch_size, device=device)
+    labels = dataset_labels(dataset_split)
+    if len(labels) != len(logits):
+        raise ValueError(f"{len(labels)} labels for {len(logits)} flows")
+    threshold = _percentile_of_correct(logits, labels, percentile)
+    if threshold is None:
+        logger.warning("no validation flow is classified correctly; the OOD threshold was not calibrated")
+        return None
+    if set_config:
+        model.config.ood_threshold = threshold
+    return threshold
+
+
+def register_traffic_pipeline():
+    """Registers the ``traffic-classification`` task with transformers' pipeline registry (idempotent)."""
+    registered = PIPELINE_REGISTRY.supported_tasks.get(TASK)
+    if registered is not None and registered.get("impl") is TrafficClassificationPipeline:
+        return
+    PIPELINE_REGISTRY.register_pipeline(
+        TASK,
+        pipeline_class=TrafficClassificationPipeline,
+        pt_model=AutoModelForSequenceClassification,
+        type="multimodal",
+    )
+
+
+__all__ = [
+    "TrafficClassificationPipeline",
+    "calibrate_ood_threshold",
+    "predict_logits",
+    "dataset_labels",
+    "register_traffic_pipeline",
+    "is_pcap_bytes",
+    "FLOW_FIELDS",
+]
