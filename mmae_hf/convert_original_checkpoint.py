@@ -9,7 +9,8 @@
 * A fine-tuned checkpoint (encoder + `head`) becomes `MMAEForSequenceClassification`; the number of labels is read from
   `head.weight` (`--num-labels`, when given, must agree).
 
-The file is read with `torch.load(weights_only=True)` (no arbitrary unpickling). Every used key is mapped; the dead
+The file is read with `torch.load(weights_only=True)` (no arbitrary unpickling; the only extra class allowed is the
+`argparse.Namespace` of the saved training arguments). Every used key is mapped; the dead
 ones are dropped and listed: the unused MambaVision skeleton's `mmae_core_block.norm.*` (BatchNorm 2048) and
 `mmae_core_block.head.*` (Linear 2048->1000), the `stat_encoder.*` (never trained: its output only feeds an argmax;
 our pairing uses fixed transforms of the statistics, `flowmix.py`) and the classifier's unused `decoder_pred.*`.
@@ -82,7 +83,10 @@ def load_official_state_dict(path) -> dict:
     if not path.is_file():
         raise CheckpointConversionError(f"{path}: no such checkpoint file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # Official checkpoints also hold the training `args` (an argparse.Namespace, a plain attribute container):
+        # allow exactly that class on top of the tensor-only weights_only unpickler.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupted zip, truncated pickle, non-tensor objects refused by weights_only, ...
         raise CheckpointConversionError(
             f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True "
