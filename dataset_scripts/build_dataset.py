@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Build a Hugging Face DatasetDict of flows from captures (thin CLI over `mmae_hf.traffic.build_dataset`).
+
+Examples:
+    # a tree <label>/**/*.pcap[ng], split by capture file
+    python dataset_scripts/build_dataset.py --input captures/ --output data/my-traffic --split-by file
+    # a CSV manifest (file,label[,group])
+    python dataset_scripts/build_dataset.py --input manifest.csv --output data/my-traffic
+    # a public dataset of the MMAE paper, from the publisher's raw files
+    python dataset_scripts/build_dataset.py --recipe iscx-vpn2016 --input raw/ISCXVPN2016 --output data/iscx-vpn
+"""
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def _flow_option(text):
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def parse_args(argv=None):
+    from mmae_hf.traffic import ANONYMIZATION_PROFILES
+    from mmae_hf.traffic.recipes import RECIPES
+    from mmae_hf.traffic.splits import SPLIT_METHODS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="folder <label>/**/*.pcap[ng], a CSV manifest, or a recipe's raw folder")
+    p.add_argument("--output", help="output folder (save_to_disk + README.md + build_report.json)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="a public dataset's label map, caps and flow options")
+    p.add_argument("--manifest", help="CSV manifest (file,label[,group]); paths relative to --input")
+    p.add_argument("--file-column", default="file")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--group-column", help="manifest column holding the split group (default: 'group' or the file)")
+    p.add_argument("--split-by", choices=SPLIT_METHODS, help="flow | file (= group) | time (default: file)")
+    p.add_argument("--validation-size", type=float, default=0.1)
+    p.add_argument("--test-size", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-proc", type=int, default=1, help="worker processes reading captures")
+    p.add_argument("--anonymize", choices=ANONYMIZATION_PROFILES)
+    p.add_argument("--min-packets", type=int, help="drop flows with fewer packets")
+    p.add_argument("--drop-service-chatter", action="store_true", default=None,
+                   help="drop DNS, mDNS, LLMNR, NBNS, DHCP, NTP, SSDP packets (well-known ports)")
+    p.add_argument("--flow-option", type=_flow_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="any FlowOptions field, e.g. bidirectional=false or idle_timeout=60 (repeatable)")
+    p.add_argument("--min-flows-per-class", type=int, help="drop classes with fewer flows")
+    p.add_argument("--max-flows-per-class", type=int, help="seeded sample of at most this many flows per class")
+    p.add_argument("--no-dedup", action="store_true", help="keep exact duplicate payloads")
+    p.add_argument("--drop-label-conflicts", action="store_true",
+                   help="remove every flow whose payload also occurs with another label")
+    p.add_argument("--keep-addresses", action="store_true", help="add src_ip, dst_ip, src_port, dst_port columns")
+    p.add_argument("--strict", action="store_true", help="stop at the first damaged capture")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--push-to-hub", metavar="REPO", help="publish to this Hub dataset repo")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if not args.output and not args.push_to_hub:
+        p.error("give --output and/or --push-to-hub")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mmae_hf.traffic.dataset import build_dataset
+
+    result = build_dataset(
+        args.input, args.output, manifest=args.manifest, recipe=args.recipe, file_column=args.file_column,
+        label_column=args.label_column, group_column=args.group_column, split_by=args.split_by,
+        validation_size=args.validation_size, test_size=args.test_size, seed=args.seed,
+        flow_options=dict(args.flow_option) or None, anonymize=args.anonymize, min_packets=args.min_packets,
+        drop_service_chatter=args.drop_service_chatter, min_flows_per_class=args.min_flows_per_class,
+        max_flows_per_class=args.max_flows_per_class, dedup=not args.no_dedup,
+        drop_label_conflicts=args.drop_label_conflicts, keep_addresses=args.keep_addresses, num_proc=args.num_proc,
+        strict=args.strict, progress=not args.no_progress, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
+        private=args.private, command=shlex.join(["build_dataset.py", *(sys.argv[1:] if argv is None else argv)]),
+    )
+    report = result.report
+    from mmae_hf.traffic.card import class_count_table
+
+    print(class_count_table(report))
+    print(f"flows: {report['flows']['extracted']} extracted, {report['flows']['removed_duplicates']} duplicates removed, "
+          f"{report['flows']['final']} kept; packets skipped: {report['packets']['skipped']}; "
+          f"errors: {len(report['errors'])}; {report['timing_seconds']['total']:.1f} s")
+    if args.output:
+        print(f"saved to {Path(args.output)} (load with mmae_hf.traffic.load_traffic_dataset)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,646 @@
+"""pcap trees (or CSV manifests) -> Hugging Face `DatasetDict` of flows, leakage-safe and reported.
+
+`build_dataset` does the whole job; `dataset_scripts/build_dataset.py` only parses arguments:
+
+1. **collect** the captures: a tree ``ROOT/<label>/**/*.pcap[ng]`` (sub-folders and symlinks allowed), a CSV
+   manifest (``file,label[,group]``), or a recipe of `mmae_hf.traffic.recipes` mapping publisher file names to labels;
+2. **extract** flows with `mmae_hf.traffic.iter_flows` (one task per file, optionally in ``num_proc`` processes;
+   results are gathered in file order so the output does not depend on scheduling);
+3. **split** train / validation / test (`mmae_hf.traffic.splits`: by flow, by group = source file or manifest group,
+   or by time), stratified by class;
+4. **de-duplicate** identical anonymised payloads within and across splits (`mmae_hf.traffic.dedup`);
+5. **cap** classes: drop classes under ``min_flows_per_class``, sample at most ``max_flows_per_class`` flows per class
+   (seeded, in proportion to the split sizes so the split shares survive);
+6. **write** a `DatasetDict` (``save_to_disk``) with the data contract's features (docs/INTERFACES.md), a dataset card
+   (README.md), ``build_report.json`` and the feature extractor's ``preprocessor_config.json``; optionally push all of
+   it to the Hub.
+
+Every step is deterministic for a given seed. The columns are built as numpy arrays and handed to arrow directly
+(`pyarrow.FixedSizeListArray`), which avoids the slow per-row list encoding of ``Dataset.from_generator``.
+"""
+
+import csv
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .dedup import deduplicate
+from .splits import SPLIT_NAMES, split_flows
+
+PCAP_SUFFIXES = (".pcap", ".pcapng", ".cap")
+REPORT_NAME = "build_report.json"
+CARD_NAME = "README.md"
+
+# Per-flow scalar columns of the data contract and their numpy dtypes.
+_SCALARS = {
+    "start_time": np.float64,
+    "end_time": np.float64,
+    "packet_count": np.int64,
+    "byte_count": np.int64,
+    "protocol": np.int8,
+}
+_VECTORS = {
+    "payload": np.uint8,
+    "packet_lengths": np.int32,
+    "packet_iats": np.float32,
+    "packet_directions": np.int8,
+    "flow_stats": np.float32,
+}
+_ADDRESS_COLUMNS = ("src_ip", "dst_ip", "src_port", "dst_port")
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class CaptureFile:
+    """One capture to read.
+
+    Attributes:
+        path: where to read it (as found; symlinks are followed when opened).
+        name: its name relative to the input root, POSIX style: the ``source_file`` column.
+        label: its class name.
+        group: its split group (``name`` unless a manifest gives one).
+    """
+
+    path: str
+    name: str
+    label: str
+    group: str
+
+
+def _is_capture(name: str, suffixes) -> bool:
+    return name.lower().endswith(tuple(s.lower() for s in suffixes)) and not name.startswith(".")
+
+
+def walk_captures(root, suffixes=PCAP_SUFFIXES) -> list:
+    """All capture files under ``root`` (following symlinked folders, once each), as sorted POSIX relative names."""
+    root = Path(root)
+    found, seen_dirs = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:  # a symlink cycle or a second link to the same folder
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(root)
+        for filename in sorted(filenames):
+            if not _is_capture(filename, suffixes):
+                continue
+            full = Path(dirpath) / filename
+            if not full.exists():
+                raise FileNotFoundError(f"{full}: broken symlink (its target does not exist)")
+            found.append(PurePosixPath(*rel_dir.parts, filename).as_posix())
+    return sorted(found)
+
+
+def discover_tree(root, suffixes=PCAP_SUFFIXES) -> list:
+    """Captures of a tree ``root/<label>/**/<capture>``: the first folder level names the class."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: input folder does not exist")
+    files = []
+    for rel in walk_captures(root, suffixes):
+        parts = PurePosixPath(rel).parts
+        if len(parts) < 2:
+            continue  # a capture at the top level has no class folder
+        files.append(CaptureFile(str(root / rel), rel, parts[0], rel))
+    if not files:
+        raise ValueError(f"{root}: no captures found in <label>/ sub-folders (suffixes {', '.join(suffixes)})")
+    return files
+
+
+def read_manifest(manifest, *, file_column: str = "file", label_column: str = "label", group_column=None,
+                  root=None) -> list:
+    """Captures listed in a CSV manifest with a header row (``file,label[,group]``).
+
+    File paths are relative to ``root`` (default: the manifest's folder) unless absolute. ``group_column`` names
+    the column holding the split group (default: ``group`` if present, else the file itself).
+    Every problem raises ``ValueError`` naming the manifest and the line.
+    """
+    manifest = Path(manifest)
+    root = Path(root) if root is not None else manifest.parent
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: manifest not found")
+    files, first_line_of = [], {}
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in (file_column, label_column) if c not in header]
+        if missing:
+            raise ValueError(f"{manifest}:1: header must name the columns {file_column!r} and {label_column!r}; "
+                             f"missing {missing} (found {header})")
+        if group_column is None and "group" in header:
+            group_column = "group"
+        if group_column is not None and group_column not in header:
+            raise ValueError(f"{manifest}:1: group column {group_column!r} is not in the header {header}")
+        for row in reader:
+            line = reader.line_num
+            if None in row or any(v is None for v in row.values()):
+                raise ValueError(f"{manifest}:{line}: expected {len(header)} comma-separated fields "
+                                 f"({', '.join(header)}), got a different number")
+            name = row[file_column].strip()
+            label = row[label_column].strip()
+            if not name:
+                raise ValueError(f"{manifest}:{line}: empty {file_column!r}")
+            if not label:
+                raise ValueError(f"{manifest}:{line}: empty {label_column!r} for file {name!r}")
+            path = Path(name) if Path(name).is_absolute() else root / name
+            if not path.is_file():
+                raise ValueError(f"{manifest}:{line}: file {name!r} does not exist (looked for {path})")
+            if name in first_line_of:
+                raise ValueError(f"{manifest}:{line}: file {name!r} is listed twice (first on line {first_line_of[name]})")
+            first_line_of[name] = line
+            group = row[group_column].strip() if group_column else ""
+            files.append(CaptureFile(str(path), PurePosixPath(name).as_posix(), label, group or name))
+    if not files:
+        raise ValueError(f"{manifest}: the manifest lists no files")
+    return files
+
+
+# ----------------------------------------------------------------------------------------------- extraction
+def _empty_columns(num_bytes: int, num_packets: int, num_stats: int, keep_addresses: bool) -> dict:
+    cols = {
+        "payload": np.zeros((0, num_bytes), np.uint8),
+        "packet_lengths": np.zeros((0, num_packets), np.int32),
+        "packet_iats": np.zeros((0, num_packets), np.float32),
+        "packet_directions": np.zeros((0, num_packets), np.int8),
+        "flow_stats": np.zeros((0, num_stats), np.float32),
+    }
+    cols.update({k: np.zeros(0, t) for k, t in _SCALARS.items()})
+    if keep_addresses:
+        cols.update(src_ip=np.zeros(0, object), dst_ip=np.zeros(0, object),
+                    src_port=np.zeros(0, np.int32), dst_port=np.zeros(0, np.int32))
+    return cols
+
+
+def _records_to_columns(records: list, options, num_stats: int, keep_addresses: bool) -> dict:
+    if not records:
+        return _empty_columns(options.num_bytes, options.num_packets, num_stats, keep_addresses)
+    cols = {name: np.stack([getattr(r, name) for r in records]).astype(dtype, copy=False)
+            for name, dtype in _VECTORS.items()}
+    cols.update({name: np.array([getattr(r, name) for r in records], dtype=dtype) for name, dtype in _SCALARS.items()})
+    if keep_addresses:
+        cols["src_ip"] = np.array([r.src_ip for r in records], dtype=object)
+        cols["dst_ip"] = np.array([r.dst_ip for r in records], dtype=object)
+        cols["src_port"] = np.array([r.src_port for r in records], dtype=np.int32)
+        cols["dst_port"] = np.array([r.dst_port for r in records], dtype=np.int32)
+    return cols
+
+
+# Per-process extraction settings (set once per worker by `_init_worker`, or directly for num_proc=1).
+_WORKER: dict = {}
+
+
+def _init_worker(options_dict: dict, keep_addresses: bool, strict: bool, flow_reader) -> None:
+    from . import FLOW_STAT_NAMES, FlowOptions
+
+    _WORKER.update(options=FlowOptions.from_dict(options_dict), keep_addresses=keep_addresses, strict=strict,
+                   reader=flow_reader, num_stats=len(FLOW_STAT_NAMES))
+
+
+def _extract_one(task) -> dict:
+    """Read one capture; returns its flows as columns plus its packet accounting (never raises unless strict)."""
+    from . import PacketAccounting, iter_flows
+
+    index, path, name = task
+    options, strict = _WORKER["options"], _WORKER["strict"]
+    reader = _WORKER["reader"] or iter_flows
+    accounting = PacketAccounting()
+    records, error = [], None
+    started = time.perf_counter()
+    try:
+        for record in reader(path, options, accounting=accounting, strict=strict, source_name=name):
+            records.append(record)
+    except Exception as exc:  # keep the flows read before the damage; the report names the file
+        if strict:
+            raise
+        error = str(exc) if name in str(exc) else f"{name}: {type(exc).__name__}: {exc}"
+    columns = _records_to_columns(records, options, _WORKER["num_stats"], _WORKER["keep_addresses"])
+    return {"index": index, "name": name, "columns": columns, "accounting": accounting.to_dict(),
+            "error": error, "seconds": time.perf_counter() - started}
+
+
+def extract_captures(files: list, options, *, keep_addresses: bool = False, strict: bool = False, num_proc: int = 1,
+                     progress: bool = True, flow_reader=None) -> list:
+    """Extract every capture; returns one result dict per file, in the order of ``files``."""
+    from tqdm.auto import tqdm
+
+    tasks = [(i, f.path, f.name) for i, f in enumerate(files)]
+    init_args = (options.to_dict(), keep_addresses, strict, flow_reader)
+    bar = tqdm(total=len(tasks), desc="Reading captures", unit="file", disable=not progress)
+    results = []
+    try:
+        if num_proc <= 1 or len(tasks) <= 1:
+            _init_worker(*init_args)
+            for task in tasks:
+                results.append(_extract_one(task))
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+
+            # fork: workers inherit the (possibly injected) reader without pickling it and start instantly
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(num_proc, initializer=_init_worker, initargs=init_args) as pool:
+                # imap keeps the input order, so the result never depends on worker scheduling
+                for result in pool.imap(_extract_one, tasks, chunksize=1):
+                    results.append(result)
+                    bar.update(1)
+    finally:
+        bar.close()
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- features
+def contract_features(class_names, *, keep_addresses: bool = False, num_bytes: int = 1600, num_packets: int = 5,
+                      num_stats: int = 27):
+    """The `datasets.Features` of the data contract (docs/INTERFACES.md) for these class names."""
+    from datasets import ClassLabel, Features, List, Value
+
+    spec = {
+        "payload": List(Value("uint8"), length=num_bytes),
+        "packet_lengths": List(Value("int32"), length=num_packets),
+        "packet_iats": List(Value("float32"), length=num_packets),
+        "packet_directions": List(Value("int8"), length=num_packets),
+        "flow_stats": List(Value("float32"), length=num_stats),
+        "label": ClassLabel(names=list(class_names)),
+        "source_file": Value("string"),
+        "group": Value("string"),
+        "start_time": Value("float64"),
+        "end_time": Value("float64"),
+        "packet_count": Value("int64"),
+        "byte_count": Value("int64"),
+        "protocol": Value("int8"),
+    }
+    if keep_addresses:
+        spec.update(src_ip=Value("string"), dst_ip=Value("string"), src_port=Value("int32"), dst_port=Value("int32"))
+    return Features(spec)
+
+
+def _arrow_dataset(columns: dict, features, split_name: str):
+    """A `datasets.Dataset` over an in-memory arrow table built straight from numpy (no per-row encoding)."""
+    import pyarrow as pa
+    from datasets import Dataset, DatasetInfo, NamedSplit
+    from datasets.table import InMemoryTable
+
+    arrays = []
+    for name in features:
+        values = columns[name]
+        if values.ndim == 2:
+            flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, values.shape[1]))
+        elif values.dtype == object:
+            arrays.append(pa.array(values.tolist(), type=pa.string()))
+        else:
+            arrays.append(pa.array(values))
+    table = pa.Table.from_arrays(arrays, schema=features.arrow_schema)
+    # a content fingerprint makes save_to_disk's state.json deterministic too
+    digest = hashlib.sha256()
+    for name in features:
+        values = columns[name]
+        digest.update(name.encode())
+        digest.update(values.tobytes() if values.dtype != object else "\0".join(values.tolist()).encode())
+    return Dataset(InMemoryTable(table), info=DatasetInfo(features=features), split=NamedSplit(split_name),
+                   fingerprint=digest.hexdigest()[:16])
+
+
+# ----------------------------------------------------------------------------------------------- caps
+def cap_classes(labels: np.ndarray, split: np.ndarray, keep: np.ndarray, *, min_flows: int = 0, max_flows=None,
+                seed: int = 0) -> tuple:
+    """Apply per-class minimum and maximum flow counts to the kept rows.
+
+    Classes with fewer than ``min_flows`` kept flows are removed entirely. A class with more than ``max_flows``
+    keeps a seeded random sample of exactly ``max_flows``, spread over the splits in proportion to the class's
+    split sizes (largest remainder), so the split shares are preserved.
+
+    Returns ``(keep bool [N], dropped_classes {class id: flows}, capped {class id: flows removed})``.
+    """
+    keep = keep.copy()
+    rng = np.random.default_rng([seed, 1])
+    dropped, capped = {}, {}
+    for c in np.unique(labels[keep]):
+        rows = np.flatnonzero(keep & (labels == c))
+        if len(rows) < min_flows:
+            keep[rows] = False
+            dropped[int(c)] = int(len(rows))
+            continue
+        if max_flows is None or len(rows) <= max_flows:
+            continue
+        sizes = np.array([(split[rows] == s).sum() for s in range(3)], dtype=np.int64)
+        exact = sizes * max_flows / len(rows)
+        quota = np.floor(exact).astype(np.int64)
+        for s in np.argsort(-(exact - quota), kind="stable")[: max_flows - quota.sum()]:
+            quota[s] += 1
+        for s in range(3):
+            in_split = rows[split[rows] == s]
+            chosen = np.sort(rng.choice(len(in_split), size=int(quota[s]), replace=False)) if quota[s] else []
+            mask = np.zeros(len(in_split), bool)
+            mask[chosen] = True
+            keep[in_split[~mask]] = False
+        capped[int(c)] = int(len(rows) - max_flows)
+    return keep, dropped, capped
+
+
+# ----------------------------------------------------------------------------------------------- build
+@dataclass
+class BuildResult:
+    """What `build_dataset` returns.
+
+    Attributes:
+        dataset: the `datasets.DatasetDict` with ``train``, ``validation`` and ``test``.
+        report: the JSON-friendly build report (also written as ``build_report.json``).
+        output_dir: where it was saved (None if not saved).
+    """
+
+    dataset: object
+    report: dict
+    output_dir: object = None
+    card: object = field(default=None, repr=False)
+
+
+def _resolve_options(flow_options, overrides: dict):
+    from . import FlowOptions
+
+    if flow_options is None:
+        values = FlowOptions().to_dict()
+    elif isinstance(flow_options, dict):
+        values = {**FlowOptions().to_dict(), **flow_options}
+    else:
+        values = flow_options.to_dict()
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return FlowOptions.from_dict(values)
+
+
+def _collect(input_path, *, recipe, manifest, file_column, label_column, group_column):
+    """(files, input description, excluded names) for any kind of input."""
+    input_path = Path(input_path)
+    if recipe is not None:
+        files, excluded = recipe.collect(input_path)
+        return files, {"kind": "recipe", "recipe": recipe.name, "root": input_path.name}, excluded
+    if manifest is None and input_path.is_file() and input_path.suffix.lower() == ".csv":
+        manifest = input_path
+    if manifest is not None:
+        manifest = Path(manifest)
+        root = input_path if input_path.is_dir() else manifest.parent
+        files = read_manifest(manifest, file_column=file_column, label_column=label_column,
+                              group_column=group_column, root=root)
+        return files, {"kind": "manifest", "manifest": manifest.name, "root": root.name,
+                       "group_column": group_column}, []
+    return discover_tree(input_path), {"kind": "tree", "root": input_path.name}, []
+
+
+def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, file_column: str = "file",
+                  label_column: str = "label", group_column=None, split_by: str = None, validation_size: float = 0.1,
+                  test_size: float = 0.1, seed: int = 0, flow_options=None, anonymize=None, min_packets=None,
+                  drop_service_chatter=None, min_flows_per_class=None, max_flows_per_class=None, dedup: bool = True,
+                  drop_label_conflicts: bool = False, keep_addresses: bool = False, num_proc: int = 1,
+                  strict: bool = False, progress: bool = True, overwrite: bool = False, push_to_hub=None,
+                  private: bool = False, flow_reader=None, command=None) -> BuildResult:
+    """Build a train / validation / test `DatasetDict` of flows from captures (see the module docstring).
+
+    Args:
+        input_path: a folder ``<label>/**/*.pcap[ng]``, a CSV manifest, or the raw folder of a recipe.
+        output_dir: where to ``save_to_disk`` (with README.md, build_report.json, preprocessor_config.json); None: keep in memory.
+        manifest: a CSV manifest (``file,label[,group]``) whose paths are relative to ``input_path`` if that is a folder.
+        recipe: a `mmae_hf.traffic.recipes.Recipe` or its name; sets the labels, caps and flow options
+            (explicit arguments still win).
+        file_column / label_column / group_column: manifest column names (``group_column``: the split group).
+        split_by: ``"flow"``, ``"file"`` (= ``"group"``: the source file, or the manifest group) or ``"time"``;
+            default ``"file"`` (recipes may set another).
+        validation_size / test_size: held-out shares.
+        seed: drives the split and the per-class sampling; same seed and inputs give identical datasets.
+        flow_options: a `FlowOptions` or dict; ``anonymize``, ``min_packets`` and ``drop_service_chatter`` override it.
+        min_flows_per_class / max_flows_per_class: class filter and cap (after de-duplication).
+        dedup: remove exact duplicate payloads (keeping the copy in the earliest split).
+        drop_label_conflicts: also remove every flow of a duplicate cluster whose labels disagree.
+        keep_addresses: add ``src_ip``, ``dst_ip``, ``src_port``, ``dst_port`` columns.
+        num_proc: worker processes for reading captures.
+        strict: stop at the first damaged capture instead of reporting it and keeping what was read.
+        overwrite: allow writing into a non-empty ``output_dir``.
+        push_to_hub: a repo id to publish the DatasetDict, card, report and preprocessor config to.
+        flow_reader: replaces `iter_flows` (same signature); for tests.
+        command: the command line to record in the report.
+    """
+    from . import FLOW_STAT_NAMES, PacketAccounting
+    from .recipes import get_recipe
+
+    started = time.perf_counter()
+    if recipe is not None and not hasattr(recipe, "collect"):
+        recipe = get_recipe(recipe)
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+            raise FileExistsError(f"{output_dir}: output folder is not empty (pass overwrite=True / --overwrite)")
+
+    # settings: explicit argument > recipe > default
+    rec = recipe
+    split_by = split_by or (rec.split_by if rec else None) or "file"
+    min_flows = min_flows_per_class if min_flows_per_class is not None else (rec.min_flows_per_class if rec else 0)
+    max_flows = max_flows_per_class if max_flows_per_class is not None else (rec.max_flows_per_class if rec else None)
+    if rec is not None:
+        manifest = manifest if manifest is not None else (
+            Path(input_path) / rec.manifest if rec.manifest else None)
+        group_column = group_column or rec.group_column
+        base = {**rec.flow_options, **(flow_options if isinstance(flow_options, dict) else {})}
+        if flow_options is not None and not isinstance(flow_options, dict):
+            base = flow_options.to_dict()
+        flow_options = base
+    options = _resolve_options(flow_options, {"anonymize": anonymize, "min_packets": min_packets,
+                                              "drop_service_chatter": drop_service_chatter})
+    if rec is not None and rec.manifest:
+        files, source, excluded = _collect(input_path, recipe=None, manifest=manifest, file_column=file_column,
+                                           label_column=label_column, group_column=group_column)
+        source.update(kind="recipe", recipe=rec.name)
+    else:
+        files, source, excluded = _collect(input_path, recipe=rec, manifest=manifest, file_column=file_column,
+                                           label_column=label_column, group_column=group_column)
+
+    # 1. extract
+    t0 = time.perf_counter()
+    results = extract_captures(files, options, keep_addresses=keep_addresses, strict=strict, num_proc=num_proc,
+                               progress=progress, flow_reader=flow_reader)
+    extract_seconds = time.perf_counter() - t0
+    accounting = PacketAccounting()
+    per_file, errors = {}, []
+    for f, res in zip(files, results):
+        acc = PacketAccounting.from_dict(res["accounting"])
+        accounting.merge(acc)
+        n = len(res["columns"]["payload"])
+        per_file[f.name] = {"label": f.label, "group": f.group, "flows": n, "packets_read": acc.packets_read,
+                            "packets_skipped": dict(sorted(acc.skipped.items()))}
+        file_errors = list(acc.errors) + ([res["error"]] if res["error"] else [])
+        if file_errors:
+            per_file[f.name]["errors"] = file_errors
+            errors.extend({"file": f.name, "error": e} for e in file_errors)
+    counts = [len(r["columns"]["payload"]) for r in results]
+    columns = {name: np.concatenate([r["columns"][name] for r in results]) for name in results[0]["columns"]}
+    row_file = np.repeat(np.arange(len(files)), counts)
+    label_names_all = sorted({f.label for f in files})
+    label_index = {name: i for i, name in enumerate(label_names_all)}
+    labels = np.array([label_index[files[i].label] for i in row_file], dtype=np.int64)
+    groups = np.array([files[i].group for i in row_file], dtype=object)
+    sources = np.array([files[i].name for i in row_file], dtype=object)
+    num_flows = len(labels)
+
+    # 2. split, 3. de-duplicate, 4. caps
+    assignment, split_report = split_flows(split_by, labels, groups=groups, start_times=columns["start_time"],
+                                           validation_size=validation_size, test_size=test_size, seed=seed)
+    if dedup:
+        keep, dedup_report = deduplicate(columns["payload"], labels, assignment, sources=sources,
+                                         drop_label_conflicts=drop_label_conflicts)
+    else:
+        keep, dedup_report = assignment >= 0, None
+    keep, dropped_classes, capped = cap_classes(labels, assignment, keep, min_flows=min_flows, max_flows=max_flows,
+                                                seed=seed)
+
+    # 5. final classes (sorted, Python order: MMAE's label mapping) and splits
+    class_names = sorted({label_names_all[c] for c in np.unique(labels[keep])})
+    remap = np.full(len(label_names_all), -1, dtype=np.int64)
+    for new, name in enumerate(class_names):
+        remap[label_index[name]] = new
+    features = contract_features(class_names, keep_addresses=keep_addresses, num_bytes=options.num_bytes,
+                                 num_packets=options.num_packets, num_stats=len(FLOW_STAT_NAMES))
+    from datasets import DatasetDict
+
+    t0 = time.perf_counter()
+    splits = {}
+    class_counts = {}
+    for s, split_name in enumerate(SPLIT_NAMES):
+        rows = np.flatnonzero(keep & (assignment == s))
+        split_cols = {name: values[rows] for name, values in columns.items()}
+        split_cols["label"] = remap[labels[rows]]
+        split_cols["source_file"] = sources[rows]
+        split_cols["group"] = groups[rows]
+        splits[split_name] = _arrow_dataset(split_cols, features, split_name)
+        per_class = np.bincount(split_cols["label"], minlength=len(class_names))
+        class_counts[split_name] = {name: int(n) for name, n in zip(class_names, per_class)}
+    dataset = DatasetDict(splits)
+    table_seconds = time.perf_counter() - t0
+
+    missing = {}
+    for name in class_names:
+        absent = [s for s in SPLIT_NAMES if class_counts[s][name] == 0 and
+                  (s == "train" or (validation_size if s == "validation" else test_size) > 0)]
+        if absent:
+            missing[name] = absent
+    group_sets = [set(groups[keep & (assignment == s)]) for s in range(3)]
+    overlap = sorted((group_sets[0] & group_sets[1]) | (group_sets[0] & group_sets[2]) | (group_sets[1] & group_sets[2]))
+    split_dict = split_report.to_dict(label_names_all)
+    split_dict["classes_missing_from_splits"] = missing
+    split_dict["groups_on_several_splits"] = [str(g) for g in overlap]
+    split_dict["rows_per_split"] = {s: len(dataset[s]) for s in SPLIT_NAMES}
+    split_dict["groups_per_split"] = {s: len(g) for s, g in zip(SPLIT_NAMES, group_sets)}
+
+    from .. import __version__
+
+    report = {
+        "format": "mmae_hf.build_report/1",
+        "mmae_hf_version": __version__,
+        "command": command,
+        "input": {**source, "files": len(files), "files_excluded": len(excluded),
+                  "excluded_examples": list(excluded[:20])},
+        "flow_options": options.to_dict(),
+        "keep_addresses": keep_addresses,
+        "classes": class_names,
+        "class_counts": class_counts,
+        "split": split_dict,
+        "flows": {
+            "extracted": int(num_flows),
+            "extracted_by_class": {n: int((labels == i).sum()) for i, n in enumerate(label_names_all)},
+            "removed_duplicates": int(dedup_report.removed) if dedup_report else 0,
+            "classes_below_minimum": {label_names_all[c]: n for c, n in sorted(dropped_classes.items())},
+            "min_flows_per_class": int(min_flows),
+            "max_flows_per_class": max_flows,
+            "removed_by_cap": {label_names_all[c]: n for c, n in sorted(capped.items())},
+            "final": int(sum(len(dataset[s]) for s in SPLIT_NAMES)),
+        },
+        "duplicates": dedup_report.to_dict(label_names_all) if dedup_report else None,
+        "packets": {k: v for k, v in accounting.to_dict().items() if k != "errors"},
+        "errors": errors,
+        "files": per_file,
+        "timing_seconds": {"extract": round(extract_seconds, 3), "tables": round(table_seconds, 3)},
+    }
+    if rec is not None:
+        report["recipe"] = rec.to_dict()
+
+    from .card import make_dataset_card
+
+    card = None
+    if output_dir is not None:
+        t0 = time.perf_counter()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        dataset.save_to_disk(str(output_dir))
+        report["timing_seconds"]["save"] = round(time.perf_counter() - t0, 3)
+        report["preprocessor_config"] = _save_preprocessor(output_dir, options)
+    report["timing_seconds"]["total"] = round(time.perf_counter() - started, 3)
+    card = make_dataset_card(report, pretty_name=(rec.title if rec else None))
+    if output_dir is not None:
+        card.save(str(output_dir / CARD_NAME))
+        (output_dir / REPORT_NAME).write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    if push_to_hub:
+        push_dataset(dataset, push_to_hub, report=report, card=card, private=private, output_dir=output_dir)
+    return BuildResult(dataset=dataset, report=report, output_dir=output_dir, card=card)
+
+
+def _save_preprocessor(output_dir: Path, options):
+    """Save `MMAEFeatureExtractor` (with the flow options) beside the data; None if it is not available."""
+    try:
+        from ..feature_extraction_mmae import MMAEFeatureExtractor
+    except ImportError:
+        return None
+    extractor = MMAEFeatureExtractor(flow_options=options.to_dict())
+    extractor.save_pretrained(str(output_dir))
+    return "preprocessor_config.json"
+
+
+def push_dataset(dataset, repo_id: str, *, report: dict, card=None, private: bool = False, output_dir=None) -> str:
+    """Publish a built DatasetDict: parquet shards (``DatasetDict.push_to_hub``), then our card, report and
+    preprocessor config in one commit. The card keeps the ``dataset_info`` / ``configs`` YAML datasets wrote."""
+    from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi
+
+    from .card import make_dataset_card
+
+    dataset.push_to_hub(repo_id, private=private, commit_message="Add flow dataset (mmae_hf.build_dataset)")
+    api = HfApi()
+    card = card or make_dataset_card(report)
+    try:
+        pushed = DatasetCard.load(repo_id, repo_type="dataset")
+        for key in ("dataset_info", "configs"):
+            value = getattr(pushed.data, key, None)
+            if value is not None:
+                setattr(card.data, key, value)
+    except Exception:  # no README from datasets: our card stands alone
+        pass
+    operations = [
+        CommitOperationAdd(CARD_NAME, str(card).encode()),
+        CommitOperationAdd(REPORT_NAME, (json.dumps(report, indent=2) + "\n").encode()),
+    ]
+    if output_dir is not None and (Path(output_dir) / "preprocessor_config.json").is_file():
+        operations.append(CommitOperationAdd("preprocessor_config.json",
+                                             str(Path(output_dir) / "preprocessor_config.json")))
+    api.create_commit(repo_id, operations, repo_type="dataset", commit_message="Add dataset card and build report")
+    return repo_id
+
+
+def load_traffic_dataset(path_or_repo, **kwargs):
+    """The `DatasetDict` of a built dataset: a ``save_to_disk`` folder, a folder of parquet files, or a Hub id."""
+    from datasets import load_dataset, load_from_disk
+
+    path = Path(path_or_repo)
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+            return load_from_disk(str(path), **kwargs)
+        return load_dataset(str(path), **kwargs)
+    if path.exists():
+        raise ValueError(f"{path}: not a dataset folder (expected a save_to_disk folder or parquet files)")
+    return load_dataset(str(path_or_repo), **kwargs)
+
+
+__all__ = [
+    "BuildResult", "CaptureFile", "PCAP_SUFFIXES", "build_dataset", "cap_classes", "contract_features",
+    "discover_tree", "extract_captures", "load_traffic_dataset", "push_dataset", "read_manifest", "walk_captures",
+]

@@ -1,0 +1,156 @@
+"""build_dataset on crafted pcap trees and manifests: contract, reports, determinism, errors, parallelism."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dataset_pcaps import T0, flow, make_tree, write_pcap
+
+from mmae_hf.traffic import FLOW_STAT_NAMES
+from mmae_hf.traffic.dataset import build_dataset, load_traffic_dataset, read_manifest
+
+SPEC = {"chat": 5, "video": 5, "web": 4}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = make_tree(tmp_path_factory.mktemp("tree"), SPEC, flows_per_file=3)
+    # a capture in a sub-folder of its label folder, and a symlinked capture
+    write_pcap(root / "web" / "sub" / "deep.pcap", [flow("web/deep", start=T0 + 99)])
+    os.symlink(root / "web" / "cap00.pcap", root / "video" / "linked.pcap")  # same bytes, other label: a conflict
+    return root
+
+
+def _table_bytes(dd):
+    return {s: dd[s].data.table.to_pydict() for s in dd}
+
+
+def test_tree_build_contract_card_and_report(tree, tmp_path):
+    out = tmp_path / "out"
+    result = build_dataset(tree, out, split_by="file", seed=0, progress=False)
+    dd = load_traffic_dataset(out)
+    assert set(dd) == {"train", "validation", "test"}
+    feats = dd["train"].features
+    assert feats["label"].names == ["chat", "video", "web"]
+    assert feats["payload"].length == 1600 and feats["payload"].feature.dtype == "uint8"
+    assert feats["flow_stats"].length == len(FLOW_STAT_NAMES)
+    assert dd["train"].data.table.schema.field("payload").type.value_type.bit_width == 8
+    names = set().union(*(dd[s]["source_file"] for s in dd))
+    assert "web/sub/deep.pcap" in names and "video/linked.pcap" in names
+    # every row names its capture, and the group (= file) never spans two splits
+    per_split = {s: set(dd[s]["group"]) for s in dd}
+    assert not (per_split["train"] & per_split["test"]) and not (per_split["train"] & per_split["validation"])
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["split"]["groups_on_several_splits"] == []
+    assert report["class_counts"] == result.report["class_counts"]
+    assert sum(report["class_counts"]["train"].values()) == len(dd["train"])
+    assert report["packets"]["packets_read"] == report["packets"]["packets_in_flows"] > 0
+    # the linked copy of web/cap00 is a label conflict (same payloads, labels video and web)
+    conflicts = report["duplicates"]["label_conflicts"]
+    assert conflicts and all(set(c["labels"]) == {"video", "web"} for c in conflicts)
+    assert report["duplicates"]["removed_total"] == 3
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(out / "README.md")
+    assert card.data.mmae_hf["class_counts"] == report["class_counts"]
+    assert card.data.mmae_hf["anonymization"] == "default"
+    assert "`iat_mean` | seconds" in card.text and "| **total** |" in card.text
+
+
+def test_same_seed_identical_different_seed_differs_and_num_proc_is_deterministic(tree, tmp_path):
+    a = build_dataset(tree, tmp_path / "a", seed=1, progress=False).dataset
+    b = build_dataset(tree, tmp_path / "b", seed=1, num_proc=2, progress=False).dataset
+    c = build_dataset(tree, None, seed=2, progress=False).dataset
+    assert _table_bytes(a) == _table_bytes(b)
+    for name in ("dataset_dict.json", "train/dataset_info.json", "train/state.json", "train/data-00000-of-00001.arrow"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert {s: sorted(set(a[s]["group"])) for s in a} != {s: sorted(set(c[s]["group"])) for s in c}
+
+
+def test_flow_and_time_splits_and_caps(tree):
+    res = build_dataset(tree, None, split_by="time", max_flows_per_class=10, min_flows_per_class=14, progress=False,
+                        dedup=False)
+    dd, rep = res.dataset, res.report
+    assert rep["flows"]["classes_below_minimum"] == {"web": 13}  # 4 files x 3 flows + deep.pcap
+    assert dd["train"].features["label"].names == ["chat", "video"]
+    assert {c: sum(rep["class_counts"][s][c] for s in rep["class_counts"]) for c in ("chat", "video")} == \
+        {"chat": 10, "video": 10}
+    for split in ("validation", "test"):
+        later = dd[split]
+        for c in range(2):
+            train_times = [t for t, l in zip(dd["train"]["start_time"], dd["train"]["label"]) if l == c]
+            held_times = [t for t, l in zip(later["start_time"], later["label"]) if l == c]
+            assert min(held_times) >= max(train_times)
+
+
+def test_options_chatter_min_packets_and_addresses(tmp_path):
+    root = tmp_path / "in"
+    write_pcap(root / "a" / "x.pcap", [flow("a1", packets=4), flow("dns", proto="udp", dport=53, sport=5000),
+                                       flow("short", packets=1, sport=41000)])
+    write_pcap(root / "b" / "y.pcap", [flow("b1", packets=4)])
+    res = build_dataset(root, None, split_by="flow", drop_service_chatter=True, min_packets=2, keep_addresses=True,
+                        validation_size=0.0, test_size=0.0, progress=False)
+    rep = res.report
+    assert rep["packets"]["skipped"] == {"filtered": 3, "short_flow": 1}
+    assert rep["flows"]["extracted"] == 2
+    train = res.dataset["train"]
+    assert train["dst_port"] == [443, 443] and train["src_ip"] == ["10.0.0.1", "10.0.0.1"]
+    assert rep["flow_options"]["drop_service_chatter"] is True and rep["flow_options"]["min_packets"] == 2
+
+
+def test_damaged_capture_is_reported_and_good_flows_kept(tmp_path):
+    root = tmp_path / "in"
+    make_tree(root, {"a": 2, "b": 2}, flows_per_file=2)
+    good = (root / "a" / "cap00.pcap").read_bytes()
+    (root / "a" / "cut.pcap").write_bytes(good[: len(good) - 20])  # last record truncated
+    (root / "b" / "junk.pcap").write_bytes(b"this is not a capture at all")
+    res = build_dataset(root, None, progress=False)
+    errors = {e["file"]: e["error"] for e in res.report["errors"]}
+    assert set(errors) == {"a/cut.pcap", "b/junk.pcap"}
+    assert "junk.pcap" in errors["b/junk.pcap"]
+    assert res.report["files"]["a/cut.pcap"]["flows"] >= 1  # flows before the damage survive
+    with pytest.raises(ValueError, match="a/cut.pcap: .*byte offset"):
+        build_dataset(root, None, progress=False, strict=True)
+
+
+def test_manifest_with_groups_and_its_errors(tree, tmp_path):
+    lines = ["file,label,source"]
+    for label, n in SPEC.items():
+        lines += [f"{label}/cap{j:02d}.pcap,{label},session{j % 2}" for j in range(n)]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    res = build_dataset(tree, None, manifest=manifest, group_column="source", progress=False)
+    groups = {s: set(res.dataset[s]["group"]) for s in res.dataset}
+    assert groups["train"] | groups["validation"] | groups["test"] == {"session0", "session1"}
+    assert res.report["split"]["groups_on_several_splits"] == []
+
+    def bad(text, match, **kw):
+        path = tmp_path / "bad.csv"
+        path.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            read_manifest(path, root=tree, **kw)
+
+    bad("path,label\nchat/cap00.pcap,chat\n", r"bad.csv:1: header must name the columns 'file' and 'label'")
+    bad("file,label\nchat/cap00.pcap,chat\nchat/nope.pcap,chat\n", r"bad.csv:3: file 'chat/nope.pcap' does not exist")
+    bad("file,label\nchat/cap00.pcap,\n", r"bad.csv:2: empty 'label' for file 'chat/cap00.pcap'")
+    bad("file,label\nchat/cap00.pcap,chat,extra\n", r"bad.csv:2: expected 2 comma-separated fields")
+    bad("file,label\nchat/cap00.pcap,chat\nchat/cap00.pcap,web\n", r"bad.csv:3: .* listed twice \(first on line 2\)")
+    bad("file,label\nchat/cap00.pcap,chat\n", r"group column 'session' is not in the header", group_column="session")
+
+
+def test_output_folder_protection_and_bad_input(tree, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        build_dataset(tree, out, progress=False)
+    empty = tmp_path / "empty"
+    (empty / "x").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no captures found"):
+        build_dataset(empty, None, progress=False)
+    shutil.copy(tree / "chat" / "cap00.pcap", tmp_path / "top.pcap")
+    with pytest.raises(NotADirectoryError):
+        build_dataset(tmp_path / "missing", None, progress=False)
