@@ -355,7 +355,7 @@ class TrafficClassificationPipeline(ChunkPipeline):
         if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
             raise FileNotFoundError(f"capture {name} does not exist")
         try:
-            for record in self._read_flows(source, accounting, name):
+            for record in self._read_flows(source, accounting, name, strict=errors == "raise"):
                 yield self._record_metadata(record, name), record
         except traffic.PcapFormatError as error:
             if error_holder is not None:
@@ -372,18 +372,24 @@ class TrafficClassificationPipeline(ChunkPipeline):
             for message in accounting.errors:
                 logger.warning(f"{name}: {message}")
 
-    def _read_flows(self, source, accounting, name):
-        extractor = self.feature_extractor
-        if extractor is not None and hasattr(extractor, "extract_flows"):
-            return extractor.extract_flows(source, accounting=accounting)
-        if not self._warned_no_feature_extractor:
-            logger.warning(
-                "no MMAEFeatureExtractor (preprocessor_config.json) beside the model: flows are cut with the "
-                "default FlowOptions, which may differ from the preprocessing the model was trained with"
-            )
-            self._warned_no_feature_extractor = True
+    def _read_flows(self, source, accounting, name, strict=False):
+        """The reader's FlowRecords with the feature extractor's flow options (the training preprocessing)."""
         traffic = _traffic_module()
-        return traffic.iter_flows(source, traffic.FlowOptions(), accounting=accounting, source_name=name)
+        extractor = self.feature_extractor
+        options = getattr(extractor, "flow_options", None)
+        if options is not None:
+            options = traffic.FlowOptions.from_dict(options) if isinstance(options, dict) else options
+        elif extractor is not None and hasattr(extractor, "extract_flows"):
+            return extractor.extract_flows(source, accounting=accounting)
+        else:
+            if not self._warned_no_feature_extractor:
+                logger.warning(
+                    "no MMAEFeatureExtractor (preprocessor_config.json) beside the model: flows are cut with the "
+                    "default FlowOptions, which may differ from the preprocessing the model was trained with"
+                )
+                self._warned_no_feature_extractor = True
+            options = traffic.FlowOptions()
+        return traffic.iter_flows(source, options, accounting=accounting, strict=strict, source_name=name)
 
     @staticmethod
     def _record_metadata(record, name=None) -> dict:
