@@ -75,7 +75,7 @@ assert NUM_FLOW_STATS == 27
 
 SKIP_REASONS = (
     "non_ip",  # link layer carries no IPv4/IPv6 (ARP, LLDP, ...)
-    "ip_fragment",  # IPv4 fragment (MF set or offset > 0) or IPv6 fragment header; not reassembled
+    "ip_fragment",  # non-first IPv4/IPv6 fragment (no transport header); fragments are not reassembled
     "truncated_frame",  # captured bytes end before the IP or TCP/UDP header does
     "malformed",  # impossible header values (IPv4 IHL < 5, total length < header, TCP data offset < 5, ...)
     "unsupported_linktype",  # link type other than Ethernet, Linux SLL/SLL2, raw IP, BSD loopback

@@ -20,6 +20,8 @@ LINKTYPE_RAW, LINKTYPE_LOOP, LINKTYPE_SLL, LINKTYPE_SLL2 = 101, 108, 113, 276
 SUPPORTED_LINKTYPES = (0, 1, 12, 14, 101, 108, 113, 276)
 VLAN_ETHERTYPES = (0x8100, 0x88A8, 0x9100)
 AF_INET6_VALUES = (10, 24, 28, 30)  # Linux, OpenBSD/NetBSD, FreeBSD, macOS
+# hop-by-hop, routing, fragment, AH, destination options, mobility, HIP, shim6 (ESP = 50 ends the walk: encrypted)
+IPV6_EXTENSION_HEADERS = (0, 43, 44, 51, 60, 135, 139, 140)
 
 # UDP/TCP services that are infrastructure chatter rather than application traffic (NetMamba+ removes them too)
 SERVICE_CHATTER_PORTS = (53, 67, 68, 123, 137, 138, 1900, 5353, 5355, 546, 547)
@@ -74,33 +76,44 @@ def dissect(chunk: RecordChunk, drop_service_chatter: bool = False) -> PacketBat
     frame_end = start + chunk.caplen
     lt = chunk.linktype
     reason = np.zeros(n, dtype=np.int8)
-    reason[~np.isin(lt, SUPPORTED_LINKTYPES)] = R_LINKTYPE
+    # classic pcap has one link type per file: skip the branches that cannot apply (numpy's fixed costs dominate
+    # for the many small per-flow captures of public datasets)
+    present = set(np.unique(lt).tolist()) if n else set()
+    for code in present - set(SUPPORTED_LINKTYPES):
+        reason[lt == code] = R_LINKTYPE
 
     # ---- link layer -> (ethertype-like code, l3 offset)
     ethertype = np.zeros(n, dtype=np.int64)
     l3 = start.copy()
-    is_eth = lt == LINKTYPE_ETHERNET
-    ethertype[is_eth] = _u16(data, start[is_eth] + 12)
-    l3[is_eth] = start[is_eth] + 14
-    is_sll = lt == LINKTYPE_SLL
-    ethertype[is_sll] = _u16(data, start[is_sll] + 14)
-    l3[is_sll] = start[is_sll] + 16
-    is_sll2 = lt == LINKTYPE_SLL2
-    ethertype[is_sll2] = _u16(data, start[is_sll2])
-    l3[is_sll2] = start[is_sll2] + 20
-    is_raw = np.isin(lt, (LINKTYPE_RAW, LINKTYPE_RAW_12, LINKTYPE_RAW_14))
-    version_nibble = _u8(data, start[is_raw]) >> 4
-    ethertype[is_raw] = np.where(version_nibble == 4, 0x0800, np.where(version_nibble == 6, 0x86DD, 0))
-    is_null = np.isin(lt, (LINKTYPE_NULL, LINKTYPE_LOOP))
-    fam_le = _u8(data, start[is_null]) | (_u8(data, start[is_null] + 1) << 8)
-    fam_be = _u16(data, start[is_null] + 2)
-    # NULL is in the capturing host's byte order, LOOP in network order; the family is < 256 either way
-    family = np.where(fam_le != 0, fam_le, fam_be)
-    ethertype[is_null] = np.where(family == 2, 0x0800, np.where(np.isin(family, AF_INET6_VALUES), 0x86DD, 0))
-    l3[is_null] = start[is_null] + 4
+    none = np.zeros(n, dtype=bool)
+    is_eth = lt == LINKTYPE_ETHERNET if LINKTYPE_ETHERNET in present else none
+    if LINKTYPE_ETHERNET in present:
+        ethertype[is_eth] = _u16(data, start[is_eth] + 12)
+        l3[is_eth] = start[is_eth] + 14
+    is_sll = lt == LINKTYPE_SLL if LINKTYPE_SLL in present else none
+    if LINKTYPE_SLL in present:
+        ethertype[is_sll] = _u16(data, start[is_sll] + 14)
+        l3[is_sll] = start[is_sll] + 16
+    if LINKTYPE_SLL2 in present:
+        is_sll2 = lt == LINKTYPE_SLL2
+        ethertype[is_sll2] = _u16(data, start[is_sll2])
+        l3[is_sll2] = start[is_sll2] + 20
+    if present & {LINKTYPE_RAW, LINKTYPE_RAW_12, LINKTYPE_RAW_14}:
+        is_raw = (lt == LINKTYPE_RAW) | (lt == LINKTYPE_RAW_12) | (lt == LINKTYPE_RAW_14)
+        version_nibble = _u8(data, start[is_raw]) >> 4
+        ethertype[is_raw] = np.where(version_nibble == 4, 0x0800, np.where(version_nibble == 6, 0x86DD, 0))
+    if present & {LINKTYPE_NULL, LINKTYPE_LOOP}:
+        is_null = (lt == LINKTYPE_NULL) | (lt == LINKTYPE_LOOP)
+        fam_le = _u8(data, start[is_null]) | (_u8(data, start[is_null] + 1) << 8)
+        fam_be = _u16(data, start[is_null] + 2)
+        # NULL is in the capturing host's byte order, LOOP in network order; the family is < 256 either way
+        family = np.where(fam_le != 0, fam_le, fam_be)
+        is6 = (family == 10) | (family == 24) | (family == 28) | (family == 30)
+        ethertype[is_null] = np.where(family == 2, 0x0800, np.where(is6, 0x86DD, 0))
+        l3[is_null] = start[is_null] + 4
     # VLAN / QinQ tags (Ethernet and SLL)
     for _ in range(3):
-        tagged = np.isin(ethertype, VLAN_ETHERTYPES) & (is_eth | is_sll)
+        tagged = ((ethertype == 0x8100) | (ethertype == 0x88A8) | (ethertype == 0x9100)) & (is_eth | is_sll)
         if not tagged.any():
             break
         ethertype[tagged] = _u16(data, l3[tagged] + 2)
@@ -128,7 +141,8 @@ def dissect(chunk: RecordChunk, drop_service_chatter: bool = False) -> PacketBat
         tot = _u16(data, p + 2)
         frag = _u16(data, p + 6)
         r = np.zeros(len(idx), dtype=np.int8)
-        r[(frag & 0x3FFF) != 0] = R_FRAGMENT
+        # non-first fragments carry no transport header; a first fragment (MF set, offset 0) is kept
+        r[(frag & 0x1FFF) != 0] = R_FRAGMENT
         r[(b0 >> 4 != 4) | (ihl < 20) | (tot < ihl)] = R_MALFORMED
         r[(r == OK) & (p + ihl > frame_end[idx])] = R_TRUNCATED
         reason[idx] = np.where(r != OK, r, reason[idx])
@@ -152,7 +166,7 @@ def dissect(chunk: RecordChunk, drop_service_chatter: bool = False) -> PacketBat
         nh = _u8(data, p + 6)
         pos = p + 40
         for _ in range(8):
-            ext = (r == OK) & np.isin(nh, (0, 43, 44, 51, 60, 135, 139, 140))
+            ext = (r == OK) & np.isin(nh, IPV6_EXTENSION_HEADERS)
             if not ext.any():
                 break
             e = np.flatnonzero(ext)
@@ -166,8 +180,8 @@ def dissect(chunk: RecordChunk, drop_service_chatter: bool = False) -> PacketBat
             if is_frag.any():
                 fe = e[is_frag]
                 fo = _u16(data, pos[fe] + 2)
-                # an "atomic" fragment header (offset 0, no more fragments) does not fragment anything
-                r[fe[(fo & 0xFFF9) != 0]] = R_FRAGMENT
+                # as for IPv4: only non-first fragments (offset > 0) are skipped
+                r[fe[(fo & 0xFFF8) != 0]] = R_FRAGMENT
             nh[e] = _u8(data, pos[e])
             pos[e] = pos[e] + size
         r[(r == OK) & (pos > p + 40 + plen)] = R_MALFORMED
@@ -182,8 +196,7 @@ def dissect(chunk: RecordChunk, drop_service_chatter: bool = False) -> PacketBat
         dst_addr[idx] = data.take(p[:, None] + 24 + cols, mode="clip")
 
     # ---- transport
-    ok = reason == OK
-    reason[ok & (protocol != 6) & (protocol != 17)] = R_TRANSPORT
+    reason[(reason == OK) & (protocol != 6) & (protocol != 17)] = R_TRANSPORT
     src_port = np.zeros(n, dtype=np.int64)
     dst_port = np.zeros(n, dtype=np.int64)
     tcp_flags = np.zeros(n, dtype=np.int64)
@@ -215,7 +228,7 @@ def dissect(chunk: RecordChunk, drop_service_chatter: bool = False) -> PacketBat
         dst_port[udp] = _u16(data, p + 2)
         payload_start[udp] = p + 8
     if drop_service_chatter:
-        chatter = np.isin(src_port, SERVICE_CHATTER_PORTS) | np.isin(dst_port, SERVICE_CHATTER_PORTS)
+        chatter = np.isin(src_port, SERVICE_CHATTER_PORTS) | np.isin(dst_port, SERVICE_CHATTER_PORTS)  # noqa
         reason[(reason == OK) & chatter] = R_FILTERED
     payload_length = np.maximum(ip_end - payload_start, 0)
     return PacketBatch(

@@ -1,0 +1,579 @@
+"""Block-wise flow assembly with numpy: the same flows as ``ReferenceAssembler``, without per-packet Python.
+
+Per block of packets:
+1. every usable packet gets its flow key (canonical endpoints in bidirectional mode) and a stable sort groups the
+   packets of each key in capture order (a "segment");
+2. a short Python loop per segment visits only the packets where something can happen (the segment's first packet,
+   idle gaps, TCP SYN/FIN/RST, the active-timeout deadline found by binary search) and marks where flows start;
+3. per-run aggregates (a run = the packets of one flow inside the block) come from ``np.*.reduceat``/``bincount``
+   and are merged into a column table of active flows (``FlowTable``) with vectorised indexing;
+4. the slots of the first ``num_packets`` packets of each flow are gathered and anonymised for the whole block at once.
+"""
+
+import math
+
+import numpy as np
+
+from .core import NUM_FLOW_STATS, SKIP_REASONS, FlowOptions, FlowRecord, PacketAccounting
+from .dissect import OK, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, PacketBatch
+from .anonymize import mask_cleartext_names
+from .flows import format_address, packet_slot
+
+_INT_COLS = (
+    "n", "bytes", "sumsq", "lmin", "lmax", "fwd_n", "fwd_bytes", "bwd_max", "pay_sum", "pay_max", "zero_pay",
+    "syn", "fin", "rst", "psh", "dir_changes", "last_dir", "order", "ipv", "proto", "sport", "dport", "nslots",
+)  # fmt: skip
+_FLOAT_COLS = ("start", "last", "tmax", "iat_sum", "iat_sumsq", "iat_min", "iat_max", "fwd_iat_sum", "last_fwd")
+_BOOL_COLS = ("init_lo", "closed", "fin_fwd", "fin_bwd", "used")
+
+
+class FlowTable:
+    """Accumulators of all active flows as numpy columns (one row per flow; rows are recycled)."""
+
+    def __init__(self, options: FlowOptions, capacity: int = 64):
+        self.k = options.num_packets
+        self.slot_bytes = options.slot_bytes
+        self.capacity = 0
+        self.free: list[int] = []
+        self.keys: list = []
+        self._grow(capacity)
+
+    def _grow(self, capacity: int) -> None:
+        old = self.capacity
+
+        def grow(name, shape, dtype):
+            new = np.zeros((capacity, *shape), dtype=dtype)
+            if old:
+                new[:old] = getattr(self, name)
+            setattr(self, name, new)
+
+        for c in _INT_COLS:
+            grow(c, (), np.int64)
+        for c in _FLOAT_COLS:
+            grow(c, (), np.float64)
+        for c in _BOOL_COLS:
+            grow(c, (), bool)
+        grow("src", (16,), np.uint8)
+        grow("dst", (16,), np.uint8)
+        grow("slots", (self.k, self.slot_bytes), np.uint8)
+        grow("lens", (self.k,), np.int32)
+        grow("iats", (self.k,), np.float32)
+        grow("dirs", (self.k,), np.int8)
+        grow("seq_base", (2,), np.int64)  # per direction (0: forward, 1: backward); -1 = unset
+        grow("ack_base", (2,), np.int64)
+        self.keys.extend([None] * (capacity - old))
+        self.free.extend(range(capacity - 1, old - 1, -1))
+        self.capacity = capacity
+
+    def allocate(self, count: int) -> np.ndarray:
+        while len(self.free) < count:
+            self._grow(self.capacity * 2)
+        rows = np.array(self.free[len(self.free) - count :][::-1], dtype=np.int64)
+        del self.free[len(self.free) - count :]
+        for c in _INT_COLS:
+            getattr(self, c)[rows] = 0
+        for c in _FLOAT_COLS:
+            getattr(self, c)[rows] = 0.0
+        for c in _BOOL_COLS:
+            getattr(self, c)[rows] = False
+        self.lmin[rows] = np.iinfo(np.int64).max
+        self.iat_min[rows] = np.inf
+        self.last_fwd[rows] = np.nan
+        self.slots[rows] = 0
+        self.lens[rows] = 0
+        self.iats[rows] = 0
+        self.dirs[rows] = 0
+        self.seq_base[rows] = -1
+        self.ack_base[rows] = -1
+        self.used[rows] = True
+        return rows
+
+    def release(self, rows: np.ndarray) -> None:
+        self.used[rows] = False
+        for r in rows.tolist():
+            self.keys[r] = None
+        self.free.extend(rows.tolist())
+
+    def stats(self, rows: np.ndarray) -> np.ndarray:
+        """The 27 statistics of ``rows`` (same formulas as ``FlowState.stats``)."""
+        n = self.n[rows].astype(np.float64)
+        total = self.bytes[rows].astype(np.float64)
+        fwd_n = self.fwd_n[rows].astype(np.float64)
+        fwd_b = self.fwd_bytes[rows].astype(np.float64)
+        bwd_n = n - fwd_n
+        mean = total / n
+        duration = self.tmax[rows] - self.start[rows]
+        n_iat = n - 1
+        s = np.zeros((len(rows), NUM_FLOW_STATS), dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s[:, 0] = n
+            s[:, 1] = total
+            s[:, 2] = mean
+            s[:, 3] = np.sqrt(np.maximum(self.sumsq[rows] / n - mean * mean, 0.0))
+            s[:, 4] = self.lmin[rows]
+            s[:, 5] = self.lmax[rows]
+            s[:, 6] = np.where(fwd_n > 0, fwd_b / fwd_n, 0.0)
+            s[:, 7] = np.where(bwd_n > 0, (total - fwd_b) / bwd_n, 0.0)
+            s[:, 8] = self.bwd_max[rows]
+            s[:, 9] = duration
+            has_iat = n_iat > 0
+            iat_mean = np.where(has_iat, self.iat_sum[rows] / n_iat, 0.0)
+            s[:, 10] = iat_mean
+            s[:, 11] = np.where(has_iat, np.sqrt(np.maximum(self.iat_sumsq[rows] / n_iat - iat_mean * iat_mean, 0.0)), 0.0)
+            s[:, 12] = np.where(has_iat, self.iat_min[rows], 0.0)
+            s[:, 13] = np.where(has_iat, self.iat_max[rows], 0.0)
+            s[:, 14] = np.where(fwd_n > 1, self.fwd_iat_sum[rows] / (fwd_n - 1), 0.0)
+            s[:, 15] = self.pay_sum[rows] / n
+            s[:, 16] = self.pay_max[rows]
+            s[:, 17] = self.zero_pay[rows] / n
+            s[:, 18] = np.where(duration > 0, n / duration, 0.0)
+            s[:, 19] = np.where(duration > 0, total / duration, 0.0)
+            s[:, 20] = self.syn[rows]
+            s[:, 21] = self.fin[rows]
+            s[:, 22] = self.rst[rows]
+            s[:, 23] = self.psh[rows]
+            s[:, 24] = fwd_n / n
+            s[:, 25] = np.where(total > 0, fwd_b / total, 0.0)
+            s[:, 26] = self.dir_changes[rows]
+        return s.astype(np.float32)
+
+
+def _be_u64(addr: np.ndarray, start: int) -> np.ndarray:
+    """Big-endian uint64 from 8 columns of a uint8 [n, 16] array (so integer order = byte order)."""
+    return np.ascontiguousarray(addr[:, start : start + 8]).view(">u8").reshape(-1).astype(np.uint64)
+
+
+def _put_be32(block: np.ndarray, rows: np.ndarray, col: np.ndarray, value: np.ndarray) -> None:
+    """Write big-endian 32-bit ``value`` at columns ``col..col+3`` of ``block`` rows (columns past the end dropped)."""
+    width = block.shape[1]
+    for b in range(4):
+        c = col + b
+        inside = c < width
+        block[rows[inside], c[inside]] = ((value[inside] >> (8 * (3 - b))) & 0xFF).astype(np.uint8)
+
+
+class FastAssembler:
+    """Block-wise assembler; produces the same flows as ``ReferenceAssembler``."""
+
+    def __init__(self, options: FlowOptions, accounting: PacketAccounting, source_file: str):
+        self.options = options
+        self.accounting = accounting
+        self.source_file = source_file
+        self.table = FlowTable(options)
+        self.active: dict = {}  # key bytes -> row
+        self.clock = -math.inf
+        self.ready: list[int] = []  # rows whose flow ended
+        self.next_order = 0
+
+    # ------------------------------------------------------------------ public protocol (see flows._AssemblerBase)
+    def expire(self) -> None:
+        t = self.table
+        opts = self.options
+        rows = np.flatnonzero(
+            t.used & ~self._ready_mask() & ((self.clock - t.last > opts.idle_timeout) | (self.clock - t.start > opts.active_timeout))
+        )
+        for r in rows.tolist():
+            del self.active[t.keys[r]]
+        self.ready.extend(rows.tolist())
+
+    def _ready_mask(self) -> np.ndarray:
+        mask = np.zeros(self.table.capacity, dtype=bool)
+        if self.ready:
+            mask[self.ready] = True
+        return mask
+
+    def finish(self) -> None:
+        self.ready.extend(self.active.values())
+        self.active = {}
+
+    def drain(self):
+        if not self.ready:
+            return
+        t = self.table
+        rows = np.asarray(self.ready, dtype=np.int64)
+        self.ready = []
+        rows = rows[np.argsort(t.order[rows], kind="stable")]
+        short = t.n[rows] < self.options.min_packets
+        if short.any():
+            self.accounting.skip("short_flow", int(t.n[rows[short]].sum()))
+        keep = rows[~short]
+        self.accounting.packets_in_flows += int(t.n[keep].sum())
+        self.accounting.flows += len(keep)
+        stats = t.stats(keep)
+        payload = t.slots[keep].reshape(len(keep), -1)
+        records = []
+        ipv = t.ipv[keep].tolist()
+        src, dst = t.src[keep], t.dst[keep]
+        sport, dport, proto = t.sport[keep].tolist(), t.dport[keep].tolist(), t.proto[keep].tolist()
+        start, tmax, n, nbytes = t.start[keep].tolist(), t.tmax[keep].tolist(), t.n[keep].tolist(), t.bytes[keep].tolist()
+        lens, iats, dirs = t.lens[keep], t.iats[keep], t.dirs[keep]
+        for i in range(len(keep)):
+            records.append(
+                FlowRecord(
+                    payload=payload[i],
+                    packet_lengths=lens[i],
+                    packet_iats=iats[i],
+                    packet_directions=dirs[i],
+                    flow_stats=stats[i],
+                    src_ip=format_address(src[i].tobytes(), ipv[i]),
+                    dst_ip=format_address(dst[i].tobytes(), ipv[i]),
+                    src_port=sport[i],
+                    dst_port=dport[i],
+                    protocol=proto[i],
+                    start_time=start[i],
+                    end_time=tmax[i],
+                    packet_count=n[i],
+                    byte_count=nbytes[i],
+                    source_file=self.source_file,
+                )
+            )
+        t.release(rows)
+        yield from records
+
+    # ------------------------------------------------------------------ one block
+    def feed(self, batch: PacketBatch) -> None:
+        counts = np.bincount(batch.reason, minlength=len(SKIP_REASONS) + 1)
+        for code in range(1, len(counts)):
+            if counts[code]:
+                self.accounting.skip(SKIP_REASONS[code - 1], int(counts[code]))
+        opts = self.options
+        t = self.table
+        ok = np.flatnonzero(batch.reason == OK)
+        m = len(ok)
+        if m == 0:
+            return
+        ts = batch.timestamp[ok]
+        clock = np.maximum.accumulate(ts)
+        if self.clock > -math.inf:
+            clock = np.maximum(clock, self.clock)
+        self.clock = float(clock[-1])
+
+        # ---- step 1: keys
+        proto = batch.protocol[ok]
+        src = batch.src_addr[ok]
+        dst = batch.dst_addr[ok]
+        sport = batch.src_port[ok].astype(np.uint64)
+        dport = batch.dst_port[ok].astype(np.uint64)
+        a_hi, a_lo = _be_u64(src, 0), _be_u64(src, 8)
+        b_hi, b_lo = _be_u64(dst, 0), _be_u64(dst, 8)
+        if opts.bidirectional:
+            b_lt_a = (b_hi < a_hi) | ((b_hi == a_hi) & ((b_lo < a_lo) | ((b_lo == a_lo) & (dport < sport))))
+            from_lo = ~b_lt_a
+        else:
+            from_lo = np.ones(m, dtype=bool)
+        keys = np.empty((m, 6), dtype=np.uint64)
+        keys[:, 0] = (batch.ip_version[ok].astype(np.uint64) << np.uint64(8)) | proto.astype(np.uint64)
+        keys[:, 1] = np.where(from_lo, a_hi, b_hi)
+        keys[:, 2] = np.where(from_lo, a_lo, b_lo)
+        keys[:, 3] = (np.where(from_lo, sport, dport) << np.uint64(16)) | np.where(from_lo, dport, sport)
+        keys[:, 4] = np.where(from_lo, b_hi, a_hi)
+        keys[:, 5] = np.where(from_lo, b_lo, a_lo)
+        kv = keys.view(np.dtype((np.void, 48))).reshape(m)
+        ukeys, inv = np.unique(kv, return_inverse=True)
+        inv = inv.reshape(-1)
+        order = np.argsort(inv, kind="stable")  # grouped by key, capture order inside a key
+        orig = ok[order]  # batch index of each sorted packet
+
+        ts_s = ts[order]
+        clock_s = clock[order]
+        kid_s = inv[order]
+        flags_s = batch.tcp_flags[orig]
+        tcp_s = batch.protocol[orig] == 6
+        from_lo_s = from_lo[order]
+        length_s = batch.ip_length[orig]
+        pay_s = batch.payload_length[orig]
+        seg_start = np.empty(m, dtype=bool)
+        seg_start[0] = True
+        seg_start[1:] = kid_s[1:] != kid_s[:-1]
+        seg_starts = np.flatnonzero(seg_start)
+        seg_ends = np.append(seg_starts[1:], m)
+        idle_gap = np.zeros(m, dtype=bool)
+        idle_gap[1:] = (clock_s[1:] - ts_s[:-1] > opts.idle_timeout) & ~seg_start[1:]
+        fresh_syn = tcp_s & ((flags_s & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+        if opts.tcp_close:
+            closing = tcp_s & ((flags_s & (TCP_FIN | TCP_RST)) != 0)
+        else:
+            closing = np.zeros(m, dtype=bool)
+        event_pos = np.flatnonzero(idle_gap | fresh_syn | closing)
+
+        # ---- step 2: flow starts (Python over segments and events only)
+        run_start = seg_start.copy()
+        run_init = {}  # sorted position of a run start -> initiator is the "lo" endpoint
+        seg_info = []  # per segment: (key, continued row or -1, closed, fin_fwd, fin_bwd, last run start)
+        active = self.active
+        idle_t, active_t = opts.idle_timeout, opts.active_timeout
+        bidir, tcp_close = opts.bidirectional, opts.tcp_close
+        ev_lo = np.searchsorted(event_pos, seg_starts).tolist()
+        ev_hi = np.searchsorted(event_pos, seg_ends).tolist()
+        event_list = event_pos.tolist()
+        t_last, t_start, t_closed = t.last, t.start, t.closed
+        for s_idx, (s0, s1) in enumerate(zip(seg_starts.tolist(), seg_ends.tolist())):
+            key = ukeys[kid_s[s0]].tobytes()
+            row = active.get(key, -1)
+            c0 = float(clock_s[s0])
+            if row >= 0 and (
+                c0 - t_last[row] > idle_t or c0 - t_start[row] > active_t or (t_closed[row] and fresh_syn[s0])
+            ):
+                del active[key]
+                self.ready.append(row)
+                row = -1
+            if row < 0:
+                start = float(ts_s[s0])
+                init_lo = bool(from_lo_s[s0])
+                closed = fin_fwd = fin_bwd = False
+            else:
+                start, init_lo = float(t_start[row]), bool(t.init_lo[row])
+                closed, fin_fwd, fin_bwd = bool(t_closed[row]), bool(t.fin_fwd[row]), bool(t.fin_bwd[row])
+            run_init[s0] = init_lo
+            last_run = s0
+            deadline = s0 + int(np.searchsorted(clock_s[s0:s1], start + active_t, side="right"))
+            evs = event_list[ev_lo[s_idx] : ev_hi[s_idx]]
+            k = 0
+            n_ev = len(evs)
+            while True:
+                nxt = evs[k] if k < n_ev else s1
+                if deadline < s1 and deadline <= nxt and deadline != last_run:
+                    j = deadline
+                    run_start[j] = True
+                    last_run = j
+                    start = float(ts_s[j])
+                    init_lo = bool(from_lo_s[j])
+                    run_init[j] = init_lo
+                    closed = fin_fwd = fin_bwd = False
+                    deadline = j + int(np.searchsorted(clock_s[j:s1], start + active_t, side="right"))
+                    continue
+                if k >= n_ev:
+                    break
+                j = evs[k]
+                k += 1
+                if j != last_run and (idle_gap[j] or (closed and fresh_syn[j])):
+                    run_start[j] = True
+                    last_run = j
+                    start = float(ts_s[j])
+                    init_lo = bool(from_lo_s[j])
+                    run_init[j] = init_lo
+                    closed = fin_fwd = fin_bwd = False
+                    deadline = j + int(np.searchsorted(clock_s[j:s1], start + active_t, side="right"))
+                if tcp_close:
+                    f = int(flags_s[j])
+                    if f & TCP_RST:
+                        closed = True
+                    if f & TCP_FIN:
+                        if bool(from_lo_s[j]) == init_lo:
+                            fin_fwd = True
+                        else:
+                            fin_bwd = True
+                        if (fin_fwd and fin_bwd) or not bidir:
+                            closed = True
+            seg_info.append((key, row, closed, fin_fwd, fin_bwd, last_run))
+
+        # ---- step 3: runs -> table rows
+        starts = np.flatnonzero(run_start)
+        n_runs = len(starts)
+        run_id = np.cumsum(run_start) - 1
+        ends = np.append(starts[1:], m)
+        cnt = ends - starts
+        init_lo_runs = np.fromiter((run_init[s] for s in starts.tolist()), dtype=bool, count=n_runs)
+        seg_rows = np.array([s[1] for s in seg_info], dtype=np.int64)
+        seg_first_run = run_id[seg_starts]
+        seg_last_run = run_id[np.array([s[5] for s in seg_info], dtype=np.int64)]
+        rows = np.full(n_runs, -1, dtype=np.int64)
+        rows[seg_first_run] = seg_rows
+        fresh = np.flatnonzero(rows < 0)
+        rows[fresh] = t.allocate(len(fresh))
+        # initialise new rows from their first packet
+        fr, fa = rows[fresh], orig[starts[fresh]]
+        t.ipv[fr] = batch.ip_version[fa]
+        t.proto[fr] = batch.protocol[fa]
+        t.src[fr] = batch.src_addr[fa]
+        t.dst[fr] = batch.dst_addr[fa]
+        t.sport[fr] = batch.src_port[fa]
+        t.dport[fr] = batch.dst_port[fa]
+        t.init_lo[fr] = init_lo_runs[fresh]
+        t.start[fr] = ts_s[starts[fresh]]
+        t.tmax[fr] = ts_s[starts[fresh]]
+        t.order[fr[np.argsort(fa, kind="stable")]] = self.next_order + np.arange(len(fresh))
+        self.next_order += len(fresh)
+
+        fwd = from_lo_s == init_lo_runs[run_id]
+        direction = np.where(fwd, 1, -1).astype(np.int8)
+        iat = np.zeros(m)
+        iat[1:] = np.maximum(ts_s[1:] - ts_s[:-1], 0.0)
+        iat[starts] = 0.0
+        first_ts = ts_s[starts]
+        has_prev = t.n[rows] > 0
+        gap = np.where(has_prev, np.maximum(first_ts - t.last[rows], 0.0), 0.0)
+        iat_min_in = iat.copy()
+        iat_min_in[starts] = np.inf
+        change = np.zeros(m, dtype=np.int64)
+        change[1:] = direction[1:] != direction[:-1]
+        change[starts] = 0
+
+        # ---- merge aggregates
+        add = np.add.reduceat
+        t.iat_sum[rows] += gap + add(iat, starts)
+        t.iat_sumsq[rows] += gap * gap + add(iat * iat, starts)
+        t.iat_min[rows] = np.minimum(
+            np.minimum(t.iat_min[rows], np.where(has_prev, gap, np.inf)), np.minimum.reduceat(iat_min_in, starts)
+        )
+        t.iat_max[rows] = np.maximum(np.maximum(t.iat_max[rows], gap), np.maximum.reduceat(iat, starts))
+        t.dir_changes[rows] += (has_prev & (direction[starts] != t.last_dir[rows])) + add(change, starts)
+        t.n[rows] += cnt
+        t.bytes[rows] += add(length_s, starts)
+        t.sumsq[rows] += add(length_s * length_s, starts)
+        t.lmin[rows] = np.minimum(t.lmin[rows], np.minimum.reduceat(length_s, starts))
+        t.lmax[rows] = np.maximum(t.lmax[rows], np.maximum.reduceat(length_s, starts))
+        fwd_i = fwd.astype(np.int64)
+        r_fwd_n = add(fwd_i, starts)
+        t.fwd_n[rows] += r_fwd_n
+        t.fwd_bytes[rows] += add(length_s * fwd_i, starts)
+        t.bwd_max[rows] = np.maximum(t.bwd_max[rows], np.maximum.reduceat(length_s * (1 - fwd_i), starts))
+        t.pay_sum[rows] += add(pay_s, starts)
+        t.pay_max[rows] = np.maximum(t.pay_max[rows], np.maximum.reduceat(pay_s, starts))
+        t.zero_pay[rows] += add((pay_s == 0).astype(np.int64), starts)
+        tcp_i = tcp_s.astype(np.int64)
+        t.syn[rows] += add(((flags_s & TCP_SYN) != 0) * tcp_i, starts)
+        t.fin[rows] += add(((flags_s & TCP_FIN) != 0) * tcp_i, starts)
+        t.rst[rows] += add(((flags_s & TCP_RST) != 0) * tcp_i, starts)
+        t.psh[rows] += add(((flags_s & TCP_PSH) != 0) * tcp_i, starts)
+        # forward inter-arrival times: consecutive forward packets of the same run (+ the link to earlier blocks)
+        fwd_pos = np.flatnonzero(fwd)
+        if len(fwd_pos):
+            fr_run = run_id[fwd_pos]
+            same = fr_run[1:] == fr_run[:-1]
+            gaps = np.maximum(ts_s[fwd_pos[1:]] - ts_s[fwd_pos[:-1]], 0.0)
+            r_fwd_iat = np.bincount(fr_run[1:][same], weights=gaps[same], minlength=n_runs)
+            firsts = np.ones(len(fwd_pos), dtype=bool)
+            firsts[1:] = ~same
+            lasts = np.ones(len(fwd_pos), dtype=bool)
+            lasts[:-1] = ~same
+            first_fwd = np.full(n_runs, np.nan)
+            first_fwd[fr_run[firsts]] = ts_s[fwd_pos[firsts]]
+            prev_fwd = t.last_fwd[rows]
+            link = ~np.isnan(prev_fwd) & ~np.isnan(first_fwd)
+            t.fwd_iat_sum[rows] += r_fwd_iat + np.where(link, np.maximum(first_fwd - prev_fwd, 0.0), 0.0)
+            lrows = rows[fr_run[lasts]]
+            t.last_fwd[lrows] = ts_s[fwd_pos[lasts]]
+        t.last[rows] = ts_s[ends - 1]
+        t.tmax[rows] = np.maximum(t.tmax[rows], np.maximum.reduceat(ts_s, starts))
+        t.last_dir[rows] = direction[ends - 1]
+
+        # ---- step 4: slots of the first packets of each flow
+        nslots = t.nslots[rows]
+        need = np.clip(np.minimum(opts.num_packets - nslots, cnt), 0, None)
+        if need.sum():
+            run_rep = np.repeat(np.arange(n_runs), need)
+            within = np.arange(len(run_rep)) - np.repeat(np.cumsum(need) - need, need)
+            pos = starts[run_rep] + within
+            srow = rows[run_rep]
+            sidx = nslots[run_rep] + within
+            t.lens[srow, sidx] = length_s[pos]
+            t.iats[srow, sidx] = np.where(within == 0, gap[run_rep], iat[pos])
+            t.dirs[srow, sidx] = direction[pos]
+            t.slots[srow, sidx] = self._slots(batch, orig[pos], srow, direction[pos])
+            t.nslots[rows] += need
+
+        # ---- runs that ended inside the block; the last run of each segment stays active
+        ended = np.ones(n_runs, dtype=bool)
+        ended[seg_last_run] = False
+        self.ready.extend(rows[ended].tolist())
+        last_rows = rows[seg_last_run]
+        t.closed[last_rows] = [s[2] for s in seg_info]
+        t.fin_fwd[last_rows] = [s[3] for s in seg_info]
+        t.fin_bwd[last_rows] = [s[4] for s in seg_info]
+        for (key, *_rest), r in zip(seg_info, last_rows.tolist()):
+            active[key] = r
+            t.keys[r] = key
+
+    # ------------------------------------------------------------------ slot bytes
+    def _slots(self, batch: PacketBatch, idx: np.ndarray, rows: np.ndarray, direction: np.ndarray) -> np.ndarray:
+        """[P, slot_bytes] slots for batch packets ``idx`` (capture order inside each flow row)."""
+        opts = self.options
+        hb, pb = opts.header_bytes, opts.payload_bytes
+        P = len(idx)
+        if opts.anonymize == "netmamba":
+            out = np.zeros((P, hb + pb), dtype=np.uint8)
+            for i, (b, d) in enumerate(zip(idx.tolist(), direction.tolist())):
+                out[i] = np.frombuffer(packet_slot(batch, b, d, opts, None), dtype=np.uint8)
+            return out
+        data = batch.data
+        l3 = batch.l3[idx]
+        frame_end = batch.frame_end[idx]
+        pstart = batch.payload_start[idx]
+        hlen = np.minimum(np.minimum(pstart, frame_end) - l3, hb)
+        plen = np.clip(np.minimum(np.minimum(batch.ip_end[idx], frame_end), pstart + pb) - pstart, 0, None)
+        hcols = np.arange(hb)
+        head = data.take(l3[:, None] + hcols, mode="clip")
+        head[hcols[None, :] >= hlen[:, None]] = 0
+        pcols = np.arange(pb)
+        pay = data.take(pstart[:, None] + pcols, mode="clip")
+        pay[pcols[None, :] >= plen[:, None]] = 0
+        if opts.anonymize in ("default", "strict"):
+            self._anonymise(batch, idx, rows, direction, head, hlen)
+            if opts.anonymize == "strict":
+                for i in np.flatnonzero(plen > 0).tolist():
+                    buf = bytearray(pay[i, : plen[i]].tobytes())
+                    mask_cleartext_names(buf, int(batch.protocol[idx[i]]))
+                    pay[i, : plen[i]] = np.frombuffer(bytes(buf), dtype=np.uint8)
+        return np.concatenate([head, pay], axis=1)
+
+    def _anonymise(self, batch, idx, rows, direction, head, hlen) -> None:
+        hb = head.shape[1]
+        cols = np.arange(hb)[None, :]
+        v4 = (batch.ip_version[idx] == 4)[:, None]
+        l4 = (batch.l4[idx] - batch.l3[idx])[:, None]
+        tcp = (batch.protocol[idx] == 6)[:, None]
+        v4_fields = (cols == 4) | (cols == 5) | (cols == 10) | (cols == 11) | ((cols >= 12) & (cols < 20))
+        v6_fields = (cols == 2) | (cols == 3) | ((cols >= 8) & (cols < 40))
+        zero = np.where(v4, v4_fields, v6_fields)
+        zero |= (cols >= l4) & (cols < l4 + 4)
+        zero |= np.where(tcp, (cols == l4 + 16) | (cols == l4 + 17), (cols == l4 + 6) | (cols == l4 + 7))
+        v6_rows = np.flatnonzero(~v4[:, 0])
+        head[v6_rows, 1] &= 0xF0
+        head[zero] = 0
+        # TCP sequence / acknowledgement relative to the flow's first value per direction (slots only)
+        tcp_rows = np.flatnonzero(tcp[:, 0])
+        if not len(tcp_rows):
+            return
+        l4t = l4[tcp_rows, 0]
+        full = l4t + 12 <= hlen[tcp_rows]
+        short = tcp_rows[~full]
+        for b in range(4, 12):
+            c = l4[short, 0] + b
+            inside = c < hb
+            head[short[inside], c[inside]] = 0
+        tr = tcp_rows[full]
+        if not len(tr):
+            return
+        t = self.table
+        bi = idx[tr]
+        seq = batch.seq[bi]
+        ack = batch.ack[bi]
+        has_ack = (batch.tcp_flags[bi] & TCP_ACK) != 0
+        drow = rows[tr]
+        dcol = (direction[tr] != 1).astype(np.int64)
+        group = drow * 2 + dcol  # slots are in capture order inside each row
+        # first slot per (row, direction) in this block
+        g_sorted = np.argsort(group, kind="stable")
+        gs = group[g_sorted]
+        first = np.ones(len(gs), dtype=bool)
+        first[1:] = gs[1:] != gs[:-1]
+        base_unset = t.seq_base[drow, dcol] < 0
+        fi = g_sorted[first]
+        set_now = fi[base_unset[fi]]
+        t.seq_base[drow[set_now], dcol[set_now]] = seq[set_now]
+        rel_seq = (seq - t.seq_base[drow, dcol]) & 0xFFFFFFFF
+        # acknowledgement base: first slot with the ACK flag per (row, direction)
+        ack_i = np.flatnonzero(has_ack)
+        if len(ack_i):
+            ga = group[ack_i]
+            a_sorted = np.argsort(ga, kind="stable")
+            gas = ga[a_sorted]
+            afirst = np.ones(len(gas), dtype=bool)
+            afirst[1:] = gas[1:] != gas[:-1]
+            ai = ack_i[a_sorted[afirst]]
+            aset = ai[t.ack_base[drow[ai], dcol[ai]] < 0]
+            t.ack_base[drow[aset], dcol[aset]] = ack[aset]
+        rel_ack = np.where(has_ack, (ack - t.ack_base[drow, dcol]) & 0xFFFFFFFF, 0)
+        _put_be32(head, tr, l4[tr, 0] + 4, rel_seq)
+        _put_be32(head, tr, l4[tr, 0] + 8, rel_ack)
