@@ -91,7 +91,7 @@ def main(argv=None):
           f"{report['flows']['final']} kept; packets skipped: {report['packets']['skipped']}; "
           f"errors: {len(report['errors'])}; {report['timing_seconds']['total']:.1f} s")
     if args.output:
-        print(f"saved to {Path(args.output)} (load with mmae_hf.traffic.load_traffic_dataset)")
+        print(f"saved to {Path(args.output)} (load with mmae_hf.traffic.dataset.load_traffic_dataset or datasets.load_from_disk)")
     return 0
 
 

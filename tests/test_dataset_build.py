@@ -154,3 +154,67 @@ def test_output_folder_protection_and_bad_input(tree, tmp_path):
     shutil.copy(tree / "chat" / "cap00.pcap", tmp_path / "top.pcap")
     with pytest.raises(NotADirectoryError):
         build_dataset(tmp_path / "missing", None, progress=False)
+
+
+def test_cli_push_to_hub_and_load_back(tree, tmp_path):
+    """The CLI builds, saves and publishes; load_traffic_dataset reads the Hub copy back (fake Hub, subprocess)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from mmae_hf.testing import FakeHub
+
+    repo_root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys
+        sys.argv = ["build_dataset.py", "--input", {str(tree)!r}, "--output", {str(tmp_path / 'out')!r},
+                    "--push-to-hub", "tester/traffic", "--seed", "3", "--no-progress"]
+        sys.path.insert(0, {str(repo_root / 'dataset_scripts')!r})
+        import build_dataset
+        assert build_dataset.main() == 0
+        from mmae_hf.traffic.dataset import load_traffic_dataset
+        hub = load_traffic_dataset("tester/traffic")
+        local = load_traffic_dataset({str(tmp_path / 'out')!r})
+        for split in ("train", "validation", "test"):
+            assert hub[split].features == local[split].features, split
+            assert hub[split]["payload"] == local[split]["payload"], split
+            assert hub[split]["source_file"] == local[split]["source_file"], split
+        print("LOADED-OK")
+    """))
+    with FakeHub() as hub:
+        proc = subprocess.run([sys.executable, str(script)], env=hub.env(), capture_output=True, text=True,
+                              timeout=240, cwd=repo_root)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert "LOADED-OK" in proc.stdout and "| **total** |" in proc.stdout
+        files = hub.files("tester/traffic", "dataset")
+        assert {"README.md", "build_report.json", "data/train-00000-of-00001.parquet"} <= set(files)
+        card = hub.file_bytes("tester/traffic", "README.md", "dataset").decode()
+        assert "dataset_info:" in card and "mmae_hf:" in card and "## Flow statistics" in card
+        report = json.loads(hub.file_bytes("tester/traffic", "build_report.json", "dataset"))
+        assert report["split"]["seed"] == 3
+
+
+def _shared_data():
+    root = os.environ.get("MMAE_SHARED_DIR")
+    return (Path(root) if root else Path(__file__).resolve().parents[1] / ".." / "shared") / "data"
+
+
+def test_ndpi_recipe_splits_by_source_capture_not_by_file():
+    """Real captures: one file per flow, grouped by the manifest's source capture; no capture on two sides."""
+    import csv
+
+    data = _shared_data() / "ndpi-encrypted-services"
+    res = build_dataset(data, None, recipe="ndpi-encrypted-services", seed=0, progress=False, num_proc=2)
+    with open(data / "manifest.csv", newline="") as fh:
+        source_of = {row["file"]: row["source_pcap"] for row in csv.DictReader(fh)}
+    seen = {}
+    for split in res.dataset:
+        for name, group in zip(res.dataset[split]["source_file"], res.dataset[split]["group"]):
+            assert group == source_of[name]
+            seen.setdefault(group, set()).add(split)
+    assert all(len(splits) == 1 for splits in seen.values())
+    assert len(seen) > 100 and res.report["split"]["groups_on_several_splits"] == []
+    assert len(res.dataset["train"].features["label"].names) == 9
+    assert res.report["split"]["classes_missing_from_splits"] == {}
+    assert res.report["errors"] == []

@@ -70,6 +70,7 @@ def test_recipe_builds_expected_class_set_from_crafted_captures(recipe, names, t
     assert rep["input"]["files_excluded"] == len(left_out)
     # unidirectional, no timeouts: 2 flows x 2 directions per capture
     assert rep["flow_options"]["bidirectional"] is False
+    assert rep["split"]["method"] == "time" and rep["recipe"]["name"] == recipe
     assert rep["flows"]["extracted"] == 4 * rep["input"]["files"]
     per_file = rep["files"]
     for name, label in names.items():
