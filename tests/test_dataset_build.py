@@ -46,6 +46,9 @@ def test_tree_build_contract_card_and_report(tree, tmp_path):
     report = json.loads((out / "build_report.json").read_text())
     assert report["split"]["groups_on_several_splits"] == []
     assert report["class_counts"] == result.report["class_counts"]
+    preprocessor = json.loads((out / "preprocessor_config.json").read_text())
+    assert preprocessor["flow_options"] == report["flow_options"]
+    assert preprocessor["feature_extractor_type"] == "MMAEFeatureExtractor"
     assert sum(report["class_counts"]["train"].values()) == len(dd["train"])
     assert report["packets"]["packets_read"] == report["packets"]["packets_in_flows"] > 0
     # the linked copy of web/cap00 is a label conflict (same payloads, labels video and web)
@@ -188,7 +191,8 @@ def test_cli_push_to_hub_and_load_back(tree, tmp_path):
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert "LOADED-OK" in proc.stdout and "| **total** |" in proc.stdout
         files = hub.files("tester/traffic", "dataset")
-        assert {"README.md", "build_report.json", "data/train-00000-of-00001.parquet"} <= set(files)
+        assert {"README.md", "build_report.json", "preprocessor_config.json",
+                "data/train-00000-of-00001.parquet"} <= set(files)
         card = hub.file_bytes("tester/traffic", "README.md", "dataset").decode()
         assert "dataset_info:" in card and "mmae_hf:" in card and "## Flow statistics" in card
         report = json.loads(hub.file_bytes("tester/traffic", "build_report.json", "dataset"))

@@ -34,6 +34,7 @@ from .splits import SPLIT_NAMES, split_flows
 
 PCAP_SUFFIXES = (".pcap", ".pcapng", ".cap")
 REPORT_NAME = "build_report.json"
+MAX_FILES_IN_REPORT = 10_000  # above this, build_report.json lists only the captures with problems
 CARD_NAME = "README.md"
 
 # Per-flow scalar columns of the data contract and their numpy dtypes.
@@ -561,7 +562,10 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
         "duplicates": dedup_report.to_dict(label_names_all) if dedup_report else None,
         "packets": {k: v for k, v in accounting.to_dict().items() if k != "errors"},
         "errors": errors,
-        "files": per_file,
+        # per-capture details; for very large inputs only the captures with errors or skipped packets
+        "files_listed": "all" if len(per_file) <= MAX_FILES_IN_REPORT else "with_errors_or_skipped_packets",
+        "files": per_file if len(per_file) <= MAX_FILES_IN_REPORT else {
+            k: v for k, v in per_file.items() if v.get("errors") or v["packets_skipped"]},
         "timing_seconds": {"extract": round(extract_seconds, 3), "tables": round(table_seconds, 3)},
     }
     if rec is not None:
@@ -587,14 +591,24 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
 
 
 def _save_preprocessor(output_dir: Path, options):
-    """Save `MMAEFeatureExtractor` (with the flow options) beside the data; None if it is not available."""
+    """Save the feature extractor config (the flow options) beside the data, so training and inference reuse them.
+
+    Through `MMAEFeatureExtractor.save_pretrained` when that class is importable; otherwise the same JSON it
+    writes (``feature_extractor_type``, ``flow_options``, ``model_input_names``), which it loads later.
+    """
+    name = "preprocessor_config.json"
     try:
         from ..feature_extraction_mmae import MMAEFeatureExtractor
     except ImportError:
-        return None
-    extractor = MMAEFeatureExtractor(flow_options=options.to_dict())
-    extractor.save_pretrained(str(output_dir))
-    return "preprocessor_config.json"
+        config = {
+            "feature_extractor_type": "MMAEFeatureExtractor",
+            "flow_options": options.to_dict(),
+            "model_input_names": ["input_bytes", "packet_lengths", "packet_iats", "packet_directions", "flow_stats"],
+        }
+        (output_dir / name).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        return name
+    MMAEFeatureExtractor(flow_options=options.to_dict()).save_pretrained(str(output_dir))
+    return name
 
 
 def push_dataset(dataset, repo_id: str, *, report: dict, card=None, private: bool = False, output_dir=None) -> str:
