@@ -347,7 +347,7 @@ def load_dataset_split(path: str, split: str):
         raise FileNotFoundError(f"dataset folder {path} does not exist")
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         loaded = datasets.load_from_disk(str(folder))
-    else:
+    else:  # parquet files (e.g. a downloaded Hub dataset)
         loaded = datasets.load_dataset(str(folder))
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:

@@ -278,7 +278,7 @@ class TrafficClassificationPipeline(ChunkPipeline):
                 if on_source_end is not None:
                     on_source_end(_source_name(source), accounting, error_holder[0] if error_holder else None)
 
-        chunks = self._chunks(all_flows(), batch_size or self.flow_batch_size)
+        chunks = self._chunks(all_flows(), batch_size or self.flow_batch_size, mark_last=False)
         while True:
             start = time.perf_counter()
             chunk = next(chunks, None)
@@ -435,17 +435,26 @@ class TrafficClassificationPipeline(ChunkPipeline):
             yield meta, {name: value[index] for name, value in arrays.items()}
 
     # ------------------------------------------------------------------ batching and encoding
-    def _chunks(self, flows, batch_size):
-        """Groups ``(meta, flow)`` pairs into encoded chunks; always yields at least one (possibly empty) chunk."""
+    def _chunks(self, flows, batch_size, mark_last=True):
+        """Groups ``(meta, flow)`` pairs into encoded chunks of at most ``batch_size`` flows.
+
+        With ``mark_last`` (the `ChunkPipeline` protocol) one full chunk is held back so that the final one can
+        carry ``is_last=True``, and at least one (possibly empty) chunk is always yielded. Without it chunks are
+        yielded as soon as they are full and none is empty.
+        """
         batch = []
-        pending = None  # hold one full chunk back so the last one can be marked `is_last`
+        pending = None
         for item in flows:
             batch.append(item)
             if len(batch) >= batch_size:
+                chunk = self._encode(batch, is_last=False)
+                batch = []
+                if not mark_last:
+                    yield chunk
+                    continue
                 if pending is not None:
                     yield pending
-                pending = self._encode(batch, is_last=False)
-                batch = []
+                pending = chunk
         if batch:
             if pending is not None:
                 yield pending
@@ -453,7 +462,7 @@ class TrafficClassificationPipeline(ChunkPipeline):
         elif pending is not None:
             pending["is_last"] = True
             yield pending
-        else:
+        elif mark_last:
             yield self._encode([], is_last=True)
 
     def _encode(self, batch, is_last):
