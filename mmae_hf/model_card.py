@@ -83,7 +83,7 @@ def build_finetuned_model_card(
             ``validation``, ``label_names``, ``num_rows``, ``hyperparameters`` and the OOD fields).
         dataset_name: dataset repo id (goes into the ``datasets:`` metadata when it is one) or a plain name.
         feature_extractor_config: the saved ``preprocessor_config.json`` as a dict (for the preprocessing section).
-        config: the model config (for the architecture line); optional.
+        config: the model config or its ``config.json`` dict (for the architecture line); optional.
         baselines: extra rows for the results table, each ``{"name": ..., "test": {accuracy, macro_f1, ...}}``.
         repo_id: where the model is (or will be) published, used in the usage snippet.
         template_path: a Jinja Markdown template; defaults to ``model_cards/mmae_classifier.md``.
@@ -127,8 +127,11 @@ def build_finetuned_model_card(
     else:
         init = "initialised from a locally pre-trained MMAE encoder"
     if config is not None:
-        init += (f"; {config.num_hidden_layers} layers, hidden size {config.hidden_size}, "
-                 f"{config.num_attention_heads} heads")
+        get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
+        init += (f"; {get('num_hidden_layers')} layers, hidden size {get('hidden_size')}, "
+                 f"{get('num_attention_heads')} heads")
+    if feature_extractor_config is None and summary.get("flow_options"):
+        feature_extractor_config = {"flow_options": summary["flow_options"]}
     threshold = summary.get("ood_threshold")
     ood_rate = summary.get("test_share_below_ood_threshold")
     card = ModelCard.from_template(

@@ -373,9 +373,11 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
 
     from ..model_card import build_finetuned_model_card
 
+    fe_config = _read_json(model_dir / "preprocessor_config.json")
+    summary["flow_options"] = (fe_config or {}).get("flow_options") or _dataset_flow_options(
+        None if dataset is not None else args.dataset)
     card = build_finetuned_model_card(summary, dataset_name=args.dataset_name or _dataset_display_name(args),
-                                      feature_extractor_config=_read_json(model_dir / "preprocessor_config.json"),
-                                      config=model.config)
+                                      feature_extractor_config=fe_config, config=model.config)
     card.save(model_dir / "README.md")
     summary["files"]["model_card"] = str(model_dir / "README.md")
     (out / "results.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
@@ -456,6 +458,14 @@ def _recipe(args: FinetuneArguments, training_args: TrainingArguments) -> dict[s
 def _dataset_display_name(args: FinetuneArguments) -> str:
     path = Path(args.dataset)
     return path.name if path.exists() else args.dataset
+
+
+def _dataset_flow_options(dataset_source: str | None) -> dict | None:
+    """Flow-extraction settings recorded by the dataset builder (``build_report.json``), if any."""
+    if not dataset_source:
+        return None
+    report = _read_json(Path(dataset_source) / "build_report.json") if Path(dataset_source).is_dir() else None
+    return (report or {}).get("flow_options")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
