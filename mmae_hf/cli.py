@@ -215,7 +215,13 @@ def classify_main(argv: list[str] | None = None) -> int:
     ood_count = 0
     timings: dict[str, float] = {}
     explained = 0
-    progress = tqdm(total=len(captures), unit="file", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+    # counts flows (a single huge capture still shows movement); files done go in the postfix
+    progress = tqdm(unit=" flows", desc="classifying", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+    files_done = [0]
+
+    def file_done():
+        files_done[0] += 1
+        progress.set_postfix(files=f"{files_done[0]}/{len(captures)}", refresh=False)
 
     def on_source_end(name, accounting, error):
         entry = {"file": name, **(accounting.to_dict() if accounting is not None else {})}
@@ -226,7 +232,7 @@ def classify_main(argv: list[str] | None = None) -> int:
             total.merge(accounting)
         for message in entry.get("errors", []):
             print(f"error: {name}: {message}" if name not in message else f"error: {message}", file=sys.stderr)
-        progress.update(1)
+        file_done()
 
     def sources():
         for path in captures:
@@ -234,7 +240,7 @@ def classify_main(argv: list[str] | None = None) -> int:
                 message = f"{path}: no such capture file"
                 per_file.append({"file": path, "flows": 0, "errors": [message]})
                 print(f"error: {message}", file=sys.stderr)
-                progress.update(1)
+                file_done()
                 continue
             yield path
 
@@ -252,7 +258,7 @@ def classify_main(argv: list[str] | None = None) -> int:
                 labels[record["label"]] += 1
                 ood_count += bool(record["ood"])
             writer.write(records)
-            progress.set_postfix(flows=writer.count, refresh=False)
+            progress.update(len(records))
     finally:
         writer.close()
         progress.close()
