@@ -55,16 +55,16 @@ class CaptureReader:
         source_name: name used in messages (defaults to the path).
         strict: raise ``PcapFormatError`` on damage; otherwise stop at the damage and record the message in
             ``self.errors``.
-        block_size: bytes read per block.
+        block_size: bytes read per block (default ``BLOCK_SIZE``, 4 MiB).
     """
 
-    def __init__(self, source, source_name: str | None = None, strict: bool = False, block_size: int = BLOCK_SIZE):
+    def __init__(self, source, source_name: str | None = None, strict: bool = False, block_size: int | None = None):
         self.source = source
         if source_name is None:
             source_name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>"
         self.name = source_name
         self.strict = strict
-        self.block_size = block_size
+        self.block_size = block_size or BLOCK_SIZE
         self.errors: list[str] = []
         self.format = None
 

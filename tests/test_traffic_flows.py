@@ -1,0 +1,198 @@
+"""Flow rules: timeouts, TCP close, unidirectional mode, statistics, engines agree, memory bound."""
+
+import numpy as np
+import pytest
+from traffic_pcaps import ether, handshake, pcap_bytes, shared_dir, tcp, udp
+
+from mmae_hf.traffic import FLOW_STAT_NAMES, FlowOptions, PacketAccounting, iter_flows
+
+ENGINES = ("reference", "fast")
+
+
+def run(records, engine, **opts):
+    acc = PacketAccounting()
+    flows = list(iter_flows(pcap_bytes([(t, ether(p)) for t, p in records]), FlowOptions(**opts), accounting=acc,
+                            engine=engine))  # fmt: skip
+    assert acc.packets_read == acc.packets_in_flows + acc.packets_skipped
+    return sorted(flows, key=lambda f: f.start_time), acc
+
+
+def stat(flow, name):
+    return float(flow.flow_stats[FLOW_STAT_NAMES.index(name)])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bidirectional_flow_layout_and_stats(engine):
+    pk = handshake(data=(b"hello", b"world!!"))
+    (f,), _ = run(pk, engine, anonymize="none")
+    assert f.packet_count == 8 and f.protocol == 6
+    assert f.packet_directions.tolist() == [1, -1, 1, 1, -1]
+    assert f.packet_lengths.tolist() == [40, 40, 40, 45, 47]
+    assert np.allclose(f.packet_iats, [0, 0.01, 0.01, 0.01, 0.01], atol=1e-6)
+    # slot 3 = [IP+TCP header (40 bytes) zero-padded to 80 | payload "hello" zero-padded to 240]
+    slot = f.payload[3 * 320 : 4 * 320]
+    assert bytes(slot[:40]) == pk[3][1][:40] and not slot[40:80].any()
+    assert bytes(slot[80:85]) == b"hello" and not slot[85:].any()
+    lengths = [40, 40, 40, 45, 47, 40, 40, 40]
+    fwd = [1, 0, 1, 1, 0, 1, 0, 1]
+    expect = {
+        "packet_count": 8, "byte_count": sum(lengths), "length_mean": np.mean(lengths), "length_std": np.std(lengths),
+        "length_min": 40, "length_max": 47, "fwd_length_mean": np.mean([l for l, d in zip(lengths, fwd) if d]),
+        "bwd_length_mean": np.mean([l for l, d in zip(lengths, fwd) if not d]), "bwd_length_max": 47,
+        "duration": 0.07, "iat_mean": 0.01, "iat_std": 0.0, "iat_min": 0.01, "iat_max": 0.01,
+        "fwd_iat_mean": 0.07 / 4, "payload_mean": 12 / 8, "payload_max": 7, "zero_payload_fraction": 6 / 8,
+        "packets_per_second": 8 / 0.07, "bytes_per_second": sum(lengths) / 0.07, "syn_count": 2, "fin_count": 2,
+        "rst_count": 0, "psh_count": 2, "fwd_packet_fraction": 5 / 8,
+        "fwd_byte_fraction": sum(l for l, d in zip(lengths, fwd) if d) / sum(lengths), "direction_changes": sum(a != b for a, b in zip(fwd, fwd[1:])),
+    }  # fmt: skip
+    assert set(expect) == set(FLOW_STAT_NAMES) and len(FLOW_STAT_NAMES) == 27
+    for name, value in expect.items():
+        assert stat(f, name) == pytest.approx(value, rel=1e-4, abs=2e-5), name
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fin_from_both_sides_then_new_syn_starts_new_flow(engine):
+    first = handshake(t0=0.0)
+    second = handshake(t0=1.0)  # same 5-tuple reused after a clean close
+    flows, _ = run(first + second, engine)
+    assert [f.packet_count for f in flows] == [8, 8]
+    # without the close rule, the reuse is one flow
+    flows, _ = run(first + second, engine, tcp_close=False)
+    assert [f.packet_count for f in flows] == [16]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_rst_closes_and_late_packets_stay_with_closed_flow(engine):
+    pk = handshake(close="rst")
+    late = [(0.5, tcp(flags="A", seq=999))]  # not a fresh SYN: belongs to the closed flow
+    again = [(t + 1.0, p) for t, p in handshake()]
+    flows, _ = run(pk + late + again, engine)
+    assert [f.packet_count for f in flows] == [len(pk) + 1, 8]
+    assert stat(flows[0], "rst_count") == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_one_fin_does_not_close(engine):
+    pk = handshake(close="none")
+    fin = [(0.2, tcp(flags="FA", seq=5000))]
+    again = [(t + 1.0, p) for t, p in handshake()]
+    flows, _ = run(pk + fin + again, engine)
+    assert [f.packet_count for f in flows] == [len(pk) + 1 + 8]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_idle_and_active_timeouts(engine):
+    pk = [(t, udp(sport=5000, dport=6000, payload=b"x")) for t in (0.0, 1.0, 2.0, 10.0, 11.0)]
+    flows, _ = run(pk, engine, idle_timeout=5.0)
+    assert [f.packet_count for f in flows] == [3, 2]
+    assert flows[1].packet_iats[0] == 0.0
+    steady = [(float(t), udp(sport=5000, dport=6000)) for t in range(25)]
+    flows, _ = run(steady, engine, idle_timeout=5.0, active_timeout=10.0)
+    assert [f.packet_count for f in flows] == [11, 11, 3]
+    # the capture clock (largest timestamp so far) expires flows, even if their own packets stop
+    # (flow 1->2's own gap is 4.9 s < 5 s, but the clock is already at 8 s when its late packet arrives)
+    other = [(0.0, udp(sport=1, dport=2)), (0.5, udp(sport=3, dport=4)), (4.0, udp(sport=3, dport=4)),
+             (8.0, udp(sport=3, dport=4)), (4.9, udp(sport=1, dport=2))]  # fmt: skip
+    flows, _ = run(other, engine, idle_timeout=5.0)
+    assert sorted(f.packet_count for f in flows) == [1, 1, 3]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_unidirectional_mode(engine):
+    flows, _ = run(handshake(), engine, bidirectional=False, tcp_close=False)
+    assert sorted(f.packet_count for f in flows) == [3, 5]
+    for f in flows:
+        assert set(f.packet_directions[: f.packet_count].tolist()) == {1}
+        assert stat(f, "fwd_packet_fraction") == 1.0 and stat(f, "direction_changes") == 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_short_flows_empty_payloads_and_min_packets(engine):
+    pk = [(0.0, tcp(flags="S")), (0.1, tcp(src="10.0.0.2", dst="10.0.0.1", sport=443, dport=40000, flags="SA"))]
+    (f,), _ = run(pk, engine)
+    assert f.packet_count == 2 and f.packet_directions.tolist() == [1, -1, 0, 0, 0]
+    assert not f.payload[2 * 320 :].any() and not f.payload[80:320].any()
+    assert f.packet_lengths.tolist() == [40, 40, 0, 0, 0] and stat(f, "zero_payload_fraction") == 1.0
+    flows, acc = run(pk + [(0.2, udp())], engine, min_packets=2)
+    assert len(flows) == 1 and acc.skipped == {"short_flow": 1} and acc.flows == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_out_of_order_timestamps(engine):
+    pk = [(t, udp(sport=7, dport=8)) for t in (5.0, 4.0, 6.0)]
+    (f,), _ = run(pk, engine)
+    assert f.packet_iats.tolist()[:3] == [0.0, 0.0, pytest.approx(2.0)]
+    assert f.start_time == 5.0 and f.end_time == 6.0
+
+
+def _many_flows(n_flows, per_flow=6, spacing=1.0):
+    recs = []
+    for i in range(n_flows):
+        c = dict(src=f"10.{i // 250}.{i % 250}.1", dst="192.0.2.1", sport=1024 + i % 60000, dport=443)
+        s = dict(src="192.0.2.1", dst=c["src"], sport=443, dport=c["sport"])
+        t0 = i * spacing
+        for k in range(per_flow):
+            side = c if k % 2 == 0 else s
+            recs.append((t0 + 0.001 * k, tcp(**side, flags="PA", seq=1000 + k, ack=77, payload=bytes([k]) * (10 + k))))
+    return recs
+
+
+def test_engines_agree_on_many_interleaved_flows():
+    recs = _many_flows(400, per_flow=9, spacing=0.003)
+    recs.sort(key=lambda r: r[0])
+    data = pcap_bytes([(t, ether(p)) for t, p in recs])
+    for opts in (FlowOptions(), FlowOptions(bidirectional=False, idle_timeout=0.5, active_timeout=0.7),
+                 FlowOptions(anonymize="strict"), FlowOptions(anonymize="netmamba", num_packets=3)):  # fmt: skip
+        a = sorted(iter_flows(data, opts, engine="reference"), key=lambda f: (f.start_time, f.src_ip, f.src_port))
+        b = sorted(iter_flows(data, opts, engine="fast"), key=lambda f: (f.start_time, f.src_ip, f.src_port))
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b):
+            assert np.array_equal(x.payload, y.payload)
+            assert np.array_equal(x.packet_lengths, y.packet_lengths)
+            assert np.array_equal(x.packet_directions, y.packet_directions)
+            assert np.allclose(x.packet_iats, y.packet_iats)
+            assert np.allclose(x.flow_stats, y.flow_stats, rtol=1e-5, atol=1e-6)
+            assert (x.src_ip, x.src_port, x.packet_count) == (y.src_ip, y.src_port, y.packet_count)
+
+
+def test_engines_agree_on_real_captures():
+    root = shared_dir() / "data" / "ndpi-encrypted-services"
+    files = sorted(root.rglob("*.pcap"))[::25]
+    assert len(files) > 40
+    for path in files:
+        a = list(iter_flows(path, engine="reference"))
+        b = list(iter_flows(path, engine="fast"))
+        assert len(a) == len(b)
+        for x, y in zip(sorted(a, key=lambda f: f.start_time), sorted(b, key=lambda f: f.start_time)):
+            assert np.array_equal(x.payload, y.payload) and np.allclose(x.flow_stats, y.flow_stats, rtol=1e-5, atol=1e-6)
+
+
+def test_memory_bounded_by_active_flows(monkeypatch):
+    """Flows that went idle are emitted while reading; the active table does not grow with the capture."""
+    from mmae_hf.traffic.fastflows import FastAssembler
+    from mmae_hf.traffic.pcapio import CaptureReader
+    from mmae_hf.traffic.dissect import dissect
+
+    recs = _many_flows(3000, per_flow=4, spacing=1.0)  # one new flow per second, each lasting 3 ms
+    data = pcap_bytes([(t, ether(p)) for t, p in recs])
+    opts = FlowOptions(idle_timeout=10.0)
+    asm = FastAssembler(opts, PacketAccounting(), "x")
+    peak_active = emitted = 0
+    for chunk in CaptureReader(data, block_size=32 << 10):
+        asm.feed(dissect(chunk))
+        asm.expire()
+        emitted += sum(1 for _ in asm.drain())
+        peak_active = max(peak_active, len(asm.active))
+    asm.finish()
+    emitted += sum(1 for _ in asm.drain())
+    assert emitted == 3000
+    assert peak_active < 200  # ~ idle_timeout flows + one block's worth, not 3000
+    assert asm.table.capacity <= 512
+    # and the flows come out while reading, not only at the end
+    import mmae_hf.traffic.pcapio as pcapio
+
+    monkeypatch.setattr(pcapio, "BLOCK_SIZE", 32 << 10)
+    acc = PacketAccounting()
+    gen = iter_flows(data, opts, accounting=acc, engine="fast")
+    next(gen)
+    assert 0 < acc.packets_read < len(recs) / 4
