@@ -93,6 +93,7 @@ def main(argv=None):
     ns = parser.parse_args(argv)
     from mmae_hf.training.pretraining import (
         CheckpointError,
+        LaunchError,
         NonFiniteLossError,
         PretrainingArguments,
         parse_config_overrides,
@@ -106,7 +107,7 @@ def main(argv=None):
     try:
         args = PretrainingArguments(**values)
         run_pretraining(args)
-    except (NonFiniteLossError, CheckpointError, DatasetLoadError, ValueError) as error:
+    except (NonFiniteLossError, CheckpointError, DatasetLoadError, LaunchError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

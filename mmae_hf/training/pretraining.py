@@ -59,6 +59,10 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a loss component or the gradient norm becomes NaN or infinite."""
 
 
+class LaunchError(RuntimeError):
+    """The processes were launched in a way accelerate did not turn into one data-parallel job."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint folder that is missing, incomplete or does not fit the current run."""
 
@@ -391,7 +395,8 @@ def resolve_checkpoint(resume_from_checkpoint, output_dir):
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
         raise CheckpointError(f"{path}: checkpoint folder does not exist")
-    missing = [name for name in (TRAINER_STATE_NAME, "optimizer.bin") if not (path / name).is_file()]
+    # accelerate's own files differ between DDP, FSDP and DeepSpeed; ours are always there
+    missing = [name for name in (TRAINER_STATE_NAME, "collator_state_0.json") if not (path / name).is_file()]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {missing}")
     return path
@@ -480,8 +485,23 @@ class _BatchPrefetcher:
                 yield future.result()
 
 
-def _format_value(value):
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+class _FullParameterView:
+    """The student's parameters as full tensors, for the teacher's EMA step.
+
+    Under DDP (and a single process) the parameters are plain tensors and are passed through. Under FSDP2 they are
+    sharded DTensors; the teacher is a full copy on every process, so each DTensor is gathered (``full_tensor()``).
+    """
+
+    def __init__(self, module):
+        self._student = module  # not `.module`: MeanTeacher.update unwraps that attribute
+
+    def named_parameters(self):
+        for name, parameter in self._student.named_parameters():
+            yield name, (parameter.full_tensor() if hasattr(parameter, "full_tensor") else parameter)
+
+    def named_buffers(self):
+        for name, buffer in self._student.named_buffers():
+            yield name, (buffer.full_tensor() if hasattr(buffer, "full_tensor") else buffer)
 
 
 def run_pretraining(args, dataset=None, model_cls=None):
@@ -550,6 +570,15 @@ def run_pretraining(args, dataset=None, model_cls=None):
         step_scheduler_with_optimizer=False,
     )
     rank, world_size = accelerator.process_index, accelerator.num_processes
+    if world_size_env != world_size:
+        # e.g. `accelerate launch --num_processes 2` on a machine without GPUs and without ACCELERATE_USE_CPU=1:
+        # two independent single-process runs would race on the same output folder
+        raise LaunchError(
+            f"launched as {world_size_env} processes (WORLD_SIZE) but accelerate set up {world_size} "
+            f"({accelerator.distributed_type}): refusing to run independent copies into {output_dir}. "
+            "On a machine without GPUs launch with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+            "--num_processes N ... --cpu` (see docs/training.md)."
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
 
     sampler = EpochBatchSampler(len(reader), args.per_device_train_batch_size, world_size, rank, seed=args.seed)
@@ -692,8 +721,9 @@ def run_pretraining(args, dataset=None, model_cls=None):
                 grad_norm = None
                 if args.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    grad_norm = float(grad_norm)
-                    if not math.isfinite(grad_norm) and args.mixed_precision != "fp16":
+                    if grad_norm is not None:  # None under DeepSpeed, which clips by its own config
+                        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+                    if grad_norm is not None and not math.isfinite(grad_norm) and args.mixed_precision != "fp16":
                         raise NonFiniteLossError(
                             f"non-finite gradient norm ({grad_norm}) at optimizer step {step + 1} (epoch {epoch}) although "
                             "every loss component was finite; lower the learning rate or resume from the last checkpoint "
@@ -706,7 +736,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
                 momentum = None
                 if teacher is not None:
                     momentum = float(teacher.momentum(step))
-                    teacher.update(unwrapped, step)
+                    teacher.update(_FullParameterView(unwrapped), step)
                 step += 1
                 seconds = time.perf_counter() - step_started
                 if step > first_step + 1:  # the first step of an invocation pays one-off costs
@@ -777,6 +807,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
 
 __all__ = [
     "CheckpointError",
+    "LaunchError",
     "NonFiniteLossError",
     "PretrainingArguments",
     "PretrainingResult",
