@@ -167,7 +167,7 @@ def eager_attention_forward(
     **kwargs,
 ):
     """Plain attention (q, k, v: [B, heads, N, head_dim]); `position_bias` [B, 1|heads, N, N] is added to the logits."""
-    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    attn_weights = torch.matmul(query * scaling, key.transpose(2, 3))
     if position_bias is not None:
         attn_weights = attn_weights + position_bias
     if attention_mask is not None:
@@ -201,6 +201,10 @@ class MMAEAttention(nn.Module):
         if position_bias is not None:
             # SDPA needs the additive mask in the query dtype (bf16 under autocast).
             position_bias = position_bias.to(query.dtype)
+            if position_bias.requires_grad and torch.is_grad_enabled():
+                # A bias that needs a gradient (the learned PMP bias) pushes SDPA onto its slow "math" path on CPU
+                # (measured 2x slower than plain autograd attention), so use the eager attention for it.
+                attention_interface = eager_attention_forward
         attn_output, attn_weights = attention_interface(
             self, query, key, value, None, scaling=self.scaling, dropout=0.0, position_bias=position_bias, **kwargs
         )
@@ -359,9 +363,8 @@ class MMAELossPredictor(nn.Module):
         """decoder_inputs [N, 1+L, D], byte_predictions [N, L, P], packet_* [N, num_packets] -> [N, L]."""
         position_bias = None
         if self.pmp is not None:
-            bias = self.pmp(byte_predictions, packet_times, packet_lengths)
-            # The PMP bias covers the byte tokens; the CLS row and column get no bias.
-            position_bias = nn.functional.pad(bias, (1, 0, 1, 0))
+            # The PMP bias covers the byte tokens; the CLS row and column (position 0) get no bias.
+            position_bias = self.pmp(byte_predictions, packet_times, packet_lengths, num_prefix_tokens=1)
         hidden_states = decoder_inputs
         for layer in self.layers:
             hidden_states, _ = layer(hidden_states, position_bias=position_bias)

@@ -64,7 +64,8 @@ class MMAEPacketMaskPredictor(nn.Module):
     """The PMP attention bias (method.md §3, "loss_predictor_router" in the official code; sub-module names kept).
 
     forward(query [N, L, P] byte predictions, packet_times [N, num_packets], packet_lengths [N, num_packets]) returns
-    an additive attention bias [N, 1, L, L] (broadcast over heads), clamped to +-`pmp_bias_clamp`:
+    an additive attention bias [N, 1, L, L] (broadcast over heads; optionally with zero rows/columns in front for a CLS
+    token), clamped to +-`pmp_bias_clamp`:
 
     1. packet context m = GELU(LN(Linear(cat(time_emb + time_pos, len_emb + len_pos)))) per token,
     2. two rank-r maps D_sup = u_sup v_sup^T / sqrt(r), D_del = u_del v_del^T / sqrt(r) from z = MLP(m),
@@ -110,13 +111,22 @@ class MMAEPacketMaskPredictor(nn.Module):
         l = self.len_embedder(lengths) + self.len_pos_embed
         return self.stat_fusion(torch.cat([t, l], dim=-1))
 
-    def forward(self, query: torch.Tensor, packet_times: torch.Tensor, packet_lengths: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        packet_times: torch.Tensor,
+        packet_lengths: torch.Tensor,
+        num_prefix_tokens: int = 0,
+    ) -> torch.Tensor:
+        """query [N, L, P], packet_* [N, num_packets] -> bias [N, 1, T + L, T + L] with T = `num_prefix_tokens`
+        leading rows and columns of zeros (for a CLS token that gets no bias)."""
         dtype = query.dtype
         m = self.packet_context(packet_times.to(dtype), packet_lengths.to(dtype))
         z = self.router_phi(m)
         scale = 1.0 / math.sqrt(self.rank)
-        d_sup = torch.matmul(self.router_U_sup(z), self.router_V_sup(z).transpose(1, 2)) * scale
-        d_del = torch.matmul(self.router_U_del(z), self.router_V_del(z).transpose(1, 2)) * scale
+        # The scalar factors are folded into the [N, L, r] factors instead of the [N, L, L] maps (same values).
+        support = -nn.functional.softplus(self.router_gamma_sup) * scale
+        suppress = nn.functional.softplus(self.router_gamma_del) * scale
 
         with torch.no_grad():
             # mean over the OTHER tokens of ReLU(cos(q_i, q_j)); the diagonal term is ReLU(cos(q_i, q_i)) = 1 (0 for a
@@ -125,13 +135,27 @@ class MMAEPacketMaskPredictor(nn.Module):
             cos = torch.matmul(q_unit, q_unit.transpose(1, 2)).clamp_(min=0.0)
             self_cos = (q_unit * q_unit).sum(-1).clamp(min=0.0)
             similarity = ((cos.sum(-1) - self_cos) / max(query.shape[1] - 1, 1)).to(dtype)
+            del cos
         saliency = self.norm_to_saliency(query.norm(dim=-1, keepdim=True))
         gate_features = torch.cat([similarity.unsqueeze(-1), saliency, self.stat_to_gate(m)], dim=-1)
-        gate = torch.sigmoid(torch.matmul(self.selector_a(gate_features), self.selector_b(gate_features).transpose(1, 2)))
 
-        support = -nn.functional.softplus(self.router_gamma_sup)
-        suppress = nn.functional.softplus(self.router_gamma_del)
-        bias = gate * support * d_sup + (1.0 - gate) * suppress * d_del
+        factors = [
+            self.router_U_sup(z) * support,
+            self.router_V_sup(z),
+            self.router_U_del(z) * suppress,
+            self.router_V_del(z),
+            self.selector_a(gate_features),
+            self.selector_b(gate_features),
+        ]
+        if num_prefix_tokens:
+            # zero rows in front: the low-rank maps (hence the bias) are exactly 0 in the prefix rows and columns
+            factors = [nn.functional.pad(f, (0, 0, num_prefix_tokens, 0)) for f in factors]
+        u_sup, v_sup, u_del, v_del, gate_a, gate_b = factors
+        d_sup = torch.matmul(u_sup, v_sup.transpose(1, 2))
+        d_del = torch.matmul(u_del, v_del.transpose(1, 2))
+        gate = torch.sigmoid(torch.matmul(gate_a, gate_b.transpose(1, 2)))
+        # gate * support * D_sup + (1 - gate) * suppress * D_del
+        bias = torch.lerp(d_del, d_sup, gate)
         return bias.clamp(-self.clamp, self.clamp).unsqueeze(1)
 
 

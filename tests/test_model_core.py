@@ -300,3 +300,44 @@ def test_mean_teacher_copy_ema_and_schedule():
     other.load_state_dict(state)
     assert other.total_steps == 100
     assert all(torch.equal(a, b) for a, b in zip(other.model.parameters(), teacher.model.parameters()))
+
+
+# ---------------------------------------------------------------- PMP
+def reference_pmp_bias(pmp, query, times, lengths):
+    """method.md §3 PMP written out naively (repeat each packet value over its 320 bytes, Conv1d, ...)."""
+    F = torch.nn.functional
+    n = query.shape[0]
+    t = F.conv1d(times.repeat_interleave(320, dim=1).unsqueeze(1), pmp.time_embedder.proj.weight,
+                 pmp.time_embedder.proj.bias, stride=4).transpose(1, 2) + pmp.time_pos_embed
+    l = F.conv1d(lengths.repeat_interleave(320, dim=1).unsqueeze(1), pmp.len_embedder.proj.weight,
+                 pmp.len_embedder.proj.bias, stride=4).transpose(1, 2) + pmp.len_pos_embed
+    m = pmp.stat_fusion(torch.cat([t, l], dim=-1))
+    z = pmp.router_phi(m)
+    r = z.shape[-1]
+    d_sup = pmp.router_U_sup(z) @ pmp.router_V_sup(z).transpose(1, 2) / r**0.5
+    d_del = pmp.router_U_del(z) @ pmp.router_V_del(z).transpose(1, 2) / r**0.5
+    L = query.shape[1]
+    cos = F.cosine_similarity(query.unsqueeze(2), query.unsqueeze(1), dim=-1).clamp(min=0)
+    off_diag = ~torch.eye(L, dtype=torch.bool)
+    s = (cos * off_diag).sum(-1) / (L - 1)
+    g = torch.cat([s.unsqueeze(-1), pmp.norm_to_saliency(query.norm(dim=-1, keepdim=True)), pmp.stat_to_gate(m)], -1)
+    p = torch.sigmoid(pmp.selector_a(g) @ pmp.selector_b(g).transpose(1, 2))
+    bias = p * (-F.softplus(pmp.router_gamma_sup)) * d_sup + (1 - p) * F.softplus(pmp.router_gamma_del) * d_del
+    return bias.clamp(-5, 5)
+
+
+def test_pmp_bias_matches_the_specification_and_reaches_every_parameter():
+    torch.manual_seed(0)
+    c = tiny(pmp_bias_clamp=5.0)
+    pmp = MMAEForPreTraining(c).loss_predictor.pmp
+    with torch.no_grad():
+        pmp.router_gamma_sup.fill_(0.3)
+        pmp.router_gamma_del.fill_(-0.2)
+    query = torch.randn(3, 400, 4)
+    times, lengths = torch.rand(3, 5), torch.rand(3, 5) * 2 - 1
+    bias = pmp(query, times, lengths, num_prefix_tokens=1)
+    assert bias.shape == (3, 1, 401, 401)
+    assert bias[:, :, 0].abs().max() == 0 and bias[:, :, :, 0].abs().max() == 0  # CLS row/column unbiased
+    torch.testing.assert_close(bias[:, 0, 1:, 1:], reference_pmp_bias(pmp, query, times, lengths), atol=1e-5, rtol=1e-4)
+    bias.pow(2).sum().backward()
+    assert [n for n, p in pmp.named_parameters() if p.grad is None or p.grad.abs().sum() == 0] == []
