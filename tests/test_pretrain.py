@@ -251,3 +251,33 @@ def test_find_unused_parameters_probe(dataset_dir):
     assert sorted(find_unused_parameters(dead, collator, rows, config)) == ["dead_head.bias", "dead_head.weight"]
     assert all(p.grad is None for p in dead.parameters())
     assert torch.equal(collator.generator.get_state(), before) and torch.equal(torch.get_rng_state(), torch_before)
+
+
+def test_pretrain_on_a_dataset_built_from_pcaps(tmp_path):
+    """pcaps -> dataset builder (train/validation/test by capture file) -> pre-training reads the train split only."""
+    pytest.importorskip("scapy")
+    import pretrain
+    from dataset_pcaps import make_tree
+
+    from mmae_hf.traffic.dataset import build_dataset
+
+    tree = make_tree(tmp_path / "pcaps", {"chat": 5, "video": 5}, flows_per_file=2)
+    built = build_dataset(tree, tmp_path / "dataset", split_by="file", validation_size=0.2, test_size=0.2, seed=0,
+                          progress=False)
+    num_train = built.dataset["train"].num_rows
+    assert 4 <= num_train < sum(ds.num_rows for ds in built.dataset.values())
+    out = tmp_path / "run"
+    assert pretrain.main(["--dataset", str(tmp_path / "dataset"), "--config", "mmae-tiny", "--output-dir", str(out),
+                          "--max-steps", "2", "--per-device-train-batch-size", "4", "--save-steps", "0",
+                          "--report-to", "none", "--no-progress-bar"]) == 0
+    summary = json.loads((out / "pretraining_summary.json").read_text())
+    assert summary["finished"] and summary["num_training_flows"] == num_train and summary["split"] == "train"
+    assert (out / "model.safetensors").is_file()
+    # the dataset's feature extractor (flow options, anonymisation profile) travels with the weights
+    from transformers import AutoFeatureExtractor
+
+    import mmae_hf  # noqa: F401
+
+    assert (out / "preprocessor_config.json").read_text() == (tmp_path / "dataset" / "preprocessor_config.json").read_text()
+    extractor = AutoFeatureExtractor.from_pretrained(str(out))
+    assert type(extractor).__name__ == "MMAEFeatureExtractor"

@@ -788,6 +788,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
                 teacher.model.save_pretrained(str(output_dir / "teacher"))
     if accelerator.is_main_process:
         summary = {"step": step, "max_steps": args.max_steps, "finished": finished, "world_size": world_size,
+                   "dataset": args.dataset, "split": args.split, "num_training_flows": len(reader),
                    "distributed_type": str(accelerator.distributed_type), "device": str(accelerator.device),
                    "mixed_precision": args.mixed_precision, "global_batch_size": global_batch,
                    "samples_per_second_per_process": per_process, "last_metrics": last_metrics,
