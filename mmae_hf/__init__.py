@@ -5,12 +5,14 @@ Importing the package registers the MMAE classes with the transformers Auto* fac
 
 from transformers import (
     AutoConfig,
+    AutoFeatureExtractor,
     AutoModel,
     AutoModelForPreTraining,
     AutoModelForSequenceClassification,
 )
 
 from .configuration_mmae import PRESETS, MMAEConfig
+from .feature_extraction_mmae import MMAEFeatureExtractor
 from .flowmix import DataCollatorForFlowMix
 from .modeling_mmae import (
     MMAEForPreTraining,
@@ -32,12 +34,14 @@ AutoConfig.register("mmae", MMAEConfig, exist_ok=True)
 AutoModel.register(MMAEConfig, MMAEModel, exist_ok=True)
 AutoModelForPreTraining.register(MMAEConfig, MMAEForPreTraining, exist_ok=True)
 AutoModelForSequenceClassification.register(MMAEConfig, MMAEForSequenceClassification, exist_ok=True)
+AutoFeatureExtractor.register(MMAEConfig, MMAEFeatureExtractor, exist_ok=True)
 
 # trust_remote_code: save_pretrained copies the .py files; the full auto_map is written by MMAEPreTrainedModel.
 MMAEConfig.register_for_auto_class()
 MMAEModel.register_for_auto_class("AutoModel")
 MMAEForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 MMAEForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+# (MMAEFeatureExtractor copies itself for remote code when saved next to a model, see its save_pretrained)
 
 # pipeline("traffic-classification", model=...): pcap in, one prediction per flow out
 register_traffic_pipeline()
@@ -46,6 +50,7 @@ __all__ = [
     "PRESETS",
     "DataCollatorForFlowMix",
     "MMAEConfig",
+    "MMAEFeatureExtractor",
     "MMAEForPreTraining",
     "MMAEForPreTrainingOutput",
     "MMAEForSequenceClassification",
