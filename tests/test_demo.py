@@ -1,0 +1,90 @@
+"""The main job: scripts/demo.sh is well-formed and its pipeline (pre-train -> fine-tune -> table) runs end to end.
+
+The full demo (setup + real sample traffic, minutes) is run by hand: `bash scripts/demo.sh`. Here the same
+`train/run_study.py` path runs on a tiny synthetic dataset with a 2-step pre-training and 1 fine-tuning epoch.
+"""
+
+import importlib.util
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mmae_hf.testing.synthetic import make_synthetic_traffic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "scripts" / "demo.sh"
+
+
+def _load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _options(parser):
+    return {opt for action in parser._actions for opt in action.option_strings}
+
+
+def _command_flags(text, script):
+    """Long options passed to ``python <script>`` in demo.sh (continuation lines joined)."""
+    joined = text.replace("\\\n", " ")
+    lines = [line for line in joined.splitlines() if f"python {script}" in line]
+    assert lines, f"demo.sh does not call {script}"
+    return set(re.findall(r"\s(--[a-z][a-z0-9-]*)", " ".join(lines)))
+
+
+def test_demo_script_is_valid_and_uses_existing_options():
+    text = DEMO.read_text()
+    subprocess.run(["bash", "-n", str(DEMO)], check=True)
+    assert "bash scripts/setup.sh" in text and "outputs/demo" in text
+    run_study = _load(REPO / "train" / "run_study.py", "_demo_run_study")
+    import argparse
+
+    captured = {}
+
+    def fake_parse(self, args=None, namespace=None):
+        captured["parser"] = self
+        raise SystemExit(0)
+
+    original = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = fake_parse
+    try:
+        with pytest.raises(SystemExit):
+            run_study.parse_args([])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    assert _command_flags(text, "train/run_study.py") <= _options(captured["parser"])
+    build = _load(REPO / "dataset_scripts" / "build_dataset.py", "_demo_build")
+    assert _command_flags(text, "dataset_scripts/build_dataset.py") <= set(
+        opt for opt in re.findall(r"--[a-z][a-z0-9-]*", (REPO / "dataset_scripts" / "build_dataset.py").read_text()))
+    assert hasattr(build, "main")
+    sample = REPO / "examples" / "sample_traffic"
+    classes = [d for d in sample.iterdir() if d.is_dir() and list(d.glob("*.pcap*"))]
+    assert len(classes) >= 2, "the demo needs the committed sample traffic (>= 2 classes)"
+
+
+def test_pipeline_pretrain_finetune_table_on_synthetic(tmp_path):
+    dsd = make_synthetic_traffic_dataset(num_classes=2, flows_per_class=8, seed=0)
+    dsd.save_to_disk(str(tmp_path / "dataset"))
+    run_study = _load(REPO / "train" / "run_study.py", "_demo_run_study2")
+    argv = ["--dataset", str(tmp_path / "dataset"), "--study", "demo-test", "--variants", "mmae", "linear_probe",
+            "extra_trees", "--seeds", "0", "--output-dir", str(tmp_path / "out"), "--results-dir", str(tmp_path / "out"),
+            "--pretrain-steps", "2", "--pretrain-batch-size", "4", "--epochs", "1", "--batch-size", "4",
+            "--tree-estimators", "10", "--pretrain-args", "--report-to none", "--finetune-args", "--report-to none",
+            "--quiet"]
+    assert run_study.main(argv) == 0
+    study = json.loads((tmp_path / "out" / "demo-test.json").read_text())
+    assert [row["variant"] for row in study["summary"]] == ["mmae", "linear_probe", "extra_trees"]
+    run = tmp_path / "out" / "runs" / "mmae" / "seed0"
+    results = json.loads((run / "results.json").read_text())
+    assert results["pretrained"] == str(tmp_path / "out" / "pretrain" / "mmae" / "seed0")  # fine-tuned from it
+    assert (run / "eval" / "test_confusion.png").is_file()
+    card = (run / "model" / "README.md").read_text()
+    assert "extra_trees (no payload bytes)" in card and "linear_probe (pre-trained)" in card  # baselines in the card
+    assert str(tmp_path) not in card  # no machine paths in what would be published
+    table = (tmp_path / "out" / "demo-test.md").read_text()
+    assert "| mmae | 1 |" in table and "| extra_trees | 1 |" in table
