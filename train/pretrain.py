@@ -72,7 +72,8 @@ def build_parser():
     opt.add_argument("--ema-momentum-start", type=float, default=defaults.ema_momentum_start)
     opt.add_argument("--ema-momentum-end", type=float, default=defaults.ema_momentum_end)
     rt = p.add_argument_group("runtime")
-    rt.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=defaults.mixed_precision)
+    rt.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
+                    help="default: the launcher's setting (accelerate launch --mixed_precision / config file), else no")
     rt.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     rt.add_argument("--seed", type=int, default=defaults.seed)
     rt.add_argument("--num-workers", type=int, default=defaults.num_workers, help="background batch-reading threads")

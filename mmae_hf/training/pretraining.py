@@ -100,7 +100,8 @@ class PretrainingArguments:
         ema_momentum_start / ema_momentum_end (defaults 0.96 / 0.99): teacher EMA momentum, cosine over the run.
 
     Runtime:
-        mixed_precision (`str`, defaults to ``"no"``): ``no``, ``bf16`` or ``fp16`` (fp16 needs a GPU).
+        mixed_precision (`str`, *optional*): ``no``, ``bf16`` or ``fp16``. Default: what the launcher says
+            (``accelerate launch --mixed_precision`` / an accelerate config file), else ``no``.
         cpu (`bool`): force the CPU even when a GPU is present.
         seed (`int`, defaults to 0): model init, data order, FlowMix pairing / mask noise, drop path.
         num_workers (`int`, defaults to 0): background threads reading batches (the arrow read is fast;
@@ -138,7 +139,7 @@ class PretrainingArguments:
     max_grad_norm: float = 1.0
     ema_momentum_start: float = 0.96
     ema_momentum_end: float = 0.99
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None
     cpu: bool = False
     seed: int = 0
     num_workers: int = 0
@@ -163,7 +164,7 @@ class PretrainingArguments:
             problems.append(f"gradient_accumulation_steps must be >= 1 (got {self.gradient_accumulation_steps})")
         if self.stop_after_step is not None and not 1 <= self.stop_after_step <= self.max_steps:
             problems.append(f"stop_after_step must be in [1, max_steps={self.max_steps}] (got {self.stop_after_step})")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
+        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
             problems.append(f"mixed_precision must be no, bf16 or fp16 (got {self.mixed_precision!r})")
         if self.report_to not in ("tensorboard", "none"):
             problems.append(f"report_to must be tensorboard or none (got {self.report_to!r})")
@@ -650,12 +651,16 @@ def run_pretraining(args, dataset=None, model_cls=None):
         + (f", resumed from {checkpoint} at step {step}" if checkpoint is not None else "")
     )
 
+    if getattr(config, "use_guided_masking", False) and teacher is None:
+        accelerator.print("note: use_guided_masking needs the teacher's predicted losses; without a teacher "
+                          "(use_teacher=False) masking stays random")
     stop_step = args.stop_after_step or args.max_steps
     progress = tqdm(total=args.max_steps, initial=step, desc="pre-training", dynamic_ncols=True,
                     disable=not (args.progress_bar and accelerator.is_local_main_process))
     last_metrics, measured_samples, measured_seconds = {}, 0, 0.0
     last_checkpoint = str(checkpoint) if checkpoint is not None else None
-    max_share = float(getattr(config, "hard_mask_max_share", 0.0)) if getattr(config, "use_guided_masking", False) else 0.0
+    guided = getattr(config, "use_guided_masking", False) and teacher is not None
+    max_share = float(getattr(config, "hard_mask_max_share", 0.0)) if guided else 0.0
     ga = args.gradient_accumulation_steps
     first_step = step
 
@@ -698,8 +703,9 @@ def run_pretraining(args, dataset=None, model_cls=None):
                     sync = micro == ga - 1
                     with (nullcontext() if sync else accelerator.no_sync(model)):
                         outputs = model(**inputs)
+                        computed = [name for name in LOSS_COMPONENTS if getattr(outputs, name, None) is not None]
                         values = torch.stack([
-                            (getattr(outputs, name) if getattr(outputs, name, None) is not None
+                            (getattr(outputs, name) if name in computed
                              else torch.zeros((), device=accelerator.device)).detach().double()
                             for name in LOSS_COMPONENTS
                         ])
@@ -723,7 +729,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                     if grad_norm is not None:  # None under DeepSpeed, which clips by its own config
                         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-                    if grad_norm is not None and not math.isfinite(grad_norm) and args.mixed_precision != "fp16":
+                    if grad_norm is not None and not math.isfinite(grad_norm) and accelerator.mixed_precision != "fp16":
                         raise NonFiniteLossError(
                             f"non-finite gradient norm ({grad_norm}) at optimizer step {step + 1} (epoch {epoch}) although "
                             "every loss component was finite; lower the learning rate or resume from the last checkpoint "
@@ -745,7 +751,8 @@ def run_pretraining(args, dataset=None, model_cls=None):
                 progress.update(1)
                 if step % args.logging_steps == 0 or step == stop_step:
                     means = (sums / ga).tolist()
-                    last_metrics = {f"train/{name}": value for name, value in zip(LOSS_COMPONENTS, means)}
+                    last_metrics = {f"train/{name}": value for name, value in zip(LOSS_COMPONENTS, means)
+                                    if name in computed}  # e.g. no distillation_loss without a teacher
                     last_metrics.update({"train/learning_rate": lr, "train/hard_mask_share": share,
                                          "train/epoch": epoch + batch_in_epoch / (steps_per_epoch * ga),
                                          "train/samples_per_second_per_process":
@@ -790,7 +797,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
         summary = {"step": step, "max_steps": args.max_steps, "finished": finished, "world_size": world_size,
                    "dataset": args.dataset, "split": args.split, "num_training_flows": len(reader),
                    "distributed_type": str(accelerator.distributed_type), "device": str(accelerator.device),
-                   "mixed_precision": args.mixed_precision, "global_batch_size": global_batch,
+                   "mixed_precision": accelerator.mixed_precision, "global_batch_size": global_batch,
                    "samples_per_second_per_process": per_process, "last_metrics": last_metrics,
                    "checkpoint": last_checkpoint, "find_unused_parameters": find_unused,
                    "unused_parameters": unused_names}
