@@ -63,3 +63,37 @@ def test_two_process_cpu_launch(tmp_path):
 
     model = AutoModelForPreTraining.from_pretrained(str(out))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+HUB_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+from huggingface_hub import HfApi
+from mmae_hf.testing.synthetic import make_synthetic_traffic_dataset
+sys.path.insert(0, sys.argv[2])
+import pretrain
+
+make_synthetic_traffic_dataset(num_classes=3, flows_per_class=16, seed=2).push_to_hub("tester/traffic-tiny")
+HfApi().upload_file(path_or_fileobj=json.dumps({"feature_extractor_type": "MMAEFeatureExtractor"}).encode(),
+                    path_in_repo="preprocessor_config.json", repo_id="tester/traffic-tiny", repo_type="dataset")
+out = sys.argv[1]
+code = pretrain.main(["--dataset", "tester/traffic-tiny", "--config", "mmae-tiny", "--output-dir", out,
+                      "--max-steps", "1", "--per-device-train-batch-size", "4", "--save-steps", "0",
+                      "--report-to", "none", "--no-progress-bar"])
+sys.exit(code)
+"""
+
+
+def test_pretrain_from_a_hub_dataset_id(tmp_path):
+    """`--dataset org/name` reads the train split from the Hub (an offline fake Hub here) and keeps its preprocessor config."""
+    from mmae_hf.testing.fake_hub import FakeHub
+
+    out = tmp_path / "run"
+    with FakeHub() as hub:
+        env = hub.env(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+        done = subprocess.run([sys.executable, "-c", HUB_SCRIPT, str(out), str(REPO / "train")], env=env,
+                              cwd=str(tmp_path), capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "pretraining_summary.json").read_text())
+    assert summary["finished"] and summary["dataset"] == "tester/traffic-tiny" and summary["num_training_flows"] == 24
+    assert json.loads((out / "preprocessor_config.json").read_text())["feature_extractor_type"] == "MMAEFeatureExtractor"
