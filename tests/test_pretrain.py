@@ -197,6 +197,8 @@ def test_resume_ends_with_the_same_weights(dataset_dir, tmp_path, accumulation):
     with pytest.raises(CheckpointError, match="per_device_train_batch_size"):
         run_pretraining(tiny_args(dataset_dir, tmp_path / "resumed", resume_from_checkpoint="latest",
                                   per_device_train_batch_size=2, **common))
+    with pytest.raises(CheckpointError, match="earlier run"):  # a fresh run would mix its checkpoints with these
+        run_pretraining(tiny_args(dataset_dir, tmp_path / "resumed", **common))
     resumed = run_pretraining(tiny_args(dataset_dir, tmp_path / "resumed", resume_from_checkpoint="latest", **common))
     assert straight.finished and resumed.finished and resumed.step == 4
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))

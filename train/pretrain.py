@@ -85,6 +85,8 @@ def build_parser():
     rt.add_argument("--ddp-find-unused-parameters", choices=("auto", "true", "false"),
                     default=defaults.ddp_find_unused_parameters)
     rt.add_argument("--save-teacher", action="store_true", help="also save the EMA teacher in OUTPUT_DIR/teacher")
+    rt.add_argument("--overwrite-output-dir", action="store_true",
+                    help="start over in a folder holding an earlier run's checkpoints (deletes them)")
     rt.add_argument("--no-progress-bar", action="store_true")
     return p
 

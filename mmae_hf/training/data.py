@@ -49,12 +49,15 @@ def _load_dataset_dict_or_split(source, split, cache_dir=None):
     elif path.exists():
         raise DatasetLoadError(f"{source}: is a file; pass the dataset folder (save_to_disk or parquet shards) or a Hub id")
     else:
-        if os.sep in str(source) and str(source).count("/") > 1:
+        text = str(source)
+        if text.startswith((".", os.sep, "~")) or text.count("/") > 1:
             raise DatasetLoadError(f"{source}: no such folder (and not a Hub id of the form org/name)")
         try:
-            loaded = datasets.load_dataset(str(source), split=split, cache_dir=cache_dir)
+            loaded = datasets.load_dataset(text, split=split, cache_dir=cache_dir)
         except Exception as error:  # noqa: BLE001
-            raise DatasetLoadError(f"{source}: could not load split {split!r} from the Hub ({error})") from error
+            raise DatasetLoadError(
+                f"{source}: not a local folder, and split {split!r} could not be loaded from the Hub ({error})"
+            ) from error
         return loaded
     if isinstance(loaded, datasets.Dataset):
         raise DatasetLoadError(

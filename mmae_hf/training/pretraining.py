@@ -114,6 +114,8 @@ class PretrainingArguments:
         ddp_find_unused_parameters (`str`, defaults to ``"auto"``): ``auto`` probes one backward pass and turns
             it on when the config's switches leave parameters without gradient; ``true`` / ``false`` force it.
         save_teacher (`bool`): also save the EMA teacher as a ``save_pretrained`` folder in ``output_dir/teacher``.
+        overwrite_output_dir (`bool`): start a fresh run in a folder that holds an earlier run's checkpoints
+            (they are deleted); without it such a folder is refused.
         progress_bar (`bool`, defaults to True).
     """
 
@@ -150,6 +152,7 @@ class PretrainingArguments:
     report_to: str = "tensorboard"
     ddp_find_unused_parameters: str = "auto"
     save_teacher: bool = False
+    overwrite_output_dir: bool = False
     progress_bar: bool = True
 
     def __post_init__(self):
@@ -527,6 +530,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
     from ..pmp import hard_mask_share
     from ..teacher import MeanTeacher
 
+    started = time.perf_counter()
     model_cls = model_cls or MMAEForPreTraining
     output_dir = Path(args.output_dir)
     config = load_model_config(args.config, args.config_overrides)
@@ -627,6 +631,18 @@ def run_pretraining(args, dataset=None, model_cls=None):
         load_collator_state(collator, json.loads(collator_file.read_text()))
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
 
+    # ---- a fresh run must not mix its checkpoints with an earlier run's
+    if checkpoint is None and list_checkpoints(output_dir):
+        if not args.overwrite_output_dir:
+            raise CheckpointError(
+                f"{output_dir / CHECKPOINT_DIR} holds checkpoints of an earlier run: continue it with "
+                "--resume-from-checkpoint latest, or pass --overwrite-output-dir to start over"
+            )
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(output_dir / CHECKPOINT_DIR)
+        accelerator.wait_for_everyone()
+
     # ---- logging
     tracker_config = {k: (json.dumps(v) if isinstance(v, (dict, list)) or v is None else v)
                       for k, v in args.to_dict().items()}
@@ -668,6 +684,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
         path = output_dir / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}{at_step}"
         accelerator.wait_for_everyone()
         accelerator.save_state(str(path))
+        path.mkdir(parents=True, exist_ok=True)  # (made by the main process; do not race it)
         (path / f"collator_state_{rank}.json").write_text(json.dumps(collator_state(collator)))
         if accelerator.is_main_process:
             if teacher is not None:
@@ -800,6 +817,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
                    "mixed_precision": accelerator.mixed_precision, "global_batch_size": global_batch,
                    "samples_per_second_per_process": per_process, "last_metrics": last_metrics,
                    "checkpoint": last_checkpoint, "find_unused_parameters": find_unused,
+                   "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
                    "unused_parameters": unused_names}
         (output_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
     accelerator.print(
