@@ -58,6 +58,9 @@ def parse_args(argv=None):
                    help="remove every flow whose payload also occurs with another label")
     p.add_argument("--keep-addresses", action="store_true", help="add src_ip, dst_ip, src_port, dst_port columns")
     p.add_argument("--strict", action="store_true", help="stop at the first damaged capture")
+    p.add_argument("--max-memory-mb", type=int, default=2048,
+                   help="flow columns kept in memory before spilling to the work folder (default 2048)")
+    p.add_argument("--tmp-dir", help="work folder location (default: inside --output)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--push-to-hub", metavar="REPO", help="publish to this Hub dataset repo")
     p.add_argument("--private", action="store_true")
@@ -81,7 +84,7 @@ def main(argv=None):
         max_flows_per_class=args.max_flows_per_class, dedup=not args.no_dedup,
         drop_label_conflicts=args.drop_label_conflicts, keep_addresses=args.keep_addresses, num_proc=args.num_proc,
         strict=args.strict, progress=not args.no_progress, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
-        private=args.private, command=shlex.join(["build_dataset.py", *(sys.argv[1:] if argv is None else argv)]),
+        private=args.private, max_memory_mb=args.max_memory_mb, tmp_dir=args.tmp_dir, command=shlex.join(["build_dataset.py", *(sys.argv[1:] if argv is None else argv)]),
     )
     report = result.report
     from mmae_hf.traffic.card import class_count_table

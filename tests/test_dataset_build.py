@@ -67,7 +67,9 @@ def test_same_seed_identical_different_seed_differs_and_num_proc_is_deterministi
     a = build_dataset(tree, tmp_path / "a", seed=1, progress=False).dataset
     b = build_dataset(tree, tmp_path / "b", seed=1, num_proc=2, progress=False).dataset
     c = build_dataset(tree, None, seed=2, progress=False).dataset
-    assert _table_bytes(a) == _table_bytes(b)
+    spilled = build_dataset(tree, None, seed=1, progress=False, max_memory_mb=0)  # every capture via disk
+    assert spilled.report["captures_spilled_to_disk"] == len(spilled.report["files"])
+    assert _table_bytes(a) == _table_bytes(b) == _table_bytes(spilled.dataset)
     for name in ("dataset_dict.json", "train/dataset_info.json", "train/state.json", "train/data-00000-of-00001.arrow"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert {s: sorted(set(a[s]["group"])) for s in a} != {s: sorted(set(c[s]["group"])) for s in c}

@@ -23,6 +23,8 @@ import csv
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -174,7 +176,7 @@ def _empty_columns(num_bytes: int, num_packets: int, num_stats: int, keep_addres
     }
     cols.update({k: np.zeros(0, t) for k, t in _SCALARS.items()})
     if keep_addresses:
-        cols.update(src_ip=np.zeros(0, object), dst_ip=np.zeros(0, object),
+        cols.update(src_ip=np.zeros(0, "U1"), dst_ip=np.zeros(0, "U1"),
                     src_port=np.zeros(0, np.int32), dst_port=np.zeros(0, np.int32))
     return cols
 
@@ -186,8 +188,8 @@ def _records_to_columns(records: list, options, num_stats: int, keep_addresses: 
             for name, dtype in _VECTORS.items()}
     cols.update({name: np.array([getattr(r, name) for r in records], dtype=dtype) for name, dtype in _SCALARS.items()})
     if keep_addresses:
-        cols["src_ip"] = np.array([r.src_ip for r in records], dtype=object)
-        cols["dst_ip"] = np.array([r.dst_ip for r in records], dtype=object)
+        cols["src_ip"] = np.array([str(r.src_ip) for r in records])  # fixed-width unicode
+        cols["dst_ip"] = np.array([str(r.dst_ip) for r in records])
         cols["src_port"] = np.array([r.src_port for r in records], dtype=np.int32)
         cols["dst_port"] = np.array([r.dst_port for r in records], dtype=np.int32)
     return cols
@@ -197,15 +199,31 @@ def _records_to_columns(records: list, options, num_stats: int, keep_addresses: 
 _WORKER: dict = {}
 
 
-def _init_worker(options_dict: dict, keep_addresses: bool, strict: bool, flow_reader) -> None:
+def _init_worker(options_dict: dict, keep_addresses: bool, strict: bool, flow_reader, spill_dir) -> None:
     from . import FLOW_STAT_NAMES, FlowOptions
 
     _WORKER.update(options=FlowOptions.from_dict(options_dict), keep_addresses=keep_addresses, strict=strict,
-                   reader=flow_reader, num_stats=len(FLOW_STAT_NAMES))
+                   reader=flow_reader, num_stats=len(FLOW_STAT_NAMES), spill_dir=spill_dir)
+
+
+def payload_digests(payload: np.ndarray) -> np.ndarray:
+    """``[N, 16]`` uint8 BLAKE2b-128 digests of the payload rows: the de-duplication key, 100x smaller than the rows
+    (a collision between different payloads is astronomically unlikely: p ~ N^2 / 2^129)."""
+    if len(payload) == 0:
+        return np.zeros((0, 16), np.uint8)
+    payload = np.ascontiguousarray(payload)
+    joined = b"".join(hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in payload)
+    return np.frombuffer(joined, np.uint8).reshape(len(payload), 16)
+
+
+def spill_path(spill_dir, index: int) -> Path:
+    return Path(spill_dir) / f"{index:08d}.npz"
 
 
 def _extract_one(task) -> dict:
-    """Read one capture; returns its flows as columns plus its packet accounting (never raises unless strict)."""
+    """Read one capture. Its flows' columns go to ``<spill_dir>/<index>.npz`` (or stay in the result when there is
+    no spill folder); the result carries the light per-flow metadata and the packet accounting.
+    Never raises unless strict: a damaged capture keeps the flows read before the damage and reports the error."""
     from . import PacketAccounting, iter_flows
 
     index, path, name = task
@@ -222,24 +240,31 @@ def _extract_one(task) -> dict:
             raise
         error = str(exc) if name in str(exc) else f"{name}: {type(exc).__name__}: {exc}"
     columns = _records_to_columns(records, options, _WORKER["num_stats"], _WORKER["keep_addresses"])
-    return {"index": index, "name": name, "columns": columns, "accounting": accounting.to_dict(),
-            "error": error, "seconds": time.perf_counter() - started}
+    result = {"index": index, "name": name, "num_flows": len(records), "start_time": columns["start_time"],
+              "digest": payload_digests(columns["payload"]), "accounting": accounting.to_dict(), "error": error}
+    if _WORKER["spill_dir"] is not None:
+        np.savez(spill_path(_WORKER["spill_dir"], index), **columns)  # plain arrays only: loads without pickle
+    else:
+        result["columns"] = columns
+    result["seconds"] = time.perf_counter() - started
+    return result
 
 
-def extract_captures(files: list, options, *, keep_addresses: bool = False, strict: bool = False, num_proc: int = 1,
-                     progress: bool = True, flow_reader=None) -> list:
-    """Extract every capture; returns one result dict per file, in the order of ``files``."""
+def iter_extract_captures(files: list, options, *, keep_addresses: bool = False, strict: bool = False,
+                          num_proc: int = 1, progress: bool = True, flow_reader=None, spill_dir=None):
+    """Extract every capture, yielding one result dict per file in the order of ``files`` (whatever the workers'
+    scheduling). A result holds ``columns`` (the flows as numpy arrays) unless ``spill_dir`` is given, in which
+    case the workers write them to ``spill_path(spill_dir, index)``."""
     from tqdm.auto import tqdm
 
     tasks = [(i, f.path, f.name) for i, f in enumerate(files)]
-    init_args = (options.to_dict(), keep_addresses, strict, flow_reader)
+    init_args = (options.to_dict(), keep_addresses, strict, flow_reader, None if spill_dir is None else str(spill_dir))
     bar = tqdm(total=len(tasks), desc="Reading captures", unit="file", disable=not progress)
-    results = []
     try:
         if num_proc <= 1 or len(tasks) <= 1:
             _init_worker(*init_args)
             for task in tasks:
-                results.append(_extract_one(task))
+                yield _extract_one(task)
                 bar.update(1)
         else:
             import multiprocessing as mp
@@ -249,11 +274,40 @@ def extract_captures(files: list, options, *, keep_addresses: bool = False, stri
             with ctx.Pool(num_proc, initializer=_init_worker, initargs=init_args) as pool:
                 # imap keeps the input order, so the result never depends on worker scheduling
                 for result in pool.imap(_extract_one, tasks, chunksize=1):
-                    results.append(result)
+                    yield result
                     bar.update(1)
     finally:
         bar.close()
-    return results
+
+
+def extract_captures(files: list, options, **kwargs) -> list:
+    """`iter_extract_captures` as a list."""
+    return list(iter_extract_captures(files, options, **kwargs))
+
+
+class _FlowStore:
+    """Per-capture flow columns, kept in memory up to ``budget_bytes`` and spilled to ``.npz`` files beyond, so a
+    build's memory stays bounded whatever the input size while small builds never touch the disk."""
+
+    def __init__(self, folder: Path, budget_bytes: int):
+        self.folder, self.budget = folder, budget_bytes
+        self.memory, self.bytes, self.spilled = {}, 0, 0
+
+    def put(self, index: int, columns: dict) -> None:
+        self.memory[index] = columns
+        self.bytes += sum(v.nbytes for v in columns.values())
+        if self.bytes > self.budget:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for i, cols in self.memory.items():
+                np.savez(spill_path(self.folder, i), **cols)  # plain arrays only: loads without pickle
+                self.spilled += 1
+            self.memory, self.bytes = {}, 0
+
+    def get(self, index: int, rows: np.ndarray) -> dict:
+        if index in self.memory:
+            return {name: values[rows] for name, values in self.memory[index].items()}
+        with np.load(spill_path(self.folder, index), allow_pickle=False) as stored:
+            return {name: stored[name][rows] for name in stored.files}
 
 
 # ----------------------------------------------------------------------------------------------- features
@@ -282,11 +336,9 @@ def contract_features(class_names, *, keep_addresses: bool = False, num_bytes: i
     return Features(spec)
 
 
-def _arrow_dataset(columns: dict, features, split_name: str):
-    """A `datasets.Dataset` over an in-memory arrow table built straight from numpy (no per-row encoding)."""
+def _arrow_table(columns: dict, features):
+    """An arrow table with the features' schema, built straight from numpy (no per-row encoding)."""
     import pyarrow as pa
-    from datasets import Dataset, DatasetInfo, NamedSplit
-    from datasets.table import InMemoryTable
 
     arrays = []
     for name in features:
@@ -294,19 +346,56 @@ def _arrow_dataset(columns: dict, features, split_name: str):
         if values.ndim == 2:
             flat = pa.array(np.ascontiguousarray(values).reshape(-1))
             arrays.append(pa.FixedSizeListArray.from_arrays(flat, values.shape[1]))
-        elif values.dtype == object:
+        elif values.dtype.kind in "OU":
             arrays.append(pa.array(values.tolist(), type=pa.string()))
         else:
             arrays.append(pa.array(values))
-    table = pa.Table.from_arrays(arrays, schema=features.arrow_schema)
-    # a content fingerprint makes save_to_disk's state.json deterministic too
+    return pa.Table.from_arrays(arrays, schema=features.arrow_schema)
+
+
+def _arrow_dataset(columns: dict, features, split_name: str):
+    """A `datasets.Dataset` over an in-memory arrow table of numpy columns (see `_arrow_table`)."""
+    from datasets import Dataset, DatasetInfo, NamedSplit
+    from datasets.table import InMemoryTable
+
     digest = hashlib.sha256()
     for name in features:
         values = columns[name]
         digest.update(name.encode())
-        digest.update(values.tobytes() if values.dtype != object else "\0".join(values.tolist()).encode())
-    return Dataset(InMemoryTable(table), info=DatasetInfo(features=features), split=NamedSplit(split_name),
-                   fingerprint=digest.hexdigest()[:16])
+        digest.update(values.tobytes() if values.dtype.kind != "O" else "\0".join(values.tolist()).encode())
+    return Dataset(InMemoryTable(_arrow_table(columns, features)), info=DatasetInfo(features=features),
+                   split=NamedSplit(split_name), fingerprint=digest.hexdigest()[:16])
+
+
+class _SplitWriter:
+    """Streams one split's rows into an arrow IPC stream file (what `Dataset.from_file` memory-maps)."""
+
+    def __init__(self, path: Path, features, batch_rows: int = 8192):
+        import pyarrow as pa
+
+        self.path, self.features, self.batch_rows = path, features, batch_rows
+        self._writer = pa.ipc.new_stream(str(path), features.arrow_schema)
+        self._pending, self._pending_rows, self.rows = [], 0, 0
+
+    def add(self, columns: dict) -> None:
+        n = len(columns["label"])
+        if n:
+            self._pending.append(columns)
+            self._pending_rows += n
+            if self._pending_rows >= self.batch_rows:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        merged = {k: np.concatenate([c[k] for c in self._pending]) for k in self._pending[0]}
+        self._writer.write_table(_arrow_table(merged, self.features))
+        self.rows += self._pending_rows
+        self._pending, self._pending_rows = [], 0
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
 
 
 # ----------------------------------------------------------------------------------------------- caps
@@ -400,7 +489,8 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
                   drop_service_chatter=None, min_flows_per_class=None, max_flows_per_class=None, dedup: bool = True,
                   drop_label_conflicts: bool = False, keep_addresses: bool = False, num_proc: int = 1,
                   strict: bool = False, progress: bool = True, overwrite: bool = False, push_to_hub=None,
-                  private: bool = False, flow_reader=None, command=None) -> BuildResult:
+                  private: bool = False, flow_reader=None, command=None, tmp_dir=None,
+                  max_memory_mb: int = 2048) -> BuildResult:
     """Build a train / validation / test `DatasetDict` of flows from captures (see the module docstring).
 
     Args:
@@ -425,8 +515,11 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
         push_to_hub: a repo id to publish the DatasetDict, card, report and preprocessor config to.
         flow_reader: replaces `iter_flows` (same signature); for tests.
         command: the command line to record in the report.
+        tmp_dir: where the work folder (spilled flows, split files; removed at the end) goes; default: inside
+            ``output_dir``, else the system temp folder.
+        max_memory_mb: flow columns held in memory before they are spilled to the work folder; memory stays
+            bounded by this plus ~60 bytes of metadata per flow.
     """
-    from . import FLOW_STAT_NAMES, PacketAccounting
     from .recipes import get_recipe
 
     started = time.perf_counter()
@@ -460,67 +553,129 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
         files, source, excluded = _collect(input_path, recipe=rec, manifest=manifest, file_column=file_column,
                                            label_column=label_column, group_column=group_column)
 
-    # 1. extract
+    # Work folder: spilled flow columns and the split arrow files, removed at the end.
+    # On the output's file system by default, since that one must hold the data anyway.
+    if tmp_dir is None and output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tmp_dir = output_dir
+    work = Path(tempfile.mkdtemp(prefix=".mmae_build_", dir=None if tmp_dir is None else str(tmp_dir)))
+    try:
+        result = _build(files, options, work, source=source, excluded=excluded, rec=rec, output_dir=output_dir,
+                        split_by=split_by, validation_size=validation_size, test_size=test_size, seed=seed,
+                        min_flows=min_flows, max_flows=max_flows, dedup=dedup,
+                        drop_label_conflicts=drop_label_conflicts, keep_addresses=keep_addresses, num_proc=num_proc,
+                        strict=strict, progress=progress, flow_reader=flow_reader, command=command, started=started,
+                        max_memory_mb=max_memory_mb)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if push_to_hub:
+        push_dataset(result.dataset, push_to_hub, report=result.report, card=result.card, private=private,
+                     output_dir=output_dir)
+    return result
+
+
+class _RowNames:
+    """Row index -> source file name, without materialising one string per flow."""
+
+    def __init__(self, row_file, files):
+        self.row_file, self.files = row_file, files
+
+    def __getitem__(self, row):
+        return self.files[int(self.row_file[row])].name
+
+
+def _build(files, options, work: Path, *, source, excluded, rec, output_dir, split_by, validation_size, test_size,
+           seed, min_flows, max_flows, dedup, drop_label_conflicts, keep_addresses, num_proc, strict, progress,
+           flow_reader, command, started, max_memory_mb) -> BuildResult:
+    from datasets import Dataset, DatasetDict, DatasetInfo, NamedSplit, load_from_disk
+    from tqdm.auto import tqdm
+
+    from .. import __version__
+    from . import FLOW_STAT_NAMES, PacketAccounting
+    from .card import make_dataset_card
+
+    # 1. extract; the columns go to the store (memory, then disk), light per-flow metadata stays here
     t0 = time.perf_counter()
-    results = extract_captures(files, options, keep_addresses=keep_addresses, strict=strict, num_proc=num_proc,
-                               progress=progress, flow_reader=flow_reader)
+    store = _FlowStore(work / "flows", int(max_memory_mb) << 20)
+    results = []
+    for res in iter_extract_captures(files, options, keep_addresses=keep_addresses, strict=strict,
+                                     num_proc=num_proc, progress=progress, flow_reader=flow_reader):
+        store.put(res["index"], res.pop("columns"))
+        results.append(res)
     extract_seconds = time.perf_counter() - t0
     accounting = PacketAccounting()
     per_file, errors = {}, []
     for f, res in zip(files, results):
         acc = PacketAccounting.from_dict(res["accounting"])
         accounting.merge(acc)
-        n = len(res["columns"]["payload"])
-        per_file[f.name] = {"label": f.label, "group": f.group, "flows": n, "packets_read": acc.packets_read,
-                            "packets_skipped": dict(sorted(acc.skipped.items()))}
+        per_file[f.name] = {"label": f.label, "group": f.group, "flows": res["num_flows"],
+                            "packets_read": acc.packets_read, "packets_skipped": dict(sorted(acc.skipped.items()))}
         file_errors = list(acc.errors) + ([res["error"]] if res["error"] else [])
         if file_errors:
             per_file[f.name]["errors"] = file_errors
             errors.extend({"file": f.name, "error": e} for e in file_errors)
-    counts = [len(r["columns"]["payload"]) for r in results]
-    columns = {name: np.concatenate([r["columns"][name] for r in results]) for name in results[0]["columns"]}
-    row_file = np.repeat(np.arange(len(files)), counts)
+    counts = np.array([r["num_flows"] for r in results], dtype=np.int64)
+    row_file = np.repeat(np.arange(len(files), dtype=np.int64), counts)
+    row_in_file = np.arange(len(row_file), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    start_times = np.concatenate([r["start_time"] for r in results]).astype(np.float64)
+    digests = np.concatenate([r["digest"] for r in results])
     label_names_all = sorted({f.label for f in files})
     label_index = {name: i for i, name in enumerate(label_names_all)}
-    labels = np.array([label_index[files[i].label] for i in row_file], dtype=np.int64)
-    groups = np.array([files[i].group for i in row_file], dtype=object)
-    sources = np.array([files[i].name for i in row_file], dtype=object)
+    labels = np.array([label_index[f.label] for f in files], dtype=np.int64)[row_file]
+    group_names, file_group = np.unique(np.array([f.group for f in files], dtype=str), return_inverse=True)
+    groups = file_group.reshape(-1)[row_file]
     num_flows = len(labels)
 
-    # 2. split, 3. de-duplicate, 4. caps
-    assignment, split_report = split_flows(split_by, labels, groups=groups, start_times=columns["start_time"],
+    # 2. split, 3. de-duplicate, 4. caps (on the light metadata only)
+    assignment, split_report = split_flows(split_by, labels, groups=groups, start_times=start_times,
                                            validation_size=validation_size, test_size=test_size, seed=seed)
     if dedup:
-        keep, dedup_report = deduplicate(columns["payload"], labels, assignment, sources=sources,
+        keep, dedup_report = deduplicate(digests, labels, assignment, sources=_RowNames(row_file, files),
                                          drop_label_conflicts=drop_label_conflicts)
     else:
         keep, dedup_report = assignment >= 0, None
     keep, dropped_classes, capped = cap_classes(labels, assignment, keep, min_flows=min_flows, max_flows=max_flows,
                                                 seed=seed)
 
-    # 5. final classes (sorted, Python order: MMAE's label mapping) and splits
+    # 5. final classes (sorted, Python order: MMAE's label mapping) and split files, one capture at a time
     class_names = sorted({label_names_all[c] for c in np.unique(labels[keep])})
     remap = np.full(len(label_names_all), -1, dtype=np.int64)
     for new, name in enumerate(class_names):
         remap[label_index[name]] = new
     features = contract_features(class_names, keep_addresses=keep_addresses, num_bytes=options.num_bytes,
                                  num_packets=options.num_packets, num_stats=len(FLOW_STAT_NAMES))
-    from datasets import DatasetDict
-
     t0 = time.perf_counter()
-    splits = {}
-    class_counts = {}
-    for s, split_name in enumerate(SPLIT_NAMES):
+    writers = [_SplitWriter(work / f"{name}.arrow", features) for name in SPLIT_NAMES]
+    kept_rows = np.flatnonzero(keep)
+    file_bounds = np.searchsorted(row_file[kept_rows], np.arange(len(files) + 1))
+    for i in tqdm(range(len(files)), desc="Writing splits", unit="file", disable=not progress):
+        rows = kept_rows[file_bounds[i]:file_bounds[i + 1]]
+        if not len(rows):
+            continue
+        columns = store.get(i, row_in_file[rows])
+        columns["label"] = remap[labels[rows]]
+        columns["source_file"] = np.array([files[i].name] * len(rows))
+        columns["group"] = np.array([files[i].group] * len(rows))
+        for s, writer in enumerate(writers):
+            in_split = assignment[rows] == s
+            writer.add({name: values[in_split] for name, values in columns.items()})
+    for writer in writers:
+        writer.close()
+    splits, class_counts = {}, {}
+    for s, (name, writer) in enumerate(zip(SPLIT_NAMES, writers)):
+        ds = Dataset.from_file(str(writer.path), info=DatasetInfo(features=features), split=NamedSplit(name),
+                               in_memory=output_dir is None)
+        # a content fingerprint (rows, labels, options) makes save_to_disk's state.json deterministic
         rows = np.flatnonzero(keep & (assignment == s))
-        split_cols = {name: values[rows] for name, values in columns.items()}
-        split_cols["label"] = remap[labels[rows]]
-        split_cols["source_file"] = sources[rows]
-        split_cols["group"] = groups[rows]
-        splits[split_name] = _arrow_dataset(split_cols, features, split_name)
-        per_class = np.bincount(split_cols["label"], minlength=len(class_names))
-        class_counts[split_name] = {name: int(n) for name, n in zip(class_names, per_class)}
+        fingerprint = hashlib.sha256(json.dumps([name, class_names, options.to_dict(), keep_addresses]).encode())
+        for array in (digests[rows], remap[labels[rows]], row_file[rows]):
+            fingerprint.update(np.ascontiguousarray(array).tobytes())
+        ds._fingerprint = fingerprint.hexdigest()[:16]
+        splits[name] = ds
+        per_class = np.bincount(remap[labels[rows]], minlength=len(class_names))
+        class_counts[name] = {c: int(n) for c, n in zip(class_names, per_class)}
     dataset = DatasetDict(splits)
-    table_seconds = time.perf_counter() - t0
+    write_seconds = time.perf_counter() - t0
 
     missing = {}
     for name in class_names:
@@ -528,15 +683,13 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
                   (s == "train" or (validation_size if s == "validation" else test_size) > 0)]
         if absent:
             missing[name] = absent
-    group_sets = [set(groups[keep & (assignment == s)]) for s in range(3)]
+    group_sets = [set(np.unique(groups[keep & (assignment == s)]).tolist()) for s in range(3)]
     overlap = sorted((group_sets[0] & group_sets[1]) | (group_sets[0] & group_sets[2]) | (group_sets[1] & group_sets[2]))
     split_dict = split_report.to_dict(label_names_all)
     split_dict["classes_missing_from_splits"] = missing
-    split_dict["groups_on_several_splits"] = [str(g) for g in overlap]
+    split_dict["groups_on_several_splits"] = [str(group_names[g]) for g in overlap]
     split_dict["rows_per_split"] = {s: len(dataset[s]) for s in SPLIT_NAMES}
     split_dict["groups_per_split"] = {s: len(g) for s, g in zip(SPLIT_NAMES, group_sets)}
-
-    from .. import __version__
 
     report = {
         "format": "mmae_hf.build_report/1",
@@ -566,18 +719,16 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
         "files_listed": "all" if len(per_file) <= MAX_FILES_IN_REPORT else "with_errors_or_skipped_packets",
         "files": per_file if len(per_file) <= MAX_FILES_IN_REPORT else {
             k: v for k, v in per_file.items() if v.get("errors") or v["packets_skipped"]},
-        "timing_seconds": {"extract": round(extract_seconds, 3), "tables": round(table_seconds, 3)},
+        "timing_seconds": {"extract": round(extract_seconds, 3), "write_splits": round(write_seconds, 3)},
+        "captures_spilled_to_disk": store.spilled,
     }
     if rec is not None:
         report["recipe"] = rec.to_dict()
 
-    from .card import make_dataset_card
-
-    card = None
     if output_dir is not None:
         t0 = time.perf_counter()
-        output_dir.mkdir(parents=True, exist_ok=True)
         dataset.save_to_disk(str(output_dir))
+        dataset = load_from_disk(str(output_dir))  # the work folder goes away: serve the saved copy
         report["timing_seconds"]["save"] = round(time.perf_counter() - t0, 3)
         report["preprocessor_config"] = _save_preprocessor(output_dir, options)
     report["timing_seconds"]["total"] = round(time.perf_counter() - started, 3)
@@ -585,8 +736,6 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
     if output_dir is not None:
         card.save(str(output_dir / CARD_NAME))
         (output_dir / REPORT_NAME).write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
-    if push_to_hub:
-        push_dataset(dataset, push_to_hub, report=report, card=card, private=private, output_dir=output_dir)
     return BuildResult(dataset=dataset, report=report, output_dir=output_dir, card=card)
 
 
@@ -656,5 +805,5 @@ def load_traffic_dataset(path_or_repo, **kwargs):
 
 __all__ = [
     "BuildResult", "CaptureFile", "PCAP_SUFFIXES", "build_dataset", "cap_classes", "contract_features",
-    "discover_tree", "extract_captures", "load_traffic_dataset", "push_dataset", "read_manifest", "walk_captures",
+    "discover_tree", "extract_captures", "iter_extract_captures", "load_traffic_dataset", "push_dataset", "read_manifest", "walk_captures",
 ]

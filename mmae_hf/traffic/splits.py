@@ -93,6 +93,12 @@ def _split_counts(n: int, ratios: tuple) -> tuple:
     return tuple(counts)
 
 
+def _group_array(groups) -> np.ndarray:
+    """Groups as a sortable numpy array (integer codes stay integers; anything else becomes strings)."""
+    groups = np.asarray(groups)
+    return groups if groups.dtype.kind in "iuU" else groups.astype(str)
+
+
 def split_by_flow(labels: np.ndarray, ratios: tuple, seed: int) -> np.ndarray:
     """Stratified random split of single flows: each class is shuffled and cut by ``ratios``."""
     labels = np.asarray(labels)
@@ -144,7 +150,8 @@ def split_by_group(labels: np.ndarray, groups, ratios: tuple, seed: int) -> np.n
     out = np.full(n, -1, dtype=np.int8)
     if n == 0:
         return out
-    group_ids, group_of_row = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    group_ids, group_of_row = np.unique(_group_array(groups), return_inverse=True)
+    group_of_row = group_of_row.reshape(-1)
     classes, class_of_row = np.unique(labels, return_inverse=True)
     num_groups, num_classes = len(group_ids), len(classes)
     # counts[g, c]: flows of class c in group g
@@ -220,12 +227,13 @@ def split_flows(method: str, labels, *, groups=None, start_times=None, validatio
     for s, name in enumerate(SPLIT_NAMES):
         report.rows_per_split[name] = int((assignment == s).sum())
     if groups is not None and len(labels):
-        groups_arr = np.asarray(groups, dtype=object).astype(str)
+        names, codes = np.unique(_group_array(groups), return_inverse=True)
+        codes = codes.reshape(-1).astype(np.int64)
         for s, name in enumerate(SPLIT_NAMES):
-            report.groups_per_split[name] = int(len(np.unique(groups_arr[assignment == s])))
-        pairs = np.unique(np.stack([groups_arr, assignment.astype(str)], 1), axis=0)
-        uniq, n_splits = np.unique(pairs[:, 0], return_counts=True)
-        report.groups_on_several_splits = sorted(str(g) for g in uniq[n_splits > 1])
+            report.groups_per_split[name] = int(len(np.unique(codes[assignment == s])))
+        pairs = np.unique(codes * 4 + (assignment.astype(np.int64) + 1))  # (group, split) pairs present
+        per_group = np.bincount(pairs // 4, minlength=len(names))
+        report.groups_on_several_splits = sorted(str(g) for g in names[per_group > 1])
     for c in np.unique(labels):
         present = set(np.unique(assignment[labels == c]).tolist())
         missing = [SPLIT_NAMES[s] for s in range(3) if s not in present and ratios[s] > 0]
