@@ -1,0 +1,159 @@
+"""mmae-classify and mmae-shortcut-report, run in-process on crafted and real captures."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mmae_hf import MMAEForSequenceClassification
+from mmae_hf.cli import classify_main, shortcut_report_main
+from mmae_hf.pipeline_traffic import TrafficClassificationPipeline
+from test_pipeline_traffic import CRAFTED_FLOWS, LABELS, NDPI, save_model, tiny_config, write_capture
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(1)
+    model = MMAEForSequenceClassification(tiny_config(ood_threshold=0.5)).eval()
+    return save_model(tmp_path_factory.mktemp("cli-model"), model)
+
+
+@pytest.fixture(scope="module")
+def capture_dir(tmp_path_factory):
+    """Six real nDPI flows in a folder tree plus one crafted capture with three flows and ARP noise."""
+    root = tmp_path_factory.mktemp("captures")
+    for label in ("Chat", "Web"):
+        for path in sorted((NDPI / label).glob("*.pcap"))[:3]:
+            (root / label).mkdir(exist_ok=True)
+            shutil.copy(path, root / label / path.name)
+    write_capture(root / "crafted.pcap", CRAFTED_FLOWS, arp=2)
+    return root
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_classify_folder_to_csv_with_summary(model_dir, capture_dir, tmp_path, capsys):
+    output = tmp_path / "out" / "flows.csv"
+    code = classify_main([str(capture_dir), "--model", str(model_dir), "--output", str(output),
+                          "--batch-size", "4", "--top-k", "2", "--no-progress"])
+    assert code == 0
+    rows = read_csv(output)
+    assert len(rows) == 6 + len(CRAFTED_FLOWS)
+    assert {"src_ip", "src_port", "dst_ip", "dst_port", "protocol", "start_time", "end_time", "packet_count",
+            "label", "score", "ood", "label_1", "score_1", "label_2", "score_2"} <= set(rows[0])
+    assert all(r["label"] == r["label_1"] and r["label"] in LABELS for r in rows)
+    assert all(float(r["score_1"]) >= float(r["score_2"]) for r in rows)
+    summary = json.loads((tmp_path / "out" / "flows.csv.summary.json").read_text())
+    assert summary["flows"] == len(rows) and summary["files"] == 7
+    assert sum(summary["flows_per_label"].values()) == len(rows)
+    assert summary["ood_threshold"] == 0.5
+    assert summary["ood_flows"] == sum(r["ood"] == "True" for r in rows)
+    assert summary["packets_skipped"] == {"non_ip": 2} and summary["errors"] == []
+    printed = capsys.readouterr().out
+    assert f"classified {len(rows)} flows from 7 capture(s)" in printed and "non_ip 2" in printed
+
+
+def test_output_formats_agree(model_dir, capture_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    paths = {fmt: tmp_path / f"flows.{fmt}" for fmt in ("csv", "jsonl", "parquet")}
+    for path in paths.values():
+        assert classify_main([str(capture_dir / "Chat"), "--model", str(model_dir), "--output", str(path),
+                              "--batch-size", "2", "--no-progress"]) == 0
+    from_csv = [(r["src_port"], r["label"]) for r in read_csv(paths["csv"])]
+    lines = [json.loads(line) for line in paths["jsonl"].read_text().splitlines()]
+    from_jsonl = [(str(r["src_port"]), r["label"]) for r in lines]
+    table = pq.read_table(paths["parquet"]).to_pylist()
+    from_parquet = [(str(r["src_port"]), r["label"]) for r in table]
+    assert from_csv == from_jsonl == from_parquet and len(from_csv) == 3
+    assert len(lines[0]["top_k"]) == 3 and isinstance(lines[0]["ood"], bool)
+
+
+def test_arp_only_capture_zero_flows_exit_zero(model_dir, tmp_path, capsys):
+    capture = write_capture(tmp_path / "arp.pcap", flows=(), arp=4)
+    output = tmp_path / "flows.jsonl"
+    assert classify_main([str(capture), "--model", str(model_dir), "--output", str(output), "--no-progress"]) == 0
+    assert output.read_text() == ""
+    summary = json.loads((tmp_path / "flows.jsonl.summary.json").read_text())
+    assert summary["flows"] == 0 and summary["packets_skipped"] == {"non_ip": 4} and summary["errors"] == []
+    assert "no TCP/UDP flow found" in capsys.readouterr().out
+
+
+def test_damaged_and_missing_captures_are_reported_and_good_flows_kept(model_dir, capture_dir, tmp_path, capsys):
+    data = write_capture(tmp_path / "intact.pcap", CRAFTED_FLOWS).read_bytes()
+    damaged = tmp_path / "damaged.pcap"
+    damaged.write_bytes(data[:-30])
+    good = sorted((capture_dir / "Web").glob("*.pcap"))
+    output = tmp_path / "flows.csv"
+    code = classify_main([str(good[0]), str(damaged), str(tmp_path / "missing.pcap"), str(good[1]),
+                          "--model", str(model_dir), "--output", str(output), "--no-progress"])
+    assert code == 1
+    rows = read_csv(output)
+    sources = [r["source_file"] for r in rows]
+    assert sum(s.endswith(good[0].name) for s in sources) == 1 and sum(s.endswith(good[1].name) for s in sources) == 1
+    assert any(s.endswith("damaged.pcap") for s in sources)  # flows read before the damage
+    summary = json.loads((tmp_path / "flows.csv.summary.json").read_text())
+    assert summary["files_with_errors"] == 2
+    assert any("damaged.pcap" in e["error"] for e in summary["errors"])
+    assert any("missing.pcap" in e["error"] for e in summary["errors"])
+    captured = capsys.readouterr()
+    assert "damaged.pcap" in captured.err and "missing.pcap" in captured.err
+
+
+def test_stream_is_lazy_and_batched(model_dir, capture_dir):
+    """Bounded memory: sources are read only as batches are needed, and no batch exceeds batch_size."""
+    classify = TrafficClassificationPipeline(model=MMAEForSequenceClassification.from_pretrained(model_dir),
+                                             device=-1, task="traffic-classification")
+    files = sorted(str(p) for p in capture_dir.rglob("*.pcap") if p.parent != capture_dir)
+    opened = []
+
+    def sources():
+        for path in files:
+            opened.append(path)
+            yield path
+
+    stream = classify.predict_stream(sources(), batch_size=2)
+    first = next(stream)
+    assert len(first) == 2 and len(opened) <= 4  # one batch ahead at most
+    rest = [len(batch) for batch in stream]
+    assert max(rest) <= 2 and 2 + sum(rest) == len(files)
+
+
+def test_explain_writes_per_flow_files(model_dir, capture_dir, tmp_path):
+    explain = tmp_path / "explain"
+    assert classify_main([str(capture_dir / "Web"), "--model", str(model_dir), "--output", str(tmp_path / "f.csv"),
+                          "--explain", str(explain), "--explain-limit", "2", "--explain-steps", "4",
+                          "--no-progress"]) == 0
+    assert sorted(p.name for p in explain.iterdir()) == [
+        f"flow_0000{i}.{ext}" for i in range(2) for ext in ("json", "npy", "png")
+    ]
+    document = json.loads((explain / "flow_00000.json").read_text())
+    first = read_csv(tmp_path / "f.csv")[0]
+    assert document["explained_label"] == first["label"] and str(document["flow"]["src_port"]) == first["src_port"]
+    assert np.load(explain / "flow_00001.npy").shape == (5, 320)
+
+
+def test_shortcut_report_cli(model_dir, tmp_path, capsys):
+    from mmae_hf.testing.synthetic import make_synthetic_traffic_dataset
+
+    dataset = make_synthetic_traffic_dataset(num_classes=3, flows_per_class=8, seed=2, class_names=LABELS)
+    dataset.save_to_disk(str(tmp_path / "dataset"))
+    output = tmp_path / "report.json"
+    assert shortcut_report_main(["--model", str(model_dir), "--dataset", str(tmp_path / "dataset"),
+                                 "--split", "test", "--output", str(output), "--batch-size", "8"]) == 0
+    report = json.loads(output.read_text())
+    assert report["split"] == "test" and report["num_flows"] == len(dataset["test"])
+    for what in ("headers", "addresses", "ports", "payload"):
+        entry = report["occlusions"][what]
+        assert entry["accuracy_drop"] == pytest.approx(report["baseline"]["accuracy"] - entry["accuracy"])
+    printed = capsys.readouterr().out
+    assert "no payload" in printed and "no addresses" in printed
+    with pytest.raises(ValueError, match="no split 'nope'"):
+        shortcut_report_main(["--model", str(model_dir), "--dataset", str(tmp_path / "dataset"), "--split", "nope",
+                              "--output", str(output)])
