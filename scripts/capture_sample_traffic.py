@@ -3,8 +3,8 @@
 
 Every capture session starts ``tcpdump`` on the loopback interface, filtered to one randomly chosen
 server address in 127.0.0.0/8 (or ``::1``) and one random server port, runs one traffic class
-between real programs (Python's ``ssl``/``http.server``/``http.client``/``smtplib`` and the ``curl``
-command line client) and stops the capture. Nothing leaves the machine: every socket is bound to a
+between real programs (Python's ``ssl``/``http.server``/``http.client``/``smtplib``, the ``curl`` and
+``openssl`` command line tools) and stops the capture. Nothing leaves the machine: every socket is bound to a
 loopback address and the capture filter only admits the session's own server address and port, so
 other loopback traffic on the host never lands in a sample file.
 
@@ -19,6 +19,8 @@ Classes (directory names are the labels):
                      STARTTLS and AUTH PLAIN (clear-text greeting, then TLS).
 * ``udp-stream``     real-time-media-like UDP: fixed-size random (encrypted-looking) datagrams every
                      20-40 ms with an RTP-like header, periodic receiver reports back, some calls two-way.
+* ``dtls-messaging`` ``openssl s_client -dtls`` and ``openssl s_server -dtls`` (DTLS 1.2 over UDP) exchanging
+                     a few text lines each way with random pauses, then close_notify.
 
 Requirements (checked at start): Linux, root (or CAP_NET_RAW for tcpdump), ``tcpdump`` (Debian:
 ``apt-get install -y tcpdump``), ``openssl`` (self-signed certificates made at capture time) and
@@ -58,7 +60,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "examples" / "sample_traffic"
-CLASSES = ("https-bulk", "https-api", "tls-chat", "smtp-starttls", "udp-stream")
+CLASSES = ("https-bulk", "https-api", "tls-chat", "smtp-starttls", "udp-stream", "dtls-messaging")
+UDP_CLASSES = ("udp-stream", "dtls-messaging")
 # Loopback delivers TCP segments of up to 64 KB (GSO); cap what is stored per packet at an
 # Ethernet frame so bulk transfers stay small. The IP total length field keeps the true size.
 DEFAULT_SNAPLEN = 1514
@@ -157,30 +160,41 @@ class Session:
         else:
             self.server_ip = random_loopback_v4(rng)
             self.client_ip = random_loopback_v4(rng, avoid=(self.server_ip,))
-        kind = socket.SOCK_DGRAM if label == "udp-stream" else socket.SOCK_STREAM
-        self.port = free_port(rng, self.server_ip, kind)
+        kind = socket.SOCK_DGRAM if label in UDP_CLASSES else socket.SOCK_STREAM
+        # own generator: a busy port (e.g. in TIME_WAIT from a previous run) must not shift the other draws
+        self.port = free_port(random.Random(f"{seed}/{label}/{index}/port"), self.server_ip, kind)
         self.hostname = rng.choice(HOSTNAMES)
         self.tls_max = rng.choice([ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3])
         self.ciphers12 = rng.choice(["ECDHE+AESGCM", "ECDHE+CHACHA20", "ECDHE+AES256:ECDHE+AES128"])
         self.key_type = rng.choice(["rsa2048", "rsa3072", "ec256"])
         self.workdir = workdir
         self._ctx = None
+        self._cert = None
 
     @property
     def family(self):
         return socket.AF_INET6 if self.ipv6 else socket.AF_INET
 
+    def certificate(self):
+        """(certificate, key) paths for this session, made on first use."""
+        if self._cert is None:
+            self._cert = make_certificate(self.workdir, f"{self.label}-{self.index}", self.hostname, self.key_type)
+        return self._cert
+
     def server_tls(self):
         if self._ctx is None:
-            crt, key = make_certificate(self.workdir, f"{self.label}-{self.index}", self.hostname, self.key_type)
-            self.cert = crt
-            self._ctx = server_context(crt, key, self.tls_max, self.ciphers12)
+            self._ctx = server_context(*self.certificate(), self.tls_max, self.ciphers12)
         return self._ctx
 
     def describe(self):
-        tls = "1.3" if self.tls_max == ssl.TLSVersion.TLSv1_3 else "1.2"
+        if self.label == "udp-stream":
+            security = "no TLS"
+        elif self.label == "dtls-messaging":
+            security = f"dtls 1.2 {self.key_type}"
+        else:
+            security = f"tls<= {'1.3' if self.tls_max == ssl.TLSVersion.TLSv1_3 else '1.2'} {self.key_type}"
         return (f"{self.label}/{self.index:02d} server {self.server_ip}:{self.port} client {self.client_ip} "
-                f"sni {self.hostname} tls<= {tls} {self.key_type}")
+                f"sni {self.hostname} {security}")
 
 
 def tcp_listener(session, backlog=64):
@@ -651,12 +665,79 @@ def udp_stream(session):
         srv.close()
 
 
+# ----------------------------------------------------------------------------------------------
+# dtls-messaging (the openssl command line tools over UDP)
+# ----------------------------------------------------------------------------------------------
+def _feed(proc, rng, n_messages, delay):
+    """Write ``n_messages`` random text lines to ``proc``'s stdin with random pauses."""
+    try:
+        for _ in range(n_messages):
+            time.sleep(rng.uniform(*delay))
+            # lines start with a digit: s_server reads a leading letter (q, r, k, ...) as a command
+            line = f"{rng.randint(0, 9999)} " + "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ")
+                                                        for _ in range(rng.randint(4, 300)))
+            proc.stdin.write(line.encode() + b"\n")
+            proc.stdin.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+
+
+def dtls_messaging(session):
+    rng = session.rng
+    crt, key = session.certificate()
+    host = f"[{session.server_ip}]" if session.ipv6 else session.server_ip
+    chost = f"[{session.client_ip}]" if session.ipv6 else session.client_ip
+    cipher = rng.choice(["ECDHE+AESGCM", "ECDHE+CHACHA20", "ECDHE+AES256", "ECDHE+AES128"])
+    # one s_server per flow (it serves one DTLS client, -naccept 1), so flows run one after another
+    for _ in range(rng.randint(8, 11)):
+        server = subprocess.Popen(
+            ["openssl", "s_server", "-dtls", "-accept", f"{host}:{session.port}", "-cert", str(crt), "-key", str(key),
+             "-naccept", "1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        client = None
+        try:
+            # s_server prints ACCEPT once its socket is bound; drain the rest so it never blocks on stdout
+            deadline = time.monotonic() + 10
+            while b"ACCEPT" not in server.stdout.readline():
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("openssl s_server did not start")
+            threading.Thread(target=server.stdout.read, daemon=True).start()
+            client = subprocess.Popen(
+                ["openssl", "s_client", "-dtls", "-connect", f"{host}:{session.port}", "-bind", f"{chost}:0",
+                 "-servername", session.hostname, "-cipher", cipher, "-quiet", "-no_ign_eof", "-nocommands"],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            server_rng, client_rng = random.Random(rng.random()), random.Random(rng.random())
+            n_client = rng.randint(2, 10)
+            pusher = threading.Thread(target=_feed, args=(server, server_rng, rng.randint(0, 5), (0.05, 0.3)),
+                                      daemon=True)
+            pusher.start()
+            _feed(client, client_rng, n_client, (0.02, 0.2))
+            time.sleep(rng.uniform(0.05, 0.3))
+            client.stdin.close()  # EOF: s_client sends close_notify and exits (-no_ign_eof)
+            client.wait(timeout=20)
+            pusher.join(timeout=5)
+        except Exception as exc:
+            log(f"    flow error: {exc!r}")
+        finally:
+            for proc in (client, server):
+                if proc is None:
+                    continue
+                try:
+                    if proc.stdin and not proc.stdin.closed:
+                        proc.stdin.close()
+                    proc.wait(timeout=5)
+                except (subprocess.TimeoutExpired, OSError):
+                    proc.kill()
+                    proc.wait()
+
+
 GENERATORS = {
     "https-bulk": https_bulk,
     "https-api": https_api,
     "tls-chat": tls_chat,
     "smtp-starttls": smtp_starttls,
     "udp-stream": udp_stream,
+    "dtls-messaging": dtls_messaging,
 }
 
 
@@ -667,7 +748,7 @@ class Capture:
     """tcpdump on 'lo' restricted to the session's server address and port."""
 
     def __init__(self, session, path, snaplen):
-        proto = "udp" if session.label == "udp-stream" else "tcp"
+        proto = "udp" if session.label in UDP_CLASSES else "tcp"
         ip = ipaddress.ip_address(session.server_ip)
         assert ip.is_loopback, session.server_ip
         bpf = f"{proto} and host {session.server_ip} and port {session.port}"
@@ -721,7 +802,7 @@ def main(argv=None):
             for index in range(args.sessions):
                 session = Session(label, index, args.seed, Path(tmp))
                 if label != "udp-stream":
-                    session.server_tls()  # make the certificate before the capture starts
+                    session.certificate()  # make the certificate before the capture starts
                 path = out_dir / f"{label}-{index:02d}.pcap"
                 log(session.describe())
                 with Capture(session, path, args.snaplen) as cap:

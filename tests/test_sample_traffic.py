@@ -14,7 +14,8 @@ import pytest
 from scapy.utils import RawPcapReader
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "sample_traffic"
-EXPECTED_CLASSES = {"https-bulk", "https-api", "tls-chat", "smtp-starttls", "udp-stream"}
+EXPECTED_CLASSES = {"https-bulk", "https-api", "tls-chat", "smtp-starttls", "udp-stream", "dtls-messaging"}
+UDP_CLASSES = {"udp-stream", "dtls-messaging"}
 MIN_FILES_PER_CLASS = 3
 MIN_BIDIRECTIONAL_FLOWS_PER_CLASS = 50
 MAX_TOTAL_BYTES = 5 * 1024 * 1024
@@ -161,7 +162,7 @@ def test_every_class_has_enough_bidirectional_flows(captures):
             assert bidirectional >= 3, f"{label}/{name}: only {bidirectional} bidirectional flows"
             total += bidirectional
         per_class[label] = total
-        assert protocols == ({17} if label == "udp-stream" else {6}), f"{label}: protocols {protocols}"
+        assert protocols == ({17} if label in UDP_CLASSES else {6}), f"{label}: protocols {protocols}"
     weak = {k: v for k, v in per_class.items() if v < MIN_BIDIRECTIONAL_FLOWS_PER_CLASS}
     assert not weak, f"classes with too few bidirectional flows: {weak} (all: {per_class})"
 
@@ -169,7 +170,7 @@ def test_every_class_has_enough_bidirectional_flows(captures):
 def test_each_tcp_session_starts_with_a_handshake(captures):
     """Captures start before the traffic: every TCP flow's first packet is a SYN (no mid-flow starts)."""
     for label, files in captures.items():
-        if label == "udp-stream":
+        if label in UDP_CLASSES:
             continue
         for name, (_, _, records) in files.items():
             seen = set()
