@@ -73,19 +73,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from mmae_hf.traffic import PcapFormatError
     from mmae_hf.traffic.dataset import build_dataset
 
-    result = build_dataset(
-        args.input, args.output, manifest=args.manifest, recipe=args.recipe, file_column=args.file_column,
-        label_column=args.label_column, group_column=args.group_column, split_by=args.split_by,
-        validation_size=args.validation_size, test_size=args.test_size, seed=args.seed,
-        flow_options=dict(args.flow_option) or None, anonymize=args.anonymize, min_packets=args.min_packets,
-        drop_service_chatter=args.drop_service_chatter, min_flows_per_class=args.min_flows_per_class,
-        max_flows_per_class=args.max_flows_per_class, dedup=not args.no_dedup,
-        drop_label_conflicts=args.drop_label_conflicts, keep_addresses=args.keep_addresses, num_proc=args.num_proc,
-        strict=args.strict, progress=not args.no_progress, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
-        private=args.private, max_memory_mb=args.max_memory_mb, tmp_dir=args.tmp_dir, command=shlex.join(["build_dataset.py", *(sys.argv[1:] if argv is None else argv)]),
-    )
+    try:
+        result = _build(args, argv, build_dataset)
+    except (PcapFormatError, ValueError, OSError) as error:  # bad input: one clear line, no traceback
+        print(f"build_dataset.py: error: {error}", file=sys.stderr)
+        return 2
     report = result.report
     from mmae_hf.traffic.card import class_count_table
 
@@ -96,6 +91,21 @@ def main(argv=None):
     if args.output:
         print(f"saved to {Path(args.output)} (load with mmae_hf.traffic.dataset.load_traffic_dataset or datasets.load_from_disk)")
     return 0
+
+
+def _build(args, argv, build_dataset):
+    return build_dataset(
+        args.input, args.output, manifest=args.manifest, recipe=args.recipe, file_column=args.file_column,
+        label_column=args.label_column, group_column=args.group_column, split_by=args.split_by,
+        validation_size=args.validation_size, test_size=args.test_size, seed=args.seed,
+        flow_options=dict(args.flow_option) or None, anonymize=args.anonymize, min_packets=args.min_packets,
+        drop_service_chatter=args.drop_service_chatter, min_flows_per_class=args.min_flows_per_class,
+        max_flows_per_class=args.max_flows_per_class, dedup=not args.no_dedup,
+        drop_label_conflicts=args.drop_label_conflicts, keep_addresses=args.keep_addresses, num_proc=args.num_proc,
+        strict=args.strict, progress=not args.no_progress, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
+        private=args.private, max_memory_mb=args.max_memory_mb, tmp_dir=args.tmp_dir,
+        command=shlex.join(["build_dataset.py", *(sys.argv[1:] if argv is None else argv)]),
+    )
 
 
 if __name__ == "__main__":

@@ -224,3 +224,24 @@ def test_ndpi_recipe_splits_by_source_capture_not_by_file():
     assert len(res.dataset["train"].features["label"].names) == 9
     assert res.report["split"]["classes_missing_from_splits"] == {}
     assert res.report["errors"] == []
+
+
+def test_cli_reports_bad_input_in_one_line(tree, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "build_dataset_cli", Path(__file__).resolve().parents[1] / "dataset_scripts" / "build_dataset.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("file,label\nchat/cap00.pcap,chat\nchat/cap99.pcap,chat\n")
+    assert cli.main(["--input", str(tree), "--manifest", str(manifest), "--output", str(tmp_path / "o"),
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "labels.csv:3: file 'chat/cap99.pcap' does not exist" in err and "Traceback" not in err
+    assert cli.main(["--input", str(tree), "--output", str(tmp_path / "o2"), "--split-by", "flow", "--seed", "5",
+                     "--flow-option", "idle_timeout=30", "--max-flows-per-class", "4", "--no-progress"]) == 0
+    report = json.loads((tmp_path / "o2" / "build_report.json").read_text())
+    assert report["flow_options"]["idle_timeout"] == 30 and report["split"]["method"] == "flow"
+    assert all(sum(report["class_counts"][s][c] for s in report["class_counts"]) == 4 for c in report["classes"])
+    assert report["command"].startswith("build_dataset.py --input")

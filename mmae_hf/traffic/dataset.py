@@ -782,9 +782,11 @@ def push_dataset(dataset, repo_id: str, *, report: dict, card=None, private: boo
         CommitOperationAdd(CARD_NAME, str(card).encode()),
         CommitOperationAdd(REPORT_NAME, (json.dumps(report, indent=2) + "\n").encode()),
     ]
-    if output_dir is not None and (Path(output_dir) / "preprocessor_config.json").is_file():
-        operations.append(CommitOperationAdd("preprocessor_config.json",
-                                             str(Path(output_dir) / "preprocessor_config.json")))
+    from . import FlowOptions
+
+    with tempfile.TemporaryDirectory() as tmp:  # the same file as in a saved build, even when nothing was saved
+        name = _save_preprocessor(Path(tmp), FlowOptions.from_dict(report["flow_options"]))
+        operations.append(CommitOperationAdd(name, (Path(tmp) / name).read_bytes()))
     api.create_commit(repo_id, operations, repo_type="dataset", commit_message="Add dataset card and build report")
     return repo_id
 
