@@ -185,3 +185,18 @@ def test_each_tcp_session_starts_with_a_handshake(captures):
                 l4 = frame[14 + ((frame[14] & 0x0F) * 4 if ethertype == 0x0800 else 40):]
                 flags = l4[13]
                 assert flags & 0x02 and not flags & 0x10, f"{label}/{name}: flow {key} does not start with SYN"
+
+
+def test_readme_table_matches_the_files(captures):
+    """The README's per-class file and flow counts describe the committed captures (no drift after a recapture)."""
+    readme = (SAMPLE_DIR / "README.md").read_text(encoding="utf-8")
+    assert "CC0" in readme
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0].startswith("`") and cells[2].isdigit():
+            rows[cells[0].strip("`")] = (int(cells[2]), int(cells[3]))
+    assert set(rows) == set(captures), f"README table classes {sorted(rows)}"
+    for label, files in captures.items():
+        flows = sum(len({key for key, _ in _flows(records)}) for _, _, records in files.values())
+        assert rows[label] == (len(files), flows), f"{label}: README says {rows[label]}, files give {(len(files), flows)}"
