@@ -199,4 +199,5 @@ def test_readme_table_matches_the_files(captures):
     assert set(rows) == set(captures), f"README table classes {sorted(rows)}"
     for label, files in captures.items():
         flows = sum(len({key for key, _ in _flows(records)}) for _, _, records in files.values())
-        assert rows[label] == (len(files), flows), f"{label}: README says {rows[label]}, files give {(len(files), flows)}"
+        found = (len(files), flows)
+        assert rows[label] == found, f"{label}: README says (files, flows) = {rows[label]}, the files give {found}"
