@@ -41,8 +41,10 @@ def _size_category(n: int) -> str:
     return "10M<n<100M"
 
 
-def _table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+def _table(header, rows, numeric: bool = True) -> str:
+    """Markdown table; with ``numeric`` every column but the first is right-aligned."""
+    align = ["---" if i == 0 or not numeric else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -64,7 +66,7 @@ def stat_definitions_table(stat_names=None) -> str:
     if stat_names is None:
         from . import FLOW_STAT_NAMES as stat_names
     rows = [[i, f"`{name}`", *STAT_DEFINITIONS.get(name, ("", ""))] for i, name in enumerate(stat_names)]
-    return _table(["index", "name", "unit", "meaning"], rows)
+    return _table(["index", "name", "unit", "meaning"], rows, numeric=False)
 
 
 def make_dataset_card(report: dict, *, pretty_name=None, license=None):
@@ -103,21 +105,23 @@ def make_dataset_card(report: dict, *, pretty_name=None, license=None):
     }
     skipped_rows = [[reason, n] for reason, n in packets["skipped"].items()] or [["(none)", 0]]
     missing = split.get("classes_missing_from_splits") or {}
-    missing_text = ("\n".join(f"- `{c}`: not in {', '.join(s)}" for c, s in missing.items())
-                    if missing else "Every class is present in every split.")
+    missing_text = ("".join(f"\n  - `{c}`: not in {', '.join(s)}" for c, s in missing.items())
+                    if missing else "none (every class is in every split).")
     dropped = flows.get("classes_below_minimum") or {}
     dropped_text = (", ".join(f"`{c}` ({n} flows)" for c, n in dropped.items()) if dropped else "none")
+    min_text = (f"Classes removed for having fewer than {flows['min_flows_per_class']} flows: {dropped_text}."
+                if flows["min_flows_per_class"] else "No minimum number of flows per class.")
     capped = flows.get("removed_by_cap") or {}
     capped_text = (", ".join(f"`{c}` (-{n})" for c, n in capped.items()) if capped else "none")
     conflicts = dup.get("label_conflicts") or []
     recipe = report.get("recipe")
     recipe_section = f"\n## Recipe\n\n`{recipe['name']}`: {recipe['description']}\n" if recipe else ""
-    direction = "bidirectional (one flow per connection)" if opts["bidirectional"] else "unidirectional (one flow per direction)"
+    direction = "bidirectional: one per connection" if opts["bidirectional"] else "unidirectional: one per direction"
     body = f"""
 # {data.pretty_name}
 
 Flow-level encrypted-traffic classification data built with mmae-hf
-(`mmae_hf.traffic.build_dataset`, version {report['mmae_hf_version']}). One row is one {direction} flow:
+(`mmae_hf.traffic.dataset.build_dataset`, version {report['mmae_hf_version']}). One row is one flow ({direction}):
 the first {opts['num_packets']} packets x ({opts['header_bytes']} header bytes from the IP header on +
 {opts['payload_bytes']} transport-payload bytes) in `payload`, per-packet lengths, gaps and directions,
 {len(FLOW_STAT_NAMES)} flow statistics, the class in `label` and the capture it came from in `source_file`.
@@ -135,7 +139,7 @@ ds = load_dataset("<this repo>")
   stratified by class. Groups per split: {split.get('groups_per_split')}. Groups on more than one split:
   {len(split.get('groups_on_several_splits') or [])}.
 - Classes missing from a split: {missing_text}
-- Classes removed for having fewer than {flows['min_flows_per_class']} flows: {dropped_text}.
+- {min_text}
 - Per-class cap: {flows['max_flows_per_class'] or 'none'}; flows removed by it: {capped_text}.
 
 ## Anonymisation and flow assembly
