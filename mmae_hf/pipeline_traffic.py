@@ -274,7 +274,15 @@ class TrafficClassificationPipeline(ChunkPipeline):
             for source in sources:
                 accounting = self._new_accounting()
                 error_holder = []
-                yield from self._iter_flows(source, accounting, errors=errors, error_holder=error_holder)
+                try:
+                    yield from self._iter_flows(source, accounting, errors=errors, error_holder=error_holder)
+                except Exception as error:  # an unreadable input must not stop the others
+                    if errors == "raise":
+                        raise
+                    name = _source_name(source)
+                    message = str(error) if name in str(error) else f"{name}: {type(error).__name__}: {error}"
+                    logger.error(message)
+                    error_holder.append(message)
                 if on_source_end is not None:
                     on_source_end(_source_name(source), accounting, error_holder[0] if error_holder else None)
 

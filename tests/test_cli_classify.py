@@ -89,19 +89,21 @@ def test_damaged_and_missing_captures_are_reported_and_good_flows_kept(model_dir
     data = write_capture(tmp_path / "intact.pcap", CRAFTED_FLOWS).read_bytes()
     damaged = tmp_path / "damaged.pcap"
     damaged.write_bytes(data[:-30])
+    not_a_capture = tmp_path / "notes.pcap"
+    not_a_capture.write_text("these are notes, not packets\n")
     good = sorted((capture_dir / "Web").glob("*.pcap"))
     output = tmp_path / "flows.csv"
-    code = classify_main([str(good[0]), str(damaged), str(tmp_path / "missing.pcap"), str(good[1]),
-                          "--model", str(model_dir), "--output", str(output), "--no-progress"])
+    code = classify_main([str(good[0]), str(damaged), str(tmp_path / "missing.pcap"), str(not_a_capture),
+                          str(good[1]), "--model", str(model_dir), "--output", str(output), "--no-progress"])
     assert code == 1
     rows = read_csv(output)
     sources = [r["source_file"] for r in rows]
     assert sum(s.endswith(good[0].name) for s in sources) == 1 and sum(s.endswith(good[1].name) for s in sources) == 1
     assert any(s.endswith("damaged.pcap") for s in sources)  # flows read before the damage
     summary = json.loads((tmp_path / "flows.csv.summary.json").read_text())
-    assert summary["files_with_errors"] == 2
-    assert any("damaged.pcap" in e["error"] for e in summary["errors"])
-    assert any("missing.pcap" in e["error"] for e in summary["errors"])
+    assert summary["files_with_errors"] == 3
+    for name in ("damaged.pcap", "missing.pcap", "notes.pcap"):
+        assert any(name in e["error"] for e in summary["errors"]), name
     captured = capsys.readouterr()
     assert "damaged.pcap" in captured.err and "missing.pcap" in captured.err
 
