@@ -30,18 +30,23 @@ def test_two_process_cpu_launch(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, ACCELERATE_USE_CPU="1", HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    command = [
-        sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", str(free_port()),
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(REPO / "train" / "pretrain.py"),
-        "--dataset", str(data), "--config", "mmae-tiny", "--output-dir", str(out), "--cpu",
-        "--max-steps", "2", "--per-device-train-batch-size", "4", "--logging-steps", "1", "--save-steps", "1",
-        "--report-to", "none", "--no-progress-bar",
-    ]
-    done = subprocess.run(command, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=280)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "world size 2 (DistributedType.MULTI_CPU)" in done.stdout
+
+    def launch(output_dir, *extra):
+        command = [
+            sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
+            "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", str(free_port()),
+            "--mixed_precision", "no", "--dynamo_backend", "no",
+            str(REPO / "train" / "pretrain.py"),
+            "--dataset", str(data), "--config", "mmae-tiny", "--output-dir", str(output_dir), "--cpu",
+            "--max-steps", "2", "--per-device-train-batch-size", "4", "--logging-steps", "1", "--save-steps", "1",
+            "--report-to", "none", "--no-progress-bar", *extra,
+        ]
+        done = subprocess.run(command, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=280)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "world size 2 (DistributedType.MULTI_CPU)" in done.stdout
+        return done
+
+    launch(out)
 
     summary = json.loads((out / "pretraining_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["finished"]
@@ -63,6 +68,17 @@ def test_two_process_cpu_launch(tmp_path):
 
     model = AutoModelForPreTraining.from_pretrained(str(out))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    # stopped after step 1 and resumed, the 2-process run ends with the same weights (per-rank RNG and collator
+    # streams, the teacher and the data position all restored)
+    from safetensors.torch import load_file
+
+    resumed = tmp_path / "resumed"
+    launch(resumed, "--stop-after-step", "1")
+    assert "resumed from" in launch(resumed, "--resume-from-checkpoint", "latest").stdout
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
 
 
 HUB_SCRIPT = r"""

@@ -624,7 +624,9 @@ def run_pretraining(args, dataset=None, model_cls=None):
             teacher_file = checkpoint / TEACHER_WEIGHTS_NAME
             if not teacher_file.is_file():
                 raise CheckpointError(f"{checkpoint}: missing {TEACHER_WEIGHTS_NAME}")
-            load_model(teacher.model, str(teacher_file), device=str(accelerator.device))
+            # read on the CPU; load_state_dict copies into the teacher's tensors wherever they live
+            # (safetensors rejects device strings such as "cpu:0" that accelerate uses under MULTI_CPU)
+            load_model(teacher.model, str(teacher_file), device="cpu")
         collator_file = checkpoint / f"collator_state_{rank}.json"
         if not collator_file.is_file():
             raise CheckpointError(f"{checkpoint}: missing {collator_file.name} for process {rank}")
