@@ -132,7 +132,7 @@ def split_by_time(labels: np.ndarray, start_times: np.ndarray, ratios: tuple) ->
     return out
 
 
-def split_by_group(labels: np.ndarray, groups, ratios: tuple, seed: int) -> np.ndarray:
+def split_by_group(labels: np.ndarray, groups, ratios: tuple, seed: int, trials: int = 8) -> np.ndarray:
     """Group-aware stratified split: every group goes whole to one split.
 
     Phase 1 (coverage): classes in order of fewest groups first; for each class, train, then test, then validation
@@ -144,6 +144,9 @@ def split_by_group(labels: np.ndarray, groups, ratios: tuple, seed: int) -> np.n
     Phase 2 (balance): the remaining groups, in seeded random order, each go to the split where adding it
     increases the per-class squared error of split sizes against the targets the least (errors are measured
     as shares of each class, so rare classes weigh as much as frequent ones).
+
+    Both phases run for ``trials`` random orders drawn from ``seed``; the assignment with the smallest total error
+    is kept (lumpy groups make a single greedy pass depend a lot on the order).
     """
     labels = np.asarray(labels)
     n = len(labels)
@@ -156,50 +159,58 @@ def split_by_group(labels: np.ndarray, groups, ratios: tuple, seed: int) -> np.n
     num_groups, num_classes = len(group_ids), len(classes)
     # counts[g, c]: flows of class c in group g
     counts = np.zeros((num_groups, num_classes), dtype=np.int64)
-    np.add.at(counts, (group_of_row, class_of_row), 1)
+    np.add.at(counts, (group_of_row, class_of_row.reshape(-1)), 1)
     class_totals = counts.sum(0).astype(np.float64)
     targets = np.outer(np.asarray(ratios, dtype=np.float64), class_totals)  # [3, C]
-    current = np.zeros((3, num_classes), dtype=np.float64)
-    assigned = np.full(num_groups, -1, dtype=np.int64)
+    scale = 1.0 / np.maximum(class_totals, 1.0)
+    groups_per_class = (counts > 0).sum(0)
+    class_order = np.lexsort((np.arange(num_classes), groups_per_class))
+    wanted_splits = [TRAIN] + [s for s in (TEST, VALIDATION) if ratios[s] > 0]
+    holders_of = [np.flatnonzero(counts[:, c] > 0) for c in range(num_classes)]
+
+    def one_trial(random_rank):
+        current = np.zeros((3, num_classes), dtype=np.float64)
+        assigned = np.full(num_groups, -1, dtype=np.int64)
+
+        def assign(g, s):
+            assigned[g] = s
+            current[s] += counts[g]
+
+        # phase 1: coverage of every class in every split where its groups allow it
+        for c in class_order:
+            holders = holders_of[c]
+            for s in wanted_splits:
+                if (assigned[holders] == s).any():
+                    continue
+                free = [g for g in holders if assigned[g] < 0]
+                if free:
+                    assign(min(free, key=lambda g: (abs(counts[g, c] - targets[s, c]), random_rank[g])), s)
+        # phase 2: balance the rest greedily, in random order
+        for g in np.argsort(random_rank):
+            if assigned[g] >= 0:
+                continue
+            best, best_cost = TRAIN, None
+            for s in range(3):
+                if ratios[s] <= 0 and s != TRAIN:
+                    continue
+                before = ((current[s] - targets[s]) * scale) ** 2
+                after = ((current[s] + counts[g] - targets[s]) * scale) ** 2
+                cost = float((after - before).sum())
+                if best_cost is None or cost < best_cost - 1e-12:
+                    best, best_cost = s, cost
+            assign(g, best)
+        error = float((((current - targets) * scale) ** 2).sum())
+        return error, assigned
 
     rng = np.random.default_rng(seed)
-    random_rank = np.empty(num_groups, dtype=np.int64)
-    random_rank[rng.permutation(num_groups)] = np.arange(num_groups)
-
-    def assign(g, s):
-        assigned[g] = s
-        current[s] += counts[g]
-
-    # phase 1: coverage of every class in every split where its groups allow it
-    groups_per_class = (counts > 0).sum(0)
-    wanted_splits = [TRAIN] + [s for s in (TEST, VALIDATION) if ratios[s] > 0]
-    for c in np.lexsort((np.arange(num_classes), groups_per_class)):
-        for s in wanted_splits:
-            holders = np.flatnonzero(counts[:, c] > 0)
-            if any(assigned[g] == s for g in holders):
-                continue
-            free = [g for g in holders if assigned[g] < 0]
-            if not free:
-                continue
-            free.sort(key=lambda g: (abs(counts[g, c] - targets[s, c]), random_rank[g]))
-            assign(free[0], s)
-
-    # phase 2: balance the rest greedily, in seeded random order
-    scale = np.where(class_totals > 0, 1.0 / np.maximum(class_totals, 1.0), 0.0)
-    for g in np.argsort(random_rank):
-        if assigned[g] >= 0:
-            continue
-        best, best_cost = TRAIN, None
-        for s in range(3):
-            if ratios[s] <= 0 and s != TRAIN:
-                continue
-            before = ((current[s] - targets[s]) * scale) ** 2
-            after = ((current[s] + counts[g] - targets[s]) * scale) ** 2
-            cost = float((after - before).sum())
-            if best_cost is None or cost < best_cost - 1e-12:
-                best, best_cost = s, cost
-        assign(g, best)
-    out[:] = assigned[group_of_row]
+    best_error, best_assigned = None, None
+    for _ in range(max(1, trials)):
+        random_rank = np.empty(num_groups, dtype=np.int64)
+        random_rank[rng.permutation(num_groups)] = np.arange(num_groups)
+        error, assigned = one_trial(random_rank)
+        if best_error is None or error < best_error - 1e-12:
+            best_error, best_assigned = error, assigned
+    out[:] = best_assigned[group_of_row]
     return out
 
 
