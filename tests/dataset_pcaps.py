@@ -14,9 +14,9 @@ def flow(seed: str, *, packets: int = 3, proto: str = "tcp", sport: int = 40000,
             "payloads": [body + bytes([k]) for k in range(packets)]}
 
 
-def write_pcap(path, flows) -> Path:
-    """Write the flows (alternating directions, 10 ms apart) as one Ethernet pcap."""
-    from scapy.all import IP, TCP, UDP, Ether, Raw, wrpcap
+def write_pcap(path, flows, pcapng: bool = False) -> Path:
+    """Write the flows (alternating directions, 10 ms apart) as one Ethernet pcap (or pcapng, whatever the name)."""
+    from scapy.all import IP, TCP, UDP, Ether, Raw, wrpcap, wrpcapng
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +32,7 @@ def write_pcap(path, flows) -> Path:
             pkt.time = f["start"] + 0.01 * k
             packets.append(pkt)
     packets.sort(key=lambda p: float(p.time))
-    wrpcap(str(path), packets)
+    (wrpcapng if pcapng else wrpcap)(str(path), packets)
     return path
 
 

@@ -120,6 +120,19 @@ def test_large_recipes_label_maps_on_generated_names():
     assert sorted(set(labels.values())) == cst_apps
 
 
+def test_crossplatform_recipe_reads_pcapng_named_pcap(tmp_path):
+    """The CrossPlatform captures are pcapng files with a .pcap suffix; the OS folder selects the dataset."""
+    for country in ("china", "us"):
+        for os_name, app in (("android", "com.whatsapp"), ("ios", "WhatsApp")):
+            write_pcap(tmp_path / country / os_name / f"{app}.pcap",
+                       [flow(f"{country}/{os_name}/{k}", sport=30000 + k, packets=2) for k in range(2)], pcapng=True)
+    assert (tmp_path / "us" / "ios" / "WhatsApp.pcap").read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"
+    res = build_dataset(tmp_path, None, recipe="crossplatform-android", min_flows_per_class=0, progress=False)
+    assert res.dataset["train"].features["label"].names == ["com.whatsapp"]
+    assert res.report["errors"] == [] and res.report["flows"]["extracted"] == 8  # 2 captures x 2 flows x 2 directions
+    assert res.report["input"]["files_excluded"] == 2  # the iOS captures
+
+
 def test_cstnet_minimum_drops_the_small_class_119_of_120(tmp_path):
     """The minimum-flow rule turns ET-BERT's 120 folders into the paper's 119 when one class is small."""
     from mmae_hf.traffic.dataset import cap_classes
