@@ -283,3 +283,26 @@ def test_pretrain_on_a_dataset_built_from_pcaps(tmp_path):
     assert (out / "preprocessor_config.json").read_text() == (tmp_path / "dataset" / "preprocessor_config.json").read_text()
     extractor = AutoFeatureExtractor.from_pretrained(str(out))
     assert type(extractor).__name__ == "MMAEFeatureExtractor"
+
+
+def test_background_reading_keeps_the_order(dataset_dir):
+    from mmae_hf.training.pretraining import _BatchPrefetcher
+
+    reader = FlowBatchReader(load_pretraining_split(str(dataset_dir)))
+    batches = EpochBatchSampler(len(reader), 4, seed=1).epoch_batches()
+    plain = list(_BatchPrefetcher(reader, batches, num_workers=0))
+    threaded = list(_BatchPrefetcher(reader, batches, num_workers=2))
+    assert len(plain) == len(threaded) == 6
+    for a, b in zip(plain, threaded):
+        np.testing.assert_array_equal(a["payload"], b["payload"])
+
+
+def test_a_launch_that_did_not_set_up_data_parallel_is_refused(dataset_dir, tmp_path, monkeypatch):
+    # what `accelerate launch --multi_gpu --num_processes 2` does on a machine without GPUs (and without
+    # ACCELERATE_USE_CPU=1): each process sees WORLD_SIZE=2 but accelerate runs it as a lone process
+    from mmae_hf.training.pretraining import LaunchError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(LaunchError, match="launched as 2 processes .*ACCELERATE_USE_CPU=1"):
+        run_pretraining(tiny_args(dataset_dir, tmp_path / "lonely"))
+    assert not (tmp_path / "lonely" / "metrics.jsonl").exists()
