@@ -96,8 +96,11 @@ def test_options_chatter_min_packets_and_addresses(tmp_path):
     write_pcap(root / "a" / "x.pcap", [flow("a1", packets=4), flow("dns", proto="udp", dport=53, sport=5000),
                                        flow("short", packets=1, sport=41000)])
     write_pcap(root / "b" / "y.pcap", [flow("b1", packets=4)])
-    res = build_dataset(root, None, split_by="flow", drop_service_chatter=True, min_packets=2, keep_addresses=True,
-                        validation_size=0.0, test_size=0.0, progress=False)
+    res = build_dataset(root, tmp_path / "out", split_by="flow", drop_service_chatter=True, min_packets=2,
+                        keep_addresses=True, validation_size=0.0, test_size=0.0, progress=False)
+    assert len(load_traffic_dataset(tmp_path / "out")["test"]) == 0  # empty splits save and load
+    with pytest.raises(ValueError, match=r"no flows left to write: 2 flows extracted from 2 captures"):
+        build_dataset(root, None, min_packets=2, drop_service_chatter=True, min_flows_per_class=5, progress=False)
     rep = res.report
     assert rep["packets"]["skipped"] == {"filtered": 3, "short_flow": 1}
     assert rep["flows"]["extracted"] == 2

@@ -639,6 +639,11 @@ def _build(files, options, work: Path, *, source, excluded, rec, output_dir, spl
 
     # 5. final classes (sorted, Python order: MMAE's label mapping) and split files, one capture at a time
     class_names = sorted({label_names_all[c] for c in np.unique(labels[keep])})
+    if not class_names:
+        below = {label_names_all[c]: n for c, n in dropped_classes.items()}
+        raise ValueError(f"no flows left to write: {num_flows} flows extracted from {len(files)} captures "
+                         f"(packets skipped: {dict(accounting.skipped)}; errors: {len(errors)}; "
+                         f"classes under the minimum of {min_flows} flows: {below})")
     remap = np.full(len(label_names_all), -1, dtype=np.int64)
     for new, name in enumerate(class_names):
         remap[label_index[name]] = new
@@ -727,7 +732,8 @@ def _build(files, options, work: Path, *, source, excluded, rec, output_dir, spl
 
     if output_dir is not None:
         t0 = time.perf_counter()
-        dataset.save_to_disk(str(output_dir))
+        # an empty split needs one (empty) shard, or load_from_disk cannot read it back
+        dataset.save_to_disk(str(output_dir), num_shards={k: 1 for k in dataset if len(dataset[k]) == 0} or None)
         dataset = load_from_disk(str(output_dir))  # the work folder goes away: serve the saved copy
         report["timing_seconds"]["save"] = round(time.perf_counter() - t0, 3)
         report["preprocessor_config"] = _save_preprocessor(output_dir, options)
