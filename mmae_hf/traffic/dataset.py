@@ -773,7 +773,11 @@ def push_dataset(dataset, repo_id: str, *, report: dict, card=None, private: boo
 
     from .card import make_dataset_card
 
-    dataset.push_to_hub(repo_id, private=private, commit_message="Add flow dataset (mmae_hf.build_dataset)")
+    from datasets import DatasetDict
+
+    # an empty split has no parquet shard to upload: publish the others (the card still lists its counts)
+    non_empty = DatasetDict({name: split for name, split in dataset.items() if len(split)})
+    non_empty.push_to_hub(repo_id, private=private, commit_message="Add flow dataset (mmae_hf.build_dataset)")
     api = HfApi()
     card = card or make_dataset_card(report)
     try:
