@@ -188,3 +188,22 @@ def test_reader_streams_in_blocks():
     assert len(chunks) > 5 and sum(len(c) for c in chunks) == 3000
     ts = np.concatenate([c.timestamp for c in chunks])
     assert np.allclose(ts, np.arange(3000) * 0.001, atol=1e-6)
+
+
+def test_pcapng_undeclared_interface_is_damage():
+    pk = handshake()
+    packets = [(0, t, ether(p)) for t, p in pk]
+    packets[5] = (3, packets[5][1], packets[5][2])  # only interface 0 exists
+    acc = PacketAccounting()
+    flows = list(iter_flows(pcapng_bytes([(1, None)], packets), accounting=acc, source_name="if.pcapng"))
+    assert acc.packets_read == 5 and "undeclared interface 3" in acc.errors[0] and "if.pcapng" in acc.errors[0]
+    assert sum(f.packet_count for f in flows) == 5
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_segmentation_offload_zero_ip_length(engine):
+    big = bytearray(tcp(flags="PA", payload=b"q" * 3000))
+    big[2:4] = b"\0\0"  # TSO capture: IPv4 total length 0
+    flows, acc = flows_of(pcap_bytes([(0.0, ether(bytes(big)))]), engine)
+    assert acc.skipped == {} and flows[0].packet_lengths[0] == len(big)
+    assert flows[0].flow_stats[15] == 3000  # payload_mean

@@ -120,7 +120,7 @@ def pcapng_bytes(interfaces, packets, endian="<", simple=False):
         if simple:
             out.append(_block(endian, 3, struct.pack(endian + "I", len(frame)) + frame))
             continue
-        ticks = round(ts * units[iface])
+        ticks = round(ts * (units[iface] if iface < len(units) else 10**6))
         body = struct.pack(endian + "IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame)) + frame
         out.append(_block(endian, 6, body))
     return b"".join(out)

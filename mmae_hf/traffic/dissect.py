@@ -139,6 +139,8 @@ def dissect(chunk: RecordChunk, drop_service_chatter: bool = False) -> PacketBat
         b0 = _u8(data, p)
         ihl = (b0 & 15) * 4
         tot = _u16(data, p + 2)
+        # total length 0: a segmentation-offload capture (TSO/GSO); the frame holds the whole datagram
+        tot = np.where(tot == 0, frame_end[idx] - p, tot)
         frag = _u16(data, p + 6)
         r = np.zeros(len(idx), dtype=np.int8)
         # non-first fragments carry no transport header; a first fragment (MF set, offset 0) is kept

@@ -307,27 +307,38 @@ class FastAssembler:
         ev_hi = np.searchsorted(event_pos, seg_ends).tolist()
         event_list = event_pos.tolist()
         t_last, t_start, t_closed = t.last, t.start, t.closed
+        # segment k holds the packets of unique key k (np.unique sorts, argsort(inv) groups in that order)
+        kb = ukeys.tobytes()
+        seg_keys = [kb[48 * i : 48 * i + 48] for i in range(len(seg_starts))]
+        clock_first = clock_s[seg_starts].tolist()
+        clock_last = clock_s[seg_ends - 1].tolist()
+        ts_first = ts_s[seg_starts].tolist()
+        lo_first = from_lo_s[seg_starts].tolist()
+        syn_first = fresh_syn[seg_starts].tolist()
         for s_idx, (s0, s1) in enumerate(zip(seg_starts.tolist(), seg_ends.tolist())):
-            key = ukeys[kid_s[s0]].tobytes()
+            key = seg_keys[s_idx]
             row = active.get(key, -1)
-            c0 = float(clock_s[s0])
+            c0 = clock_first[s_idx]
             if row >= 0 and (
-                c0 - t_last[row] > idle_t or c0 - t_start[row] > active_t or (t_closed[row] and fresh_syn[s0])
+                c0 - t_last[row] > idle_t or c0 - t_start[row] > active_t or (t_closed[row] and syn_first[s_idx])
             ):
                 del active[key]
                 self.ready.append(row)
                 row = -1
             if row < 0:
-                start = float(ts_s[s0])
-                init_lo = bool(from_lo_s[s0])
+                start = ts_first[s_idx]
+                init_lo = lo_first[s_idx]
                 closed = fin_fwd = fin_bwd = False
             else:
                 start, init_lo = float(t_start[row]), bool(t.init_lo[row])
                 closed, fin_fwd, fin_bwd = bool(t_closed[row]), bool(t.fin_fwd[row]), bool(t.fin_bwd[row])
             run_init[s0] = init_lo
             last_run = s0
-            deadline = s0 + int(np.searchsorted(clock_s[s0:s1], start + active_t, side="right"))
             evs = event_list[ev_lo[s_idx] : ev_hi[s_idx]]
+            if not evs and clock_last[s_idx] <= start + active_t:  # nothing can happen in this segment
+                seg_info.append((key, row, closed, fin_fwd, fin_bwd, last_run))
+                continue
+            deadline = s0 + int(np.searchsorted(clock_s[s0:s1], start + active_t, side="right"))
             k = 0
             n_ev = len(evs)
             while True:

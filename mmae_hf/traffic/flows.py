@@ -14,9 +14,9 @@ Two engines produce identical flows: ``ReferenceAssembler`` walks packet by pack
 ``FastAssembler`` (``fastflows.py``) works on whole blocks with numpy.
 """
 
-import ipaddress
 import math
 import os
+import socket
 from typing import Iterator
 
 import numpy as np
@@ -30,8 +30,8 @@ from .pcapio import CaptureReader
 
 def format_address(addr: bytes, ip_version: int) -> str:
     if ip_version == 4:
-        return ".".join(str(b) for b in addr[:4])
-    return str(ipaddress.IPv6Address(bytes(addr)))
+        return socket.inet_ntop(socket.AF_INET, addr[:4])
+    return socket.inet_ntop(socket.AF_INET6, addr[:16])
 
 
 def packet_slot(batch: PacketBatch, i: int, direction: int, options: FlowOptions, seq_base) -> bytes:

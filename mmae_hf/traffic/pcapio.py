@@ -126,15 +126,23 @@ class CaptureReader:
             off = 0
             damage = None
             while off + 16 <= n:
-                incl = incl_at(buf, off + 8)[0]
-                if incl > max_record:
-                    damage = (base + off, f"corrupt record header: captured length {incl} exceeds {max_record}")
-                    break
-                end = off + 16 + incl
+                end = off + 16 + incl_at(buf, off + 8)[0]
                 if end > n:
                     break
                 append(off)
                 off = end
+            # lengths are checked for the whole block at once; an impossible one ends the reading there
+            if off + 16 <= n and incl_at(buf, off + 8)[0] > max_record:
+                offs.append(off)
+            if offs:
+                lens = np.frombuffer(buf, dtype=np.uint8)[np.asarray(offs, dtype=np.int64)[:, None] + np.arange(8, 12)]
+                lens = lens.reshape(-1).view(dt)
+                bad = np.flatnonzero(lens > max_record)
+                if len(bad):
+                    first = int(bad[0])
+                    off = offs[first]
+                    damage = (base + off, f"corrupt record header: captured length {int(lens[first])} exceeds {max_record}")
+                    offs = offs[:first]
             if offs:
                 yield self._pcap_chunk(buf, offs, dt, tick, linktype, base)
             if damage is not None:
@@ -217,17 +225,26 @@ class CaptureReader:
                 btype = u32(buf, off)[0]
                 if btype == 6:  # enhanced packet block
                     iface, hi, lo, cap, orig = struct.unpack_from(endian + "IIIII", buf, off + 8)
+                    if iface >= len(interfaces):
+                        damage = (base + off, f"packet refers to undeclared interface {iface}")
+                        break
                     if cap > blen - 32:
                         damage = (base + off, f"enhanced packet block captured length {cap} exceeds its block")
                         break
                     recs.append((off, off + 28, cap, orig, iface, hi, lo))
                 elif btype == 3:  # simple packet block
+                    if not interfaces:
+                        damage = (base + off, "simple packet block before any interface description")
+                        break
                     orig = u32(buf, off + 8)[0]
                     snap = interfaces[0][3] if interfaces else 0
                     cap = min(orig, blen - 16, snap if snap else orig)
                     recs.append((off, off + 12, cap, orig, 0, -1, 0))
                 elif btype == 2:  # obsolete packet block
                     iface, _drops, hi, lo, cap, orig = struct.unpack_from(endian + "HHIIII", buf, off + 8)
+                    if iface >= len(interfaces):
+                        damage = (base + off, f"packet refers to undeclared interface {iface}")
+                        break
                     if cap > blen - 32:
                         damage = (base + off, f"packet block captured length {cap} exceeds its block")
                         break
@@ -239,11 +256,7 @@ class CaptureReader:
                     interfaces.append(self._parse_idb(buf, off, blen, endian))
                 off += blen
             if recs:
-                try:
-                    yield self._pcapng_chunk(buf, recs, interfaces, base)
-                except PcapFormatError as exc:
-                    self._damage(exc.offset, exc.problem)
-                    return
+                yield self._pcapng_chunk(buf, recs, interfaces, base)
             if damage is not None:
                 self._damage(*damage)
                 return
@@ -275,10 +288,7 @@ class CaptureReader:
 
     def _pcapng_chunk(self, buf: bytes, recs: list, interfaces: list, base: int) -> RecordChunk:
         arr = np.asarray(recs, dtype=np.int64)
-        iface = arr[:, 4]
-        if len(interfaces) == 0 or iface.max() >= len(interfaces):
-            bad = int(arr[np.argmax(iface >= len(interfaces)), 0])
-            raise PcapFormatError(self.name, base + bad, "packet refers to an undeclared interface")
+        iface = arr[:, 4]  # checked against the declared interfaces while walking the blocks
         ifaces = np.asarray(interfaces, dtype=np.float64)
         ticks = (arr[:, 5] << 32) | arr[:, 6]
         tick = ifaces[iface, 1]
