@@ -199,6 +199,14 @@ def test_resume_ends_with_the_same_weights(dataset_dir, tmp_path, accumulation):
                                   per_device_train_batch_size=2, **common))
     with pytest.raises(CheckpointError, match="earlier run"):  # a fresh run would mix its checkpoints with these
         run_pretraining(tiny_args(dataset_dir, tmp_path / "resumed", **common))
+    # a damaged copy of the checkpoint is refused with its folder named, and the original stays usable
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "resumed", damaged)
+    (damaged / "checkpoints" / "checkpoint-2" / "teacher.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"checkpoint-2: could not be loaded"):
+        run_pretraining(tiny_args(dataset_dir, damaged, resume_from_checkpoint="latest", **common))
     resumed = run_pretraining(tiny_args(dataset_dir, tmp_path / "resumed", resume_from_checkpoint="latest", **common))
     assert straight.finished and resumed.finished and resumed.step == 4
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))

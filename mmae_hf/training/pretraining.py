@@ -536,9 +536,13 @@ def run_pretraining(args, dataset=None, model_cls=None):
     config = load_model_config(args.config, args.config_overrides)
     config.architectures = [model_cls.__name__]
 
-    # ---- data (before the Accelerator: the probe below needs rows; loading is read-only and cached)
+    # ---- data (before the Accelerator: the probe below needs rows). The main process downloads / prepares the
+    # cache first, the others then read it.
     if dataset is None:
-        dataset = load_pretraining_split(args.dataset, split=args.split, cache_dir=args.dataset_cache_dir)
+        from accelerate import PartialState
+
+        with PartialState(cpu=args.cpu).main_process_first():
+            dataset = load_pretraining_split(args.dataset, split=args.split, cache_dir=args.dataset_cache_dir)
     width = dataset.features["payload"].length
     if width not in (None, -1) and width != config.num_bytes:
         raise ValueError(
@@ -617,20 +621,23 @@ def run_pretraining(args, dataset=None, model_cls=None):
             raise CheckpointError(
                 f"{checkpoint}: cannot continue exactly, the run layout differs (checkpoint vs now): {mismatched}"
             )
-        accelerator.load_state(str(checkpoint))
+        needed = [f"random_states_{rank}.pkl", f"collator_state_{rank}.json"]
         if teacher is not None:
-            from safetensors.torch import load_model
+            needed.append(TEACHER_WEIGHTS_NAME)
+        missing = [name for name in needed if not (checkpoint / name).is_file()]
+        if missing:  # (accelerate would silently skip missing RNG states: no exact resume)
+            raise CheckpointError(f"{checkpoint}: incomplete checkpoint for process {rank}, missing {missing}")
+        try:
+            accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG (weights_only loading)
+            if teacher is not None:
+                from safetensors.torch import load_model
 
-            teacher_file = checkpoint / TEACHER_WEIGHTS_NAME
-            if not teacher_file.is_file():
-                raise CheckpointError(f"{checkpoint}: missing {TEACHER_WEIGHTS_NAME}")
-            # read on the CPU; load_state_dict copies into the teacher's tensors wherever they live
-            # (safetensors rejects device strings such as "cpu:0" that accelerate uses under MULTI_CPU)
-            load_model(teacher.model, str(teacher_file), device="cpu")
-        collator_file = checkpoint / f"collator_state_{rank}.json"
-        if not collator_file.is_file():
-            raise CheckpointError(f"{checkpoint}: missing {collator_file.name} for process {rank}")
-        load_collator_state(collator, json.loads(collator_file.read_text()))
+                # read on the CPU; load_state_dict copies into the teacher's tensors wherever they live
+                # (safetensors rejects device strings such as "cpu:0" that accelerate uses under MULTI_CPU)
+                load_model(teacher.model, str(checkpoint / TEACHER_WEIGHTS_NAME), device="cpu")
+            load_collator_state(collator, json.loads((checkpoint / f"collator_state_{rank}.json").read_text()))
+        except Exception as error:  # noqa: BLE001 - corrupted / foreign files: name the checkpoint
+            raise CheckpointError(f"{checkpoint}: could not be loaded ({type(error).__name__}: {error})") from error
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
 
     # ---- a fresh run must not mix its checkpoints with an earlier run's
