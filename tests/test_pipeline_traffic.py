@@ -181,6 +181,19 @@ def test_path_bytes_and_list_inputs_agree(classifier, real_captures):
     assert [r["label"] for r in as_list[0]] == [r["label"] for r in from_path]
 
 
+def test_pcapng_gives_the_same_flows(classifier, crafted, tmp_path):
+    from scapy.all import rdpcap, wrpcapng
+
+    pcapng = tmp_path / "mixed.pcapng"
+    wrpcapng(str(pcapng), rdpcap(str(crafted)))
+    from_pcap = classifier(str(crafted))
+    from_pcapng = classifier(str(pcapng))
+    assert [(r["src_port"], r["packet_count"], r["label"]) for r in from_pcapng] == [
+        (r["src_port"], r["packet_count"], r["label"]) for r in from_pcap
+    ]
+    assert [r["score"] for r in from_pcapng] == pytest.approx([r["score"] for r in from_pcap], abs=1e-6)
+
+
 def test_flow_batch_size_does_not_change_predictions(classifier, real_captures, tmp_path):
     merged = tmp_path / "merged.pcap"
     write_capture(merged, CRAFTED_FLOWS * 1, arp=0)
