@@ -362,6 +362,23 @@ def load_dataset_split(path: str, split: str):
     return loaded
 
 
+def preprocessing_mismatch(model: str, dataset: str) -> dict[str, Any]:
+    """Flow options that differ between the model's and the dataset's preprocessor_config.json ({} if either
+    is missing): ``{option: {"model": value, "dataset": value}}``."""
+    options = []
+    for folder in (model, dataset):
+        path = Path(folder) / "preprocessor_config.json"
+        if not path.is_file():
+            return {}
+        options.append(json.loads(path.read_text()).get("flow_options") or {})
+    model_options, data_options = options
+    return {
+        key: {"model": model_options.get(key), "dataset": data_options.get(key)}
+        for key in sorted(set(model_options) | set(data_options))
+        if model_options.get(key) != data_options.get(key)
+    }
+
+
 def shortcut_report_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mmae-shortcut-report",
@@ -390,8 +407,12 @@ def shortcut_report_main(argv: list[str] | None = None) -> int:
         print(f"error: split {args.split!r} of {args.dataset} is empty", file=sys.stderr)
         return 1
     model = AutoModelForSequenceClassification.from_pretrained(args.model, dtype=torch.float32).to(args.device)
+    mismatch = preprocessing_mismatch(args.model, args.dataset)
+    if mismatch:
+        print(f"warning: the dataset was built with other flow options than the model's preprocessor_config.json: "
+              f"{mismatch}", file=sys.stderr)
     report = shortcut_report(model, split, batch_size=args.batch_size, device=args.device)
-    report.update(model=args.model, dataset=args.dataset, split=args.split)
+    report.update(model=args.model, dataset=args.dataset, split=args.split, preprocessing_mismatch=mismatch)
     print(format_shortcut_report(report))
     output = args.output or f"shortcut_report_{args.split}.json"
     Path(output).parent.mkdir(parents=True, exist_ok=True)

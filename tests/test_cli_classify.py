@@ -151,11 +151,22 @@ def test_shortcut_report_cli(model_dir, tmp_path, capsys):
                                  "--split", "test", "--output", str(output), "--batch-size", "8"]) == 0
     report = json.loads(output.read_text())
     assert report["split"] == "test" and report["num_flows"] == len(dataset["test"])
+    assert report["preprocessing_mismatch"] == {}  # the dataset folder has no preprocessor_config.json
     for what in ("headers", "addresses", "ports", "payload"):
         entry = report["occlusions"][what]
         assert entry["accuracy_drop"] == pytest.approx(report["baseline"]["accuracy"] - entry["accuracy"])
     printed = capsys.readouterr().out
     assert "no payload" in printed and "no addresses" in printed
+    # a dataset built with another anonymisation profile than the model's is flagged
+    from mmae_hf.feature_extraction_mmae import MMAEFeatureExtractor
+
+    MMAEFeatureExtractor(flow_options={"anonymize": "strict"}).save_pretrained(str(tmp_path / "dataset"))
+    assert shortcut_report_main(["--model", str(model_dir), "--dataset", str(tmp_path / "dataset"),
+                                 "--output", str(output), "--max-flows", "4"]) == 0
+    report = json.loads(output.read_text())
+    assert report["preprocessing_mismatch"] == {"anonymize": {"model": "default", "dataset": "strict"}}
+    assert report["num_flows"] == 4
+    assert "other flow options" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no split 'nope'"):
         shortcut_report_main(["--model", str(model_dir), "--dataset", str(tmp_path / "dataset"), "--split", "nope",
                               "--output", str(output)])
