@@ -124,3 +124,12 @@ def pcapng_bytes(interfaces, packets, endian="<", simple=False):
         body = struct.pack(endian + "IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame)) + frame
         out.append(_block(endian, 6, body))
     return b"".join(out)
+
+
+def raw_tcp(src: str, dst: str, sport: int, dport: int, flags: int = 0x18, seq: int = 0, ack: int = 0, payload=b""):
+    """IPv4/TCP bytes without scapy (fast, for many packets; checksums left 0)."""
+    import socket
+
+    total = 40 + len(payload)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 1, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    return ip + struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 0x50, flags, 8192, 0, 0) + payload
