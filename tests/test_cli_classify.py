@@ -170,3 +170,13 @@ def test_shortcut_report_cli(model_dir, tmp_path, capsys):
     with pytest.raises(ValueError, match="no split 'nope'"):
         shortcut_report_main(["--model", str(model_dir), "--dataset", str(tmp_path / "dataset"), "--split", "nope",
                               "--output", str(output)])
+
+
+def test_without_output_flows_go_to_stdout_as_json_lines(model_dir, tmp_path, capsys):
+    capture = write_capture(tmp_path / "crafted.pcap", CRAFTED_FLOWS)
+    assert classify_main([str(capture), "--model", str(model_dir), "--top-k", "1", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(lines) == len(CRAFTED_FLOWS) and all(len(r["top_k"]) == 1 for r in lines)
+    assert f"classified {len(CRAFTED_FLOWS)} flows" in captured.err  # the summary stays off stdout
+    assert not list(tmp_path.glob("*.summary.json"))
