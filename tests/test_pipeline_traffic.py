@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import pipeline
 
-import mmae_hf
+import mmae_hf  # noqa: F401  (registers the traffic-classification task)
 from mmae_hf import MMAEConfig, MMAEForSequenceClassification
 from mmae_hf.evaluation import calibrate_ood_threshold as threshold_from_logits
 from mmae_hf.pipeline_traffic import TrafficClassificationPipeline, calibrate_ood_threshold, predict_logits
