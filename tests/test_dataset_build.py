@@ -177,14 +177,15 @@ def test_cli_push_to_hub_and_load_back(tree, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import json, sys
         sys.argv = ["build_dataset.py", "--input", {str(tree)!r}, "--output", {str(tmp_path / 'out')!r},
-                    "--push-to-hub", "tester/traffic", "--seed", "3", "--no-progress"]
+                    "--push-to-hub", "tester/traffic", "--seed", "3", "--no-progress", "--test-size", "0"]
         sys.path.insert(0, {str(repo_root / 'dataset_scripts')!r})
         import build_dataset
         assert build_dataset.main() == 0
         from mmae_hf.traffic.dataset import load_traffic_dataset
         hub = load_traffic_dataset("tester/traffic")
         local = load_traffic_dataset({str(tmp_path / 'out')!r})
-        for split in ("train", "validation", "test"):
+        assert sorted(hub) == ["train", "validation"] and len(local["test"]) == 0  # the empty split stays local
+        for split in ("train", "validation"):
             assert hub[split].features == local[split].features, split
             assert hub[split]["payload"] == local[split]["payload"], split
             assert hub[split]["source_file"] == local[split]["source_file"], split
@@ -193,7 +194,7 @@ def test_cli_push_to_hub_and_load_back(tree, tmp_path):
     with FakeHub() as hub:
         proc = subprocess.run([sys.executable, str(script)], env=hub.env(), capture_output=True, text=True,
                               timeout=240, cwd=repo_root)
-        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         assert "LOADED-OK" in proc.stdout and "| **total** |" in proc.stdout
         files = hub.files("tester/traffic", "dataset")
         assert {"README.md", "build_report.json", "preprocessor_config.json",
