@@ -98,7 +98,8 @@ def build_finetuned_model_card(
     pretrained = summary.get("pretrained")
     if not is_hub_repo_id(dataset_name) and Path(dataset_name).exists():
         dataset_name = Path(dataset_name).resolve().name  # never publish a path of the training machine
-    dataset_type = dataset_name if is_hub_repo_id(dataset_name) else dataset_name.replace(" ", "-")
+    dataset_type = dataset_name if is_hub_repo_id(dataset_name) else \
+        re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset_name).strip("-") or "traffic"
 
     def result(metric_type, value, name, args=None):
         return EvalResult(task_type="text-classification", task_name="Flow classification",
@@ -126,6 +127,17 @@ def build_finetuned_model_card(
         init = f"initialised from the pre-trained encoder [{pretrained}](https://huggingface.co/{pretrained})"
     else:
         init = "initialised from a locally pre-trained MMAE encoder"
+    pretraining = summary.get("pretraining")
+    if pretraining and pretrained is not None:
+        details = []
+        if pretraining.get("steps") is not None:
+            details.append(f"{pretraining['steps']} pre-training steps of {pretraining.get('global_batch_size', '?')} flows"
+                           f" on the {pretraining.get('split', 'train')} split")
+        off = [k[4:] for k, v in pretraining.get("switches", {}).items() if k.startswith("use_") and v is False]
+        if off:
+            details.append("ablation, switched off: " + ", ".join(off))
+        if details:
+            init += " (" + "; ".join(details) + ")"
     if config is not None:
         get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
         init += (f"; {get('num_hidden_layers')} layers, hidden size {get('hidden_size')}, "

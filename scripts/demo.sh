@@ -34,7 +34,8 @@ python dataset_scripts/build_dataset.py --input "$INPUT" --output "$OUT/dataset"
 
 stamp "3/4 pre-train ($PRETRAIN_STEPS steps) -> fine-tune ($EPOCHS epochs) -> evaluate; baselines: $VARIANTS"
 # shellcheck disable=SC2086  # word splitting of the variant / seed lists is intended
-python train/run_study.py --dataset "$OUT/dataset" --study demo --variants $VARIANTS --seeds $SEEDS \
+python train/run_study.py --dataset "$OUT/dataset" --dataset-name "mmae-hf sample traffic ($INPUT)" \
+    --study demo --variants $VARIANTS --seeds $SEEDS \
     --output-dir "$OUT" --results-dir "$OUT" --preset mmae-tiny \
     --pretrain-steps "$PRETRAIN_STEPS" --pretrain-batch-size "$PRETRAIN_BATCH" --pretrain-lr 1e-3 \
     --epochs "$EPOCHS" --batch-size 32 --learning-rate 1e-3

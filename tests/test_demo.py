@@ -85,6 +85,7 @@ def test_pipeline_pretrain_finetune_table_on_synthetic(tmp_path):
     assert (run / "eval" / "test_confusion.png").is_file()
     card = (run / "model" / "README.md").read_text()
     assert "extra_trees (no payload bytes)" in card and "linear_probe (pre-trained)" in card  # baselines in the card
+    assert "2 pre-training steps of 4 flows on the train split" in card
     assert str(tmp_path) not in card  # no machine paths in what would be published
     table = (tmp_path / "out" / "demo-test.md").read_text()
     assert "| mmae | 1 |" in table and "| extra_trees | 1 |" in table

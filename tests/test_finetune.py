@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import mmae_hf
+from mmae_hf.feature_extraction_mmae import MMAEFeatureExtractor
 from mmae_hf.testing.synthetic import make_synthetic_traffic_dataset
 from mmae_hf.training import finetuning
 
@@ -30,10 +31,8 @@ def finetuned(tmp_path_factory):
     dsd = make_synthetic_traffic_dataset(num_classes=3, flows_per_class=16, seed=1)
     dsd["test"] = dsd["test"].select(range(TEST_ROWS))
     dsd.save_to_disk(str(root / "dataset"))
-    (root / "dataset" / "preprocessor_config.json").write_text(json.dumps(
-        {"feature_extractor_type": "MMAEFeatureExtractor",
-         "flow_options": {"anonymize": "default", "bidirectional": True, "num_packets": 5, "header_bytes": 80,
-                          "payload_bytes": 240}}))
+    # the dataset builder saves the flow options it used beside the data
+    MMAEFeatureExtractor(flow_options={"anonymize": "strict"}).save_pretrained(str(root / "dataset"))
     scored_sizes = []
     original = finetuning.make_compute_metrics
 
@@ -68,8 +67,11 @@ def test_outputs_a_person_can_look_at(finetuned):
     assert list((run / "tensorboard").glob("events.out.tfevents.*")), "no tensorboard event file"
     card = (run / "model" / "README.md").read_text()
     assert f"{results['test']['macro_f1']:.4f}" in card and "model-index" in card
-    assert "Anonymisation profile: **default**" in card  # carried from the dataset's preprocessor_config.json
-    assert json.loads((run / "model" / "preprocessor_config.json").read_text())["flow_options"]["anonymize"] == "default"
+    assert "Anonymisation profile: **strict**" in card  # carried from the dataset's preprocessor_config.json
+    from transformers import AutoFeatureExtractor
+
+    extractor = AutoFeatureExtractor.from_pretrained(str(run / "model"))
+    assert isinstance(extractor, MMAEFeatureExtractor) and extractor.flow_options["anonymize"] == "strict"
 
 
 def test_selection_on_validation_only(finetuned):

@@ -81,6 +81,15 @@ def test_local_paths_never_reach_the_metadata(tmp_path):
     assert is_hub_repo_id("org/name")
 
 
+def test_pretraining_and_ablation_are_described():
+    summary = _summary()
+    summary["pretraining"] = {"steps": 40, "global_batch_size": 32, "split": "train",
+                              "switches": {"use_flowmix": False, "use_teacher": True, "mask_ratio": 0.9}}
+    card = build_finetuned_model_card(summary, dataset_name="sample traffic (examples/x)")
+    assert "40 pre-training steps of 32 flows on the train split; ablation, switched off: flowmix" in str(card)
+    assert "type: sample-traffic-examples-x" in str(card)
+
+
 def test_from_scratch_and_missing_feature_extractor():
     summary = _summary(pretrained=None)
     card = build_finetuned_model_card(summary, dataset_name="demo")

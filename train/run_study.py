@@ -33,6 +33,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--dataset", help="dataset folder or Hub repo id with train/validation/test splits")
     p.add_argument("--study", default="study", help="name of the study (file names of the results)")
+    p.add_argument("--dataset-name", help="name (or Hub repo id) of the dataset in tables and model cards "
+                                          "(default: the folder name)")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS), metavar="VARIANT")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--output-dir", help="runs go here (default: outputs/studies/<study>)")
@@ -128,7 +130,7 @@ def run_variant(name: str, seed: int, args, out: Path, dsd) -> dict:
                    "--output-dir", str(run_dir), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
                    "--learning-rate", str(args.learning_rate), "--layer-decay", str(args.layer_decay),
                    "--seed", str(seed), "--model-name", f"{args.study}-{name}-seed{seed}",
-                   "--dataset-name", _dataset_name(args.dataset)]
+                   "--dataset-name", args.dataset_name or _dataset_name(args.dataset)]
             cmd += ["--pretrained", str(pretrain_dir)] if pretrain_dir else ["--preset", args.preset]
             cmd += shlex.split(args.finetune_args)
             run_logged(cmd, out / "logs" / f"{name}-seed{seed}.log", args.quiet)
@@ -187,7 +189,7 @@ def main(argv=None) -> int:
         for name in args.variants:
             runs.append(run_variant(name, seed, args, out, dsd))
     rows = summarize_study(runs, args.variants)
-    dataset_name = _dataset_name(args.dataset)
+    dataset_name = args.dataset_name or _dataset_name(args.dataset)
     refresh_model_cards(runs, dataset_name)
     settings = {k: getattr(args, k) for k in ("preset", "pretrain_steps", "pretrain_batch_size", "pretrain_lr", "epochs",
                                               "batch_size", "learning_rate", "layer_decay", "tree_estimators",

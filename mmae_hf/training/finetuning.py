@@ -339,6 +339,7 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
     summary = {
         "model_name": model_name,
         "pretrained": args.pretrained,
+        "pretraining": describe_pretraining(args.pretrained),
         "preset": None if args.pretrained else args.preset,
         "seed": args.seed,
         "label_names": label_names,
@@ -441,9 +442,31 @@ def push_model_folder(model_dir: Path, repo_id: str, private: bool = False, comm
     return str(url)
 
 
+PRETRAINING_SWITCHES = ("use_flowmix", "use_teacher", "use_loss_predictor", "use_pmp", "use_guided_masking", "mask_ratio")
+
+
+def describe_pretraining(pretrained: str | None) -> dict[str, Any] | None:
+    """What the encoder was pre-trained with, from the files train/pretrain.py leaves beside the model."""
+    if not pretrained or not Path(pretrained).is_dir():
+        return None
+    folder = Path(pretrained)
+    summary = _read_json(folder / "pretraining_summary.json") or {}
+    run_args = _read_json(folder / "pretraining_args.json") or {}
+    config = _read_json(folder / "config.json") or {}
+    info = {
+        "steps": summary.get("step"),
+        "global_batch_size": summary.get("global_batch_size"),
+        "split": run_args.get("split"),
+        "peak_learning_rate": run_args.get("learning_rate") or run_args.get("base_learning_rate"),
+        "switches": {k: config[k] for k in PRETRAINING_SWITCHES if k in config},
+    }
+    return {k: v for k, v in info.items() if v not in (None, {})} or None
+
+
 def _recipe(args: FinetuneArguments, training_args: TrainingArguments) -> dict[str, Any]:
+    length = {"max_steps": args.max_steps} if args.max_steps > 0 else {"epochs": args.epochs}
     return {
-        "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
+        **length, "batch_size": args.batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "learning_rate": args.learning_rate, "layer_decay": args.layer_decay, "weight_decay": args.weight_decay,
         "warmup_ratio": args.warmup_ratio, "lr_scheduler": "linear warm-up then cosine",
