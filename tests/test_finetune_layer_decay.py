@@ -118,3 +118,27 @@ def test_depth_parsing_and_errors():
         layer_decay_parameter_groups(_Classifier(), 1.0, 0.0, layer_decay=0.0, num_layers=3)
     assert not uses_weight_decay("x.bias", torch.zeros(3))
     assert uses_weight_decay("x.weight", torch.zeros(3, 3))
+
+
+def test_real_mmae_classifier_groups():
+    import mmae_hf
+
+    config = mmae_hf.MMAEConfig.from_preset("mmae-tiny", num_labels=3)
+    model = mmae_hf.MMAEForSequenceClassification(config)
+    layers = config.num_hidden_layers
+    groups, summary = layer_decay_parameter_groups(model, base_lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    by_name = _groups_by_name(groups, summary)
+    assert set(by_name) == {n for n, p in model.named_parameters() if p.requires_grad}
+    for name, group in by_name.items():
+        if name.startswith("mmae.embeddings."):
+            assert group["layer_depth"] == 0 and group["lr_scale"] == 0.5 ** (layers + 1), name
+        elif ".layers." in name or ".layer." in name:
+            index = int(name.split(".layers.")[-1].split(".")[0]) if ".layers." in name else int(
+                name.split(".layer.")[-1].split(".")[0])
+            assert group["layer_depth"] == index + 1, name
+            assert group["lr_scale"] == 0.5 ** (layers - index), name
+        else:  # classifier (and a final norm, if the model has one)
+            assert group["lr_scale"] == 1.0, name
+    assert by_name["classifier.weight"]["weight_decay"] == 0.05
+    assert by_name["mmae.embeddings.position_embeddings"]["weight_decay"] == 0.0
+    assert by_name["mmae.embeddings.cls_token"]["weight_decay"] == 0.0
