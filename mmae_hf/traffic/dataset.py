@@ -272,8 +272,10 @@ def iter_extract_captures(files: list, options, *, keep_addresses: bool = False,
             # fork: workers inherit the (possibly injected) reader without pickling it and start instantly
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             with ctx.Pool(num_proc, initializer=_init_worker, initargs=init_args) as pool:
-                # imap keeps the input order, so the result never depends on worker scheduling
-                for result in pool.imap(_extract_one, tasks, chunksize=1):
+                # imap keeps the input order, so the result never depends on worker scheduling; chunks of a few
+                # files cut the per-task overhead on many small captures, and stay small enough to balance the load
+                chunksize = max(1, min(32, len(tasks) // (num_proc * 16)))
+                for result in pool.imap(_extract_one, tasks, chunksize=chunksize):
                     yield result
                     bar.update(1)
     finally:
