@@ -268,15 +268,30 @@ class FastAssembler:
         keys[:, 3] = (np.where(from_lo, sport, dport) << np.uint64(16)) | np.where(from_lo, dport, sport)
         keys[:, 4] = np.where(from_lo, b_hi, a_hi)
         keys[:, 5] = np.where(from_lo, b_lo, a_lo)
-        kv = keys.view(np.dtype((np.void, 48))).reshape(m)
-        ukeys, inv = np.unique(kv, return_inverse=True)
-        inv = inv.reshape(-1)
-        order = np.argsort(inv, kind="stable")  # grouped by key, capture order inside a key
+        # group packets by key: a stable sort on a 64-bit hash of the key (much cheaper than sorting the 48-byte
+        # keys); equal hashes are verified against the keys, and a collision falls back to sorting the keys
+        h = keys[:, 0] * np.uint64(0x9E3779B97F4A7C15)
+        for c in range(1, 6):
+            h = (h ^ keys[:, c]) * np.uint64(0xBF58476D1CE4E5B9)
+        order = np.argsort(h, kind="stable")
+        h_s = h[order]
+        keys_s = keys[order]
+        new_key = np.empty(m, dtype=bool)
+        new_key[0] = True
+        new_key[1:] = h_s[1:] != h_s[:-1]
+        same_h = np.flatnonzero(~new_key)
+        if len(same_h) and not (keys_s[same_h] == keys_s[same_h - 1]).all():  # hash collision (never seen)
+            kv = keys.view(np.dtype((np.void, 48))).reshape(m)
+            _, inv = np.unique(kv, return_inverse=True)
+            order = np.argsort(inv.reshape(-1), kind="stable")
+            keys_s = keys[order]
+            new_key[1:] = (keys_s[1:] != keys_s[:-1]).any(axis=1)
         orig = ok[order]  # batch index of each sorted packet
+        kid_s = np.cumsum(new_key) - 1
+        ukeys = np.ascontiguousarray(keys_s[new_key]).view(np.dtype((np.void, 48))).reshape(-1)
 
         ts_s = ts[order]
         clock_s = clock[order]
-        kid_s = inv[order]
         flags_s = batch.tcp_flags[orig]
         tcp_s = batch.protocol[orig] == 6
         from_lo_s = from_lo[order]
@@ -338,7 +353,8 @@ class FastAssembler:
             if not evs and clock_last[s_idx] <= start + active_t:  # nothing can happen in this segment
                 seg_info.append((key, row, closed, fin_fwd, fin_bwd, last_run))
                 continue
-            deadline = s0 + int(np.searchsorted(clock_s[s0:s1], start + active_t, side="right"))
+            seg_clock_last = clock_last[s_idx]
+            deadline = s1 if seg_clock_last <= start + active_t else s0 + int(np.searchsorted(clock_s[s0:s1], start + active_t, side="right"))
             k = 0
             n_ev = len(evs)
             while True:
@@ -351,7 +367,7 @@ class FastAssembler:
                     init_lo = bool(from_lo_s[j])
                     run_init[j] = init_lo
                     closed = fin_fwd = fin_bwd = False
-                    deadline = j + int(np.searchsorted(clock_s[j:s1], start + active_t, side="right"))
+                    deadline = s1 if seg_clock_last <= start + active_t else j + int(np.searchsorted(clock_s[j:s1], start + active_t, side="right"))
                     continue
                 if k >= n_ev:
                     break
@@ -364,7 +380,7 @@ class FastAssembler:
                     init_lo = bool(from_lo_s[j])
                     run_init[j] = init_lo
                     closed = fin_fwd = fin_bwd = False
-                    deadline = j + int(np.searchsorted(clock_s[j:s1], start + active_t, side="right"))
+                    deadline = s1 if seg_clock_last <= start + active_t else j + int(np.searchsorted(clock_s[j:s1], start + active_t, side="right"))
                 if tcp_close:
                     f = int(flags_s[j])
                     if f & TCP_RST:
