@@ -56,6 +56,7 @@ def test_push_to_hub_and_load_by_repo_id(tmp_path):
         metrics = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
         assert metrics["Macro F1"] == results["test"]["macro_f1"]
         assert meta["datasets"] == ["tester/traffic-synthetic"]
+        assert f'pipeline("traffic-classification", model="{REPO_ID}")' in readme  # usage names the real repo
         assert results["hub_url"].endswith(REPO_ID)
 
         load = subprocess.run([sys.executable, str(tmp_path / "loader.py"), str(out / "model"), REPO_ID],

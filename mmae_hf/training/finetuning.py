@@ -378,7 +378,8 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
     summary["flow_options"] = (fe_config or {}).get("flow_options") or _dataset_flow_options(
         None if dataset is not None else args.dataset)
     card = build_finetuned_model_card(summary, dataset_name=args.dataset_name or _dataset_display_name(args),
-                                      feature_extractor_config=fe_config, config=model.config)
+                                      feature_extractor_config=fe_config, config=model.config,
+                                      repo_id=args.hub_model_id)
     card.save(model_dir / "README.md")
     summary["files"]["model_card"] = str(model_dir / "README.md")
     (out / "results.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
