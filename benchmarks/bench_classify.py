@@ -133,6 +133,34 @@ def bench_model(preset: str, capture: Path, batch_size: int, num_labels: int, fo
     }
 
 
+def bench_parsing(capture: Path, batch_size: int) -> dict:
+    """Reading + flow assembly + anonymisation + encoding of the whole capture, without a model."""
+    from mmae_hf.feature_extraction_mmae import MMAEFeatureExtractor
+    from mmae_hf.traffic import FlowOptions, PacketAccounting, iter_flows
+
+    extractor = MMAEFeatureExtractor(flow_options=FlowOptions().to_dict())
+    accounting = PacketAccounting()
+    start = time.perf_counter()
+    flows, batch = 0, []
+    for record in iter_flows(str(capture), extractor.get_flow_options(), accounting=accounting):
+        batch.append(record)
+        if len(batch) == batch_size:
+            extractor(batch, return_tensors="pt")
+            flows += len(batch)
+            batch = []
+    if batch:
+        extractor(batch, return_tensors="pt")
+        flows += len(batch)
+    seconds = time.perf_counter() - start
+    return {
+        "flows": flows,
+        "packets": accounting.packets_read,
+        "seconds": round(seconds, 3),
+        "flows_per_s": round(flows / seconds, 1),
+        "packets_per_s": round(accounting.packets_read / seconds, 1),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=256)
@@ -171,9 +199,15 @@ def main(argv=None) -> int:
         results["capture"]["source"] = "ndpi-encrypted-services (all pcaps, merged by time)"
         results["capture"]["merge_s"] = round(time.perf_counter() - start, 2)
         print(f"merged capture: {results['capture']}", flush=True)
+        results["parsing_only"] = bench_parsing(capture, args.batch_size)
+        print(f"parsing only: {results['parsing_only']}", flush=True)
         for preset in args.models:
             limit = args.base_max_flows if preset == "mmae-base" and args.base_max_flows > 0 else None
             entry = bench_model(preset, capture, args.batch_size, 9, Path(tmp) / preset, max_flows=limit)
+            # parse share projected to the whole capture: parse cost per flow from the parsing-only run
+            parse_per_flow = results["parsing_only"]["seconds"] / max(results["parsing_only"]["flows"], 1)
+            model_per_flow = entry["model_s"] / max(entry["flows"], 1)
+            entry["projected_parse_share_whole_capture"] = round(parse_per_flow / (parse_per_flow + model_per_flow), 4)
             results["models"].append(entry)
             print(json.dumps(entry), flush=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
