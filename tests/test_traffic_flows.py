@@ -197,3 +197,15 @@ def test_memory_bounded_by_active_flows(monkeypatch):
     gen = iter_flows(data, opts, accounting=acc, engine="fast")
     next(gen)
     assert 0 < acc.packets_read < len(recs) / 4
+
+
+def test_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
+    import mmae_hf.traffic.fastflows as fastflows
+
+    recs = sorted(_many_flows(50, per_flow=5, spacing=0.002), key=lambda r: r[0])
+    data = pcap_bytes([(t, ether(p)) for t, p in recs])
+    want = sorted(iter_flows(data, engine="reference"), key=lambda f: (f.start_time, f.src_port))
+    monkeypatch.setattr(fastflows, "_key_hash", lambda keys: np.zeros(len(keys), dtype=np.uint64))  # all collide
+    got = sorted(iter_flows(data, engine="fast"), key=lambda f: (f.start_time, f.src_port))
+    assert len(got) == len(want) == 50
+    assert all(np.array_equal(a.payload, b.payload) and a.packet_count == b.packet_count for a, b in zip(got, want))

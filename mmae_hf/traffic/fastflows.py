@@ -143,6 +143,14 @@ def _be_u64(addr: np.ndarray, start: int) -> np.ndarray:
     return np.ascontiguousarray(addr[:, start : start + 8]).view(">u8").reshape(-1).astype(np.uint64)
 
 
+def _key_hash(keys: np.ndarray) -> np.ndarray:
+    """64-bit multiply-xor hash of the six key words of every packet."""
+    h = keys[:, 0] * np.uint64(0x9E3779B97F4A7C15)
+    for c in range(1, keys.shape[1]):
+        h = (h ^ keys[:, c]) * np.uint64(0xBF58476D1CE4E5B9)
+    return h
+
+
 def _put_be32(block: np.ndarray, rows: np.ndarray, col: np.ndarray, value: np.ndarray) -> None:
     """Write big-endian 32-bit ``value`` at columns ``col..col+3`` of ``block`` rows (columns past the end dropped)."""
     width = block.shape[1]
@@ -270,9 +278,7 @@ class FastAssembler:
         keys[:, 5] = np.where(from_lo, b_lo, a_lo)
         # group packets by key: a stable sort on a 64-bit hash of the key (much cheaper than sorting the 48-byte
         # keys); equal hashes are verified against the keys, and a collision falls back to sorting the keys
-        h = keys[:, 0] * np.uint64(0x9E3779B97F4A7C15)
-        for c in range(1, 6):
-            h = (h ^ keys[:, c]) * np.uint64(0xBF58476D1CE4E5B9)
+        h = _key_hash(keys)
         order = np.argsort(h, kind="stable")
         h_s = h[order]
         keys_s = keys[order]
