@@ -187,6 +187,9 @@ def build_classify_parser() -> argparse.ArgumentParser:
     parser.add_argument("--explain", metavar="DIR", help="write byte attributions (.npy/.json/.png) of flows to DIR")
     parser.add_argument("--explain-limit", type=int, default=20, help="explain at most this many flows (default 20)")
     parser.add_argument("--explain-steps", type=int, default=32, help="integrated-gradients steps (default 32)")
+    parser.add_argument("--explain-method", choices=("ig", "rollout"), default="ig",
+                        help="ig: integrated gradients of the predicted class per byte (default); rollout: attention "
+                        "rollout of the CLS token (class-agnostic, token resolution, one forward pass)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -319,7 +322,7 @@ def _explain_batch(pipe, records, args, already: int) -> int:
     """Integrated-gradients explanations for the first flows of a batch, up to ``--explain-limit`` in total."""
     import numpy as np
 
-    from mmae_hf.explain import integrated_gradients, write_explanation
+    from mmae_hf.explain import attention_rollout, integrated_gradients, write_explanation
 
     chosen = records[: max(0, args.explain_limit - already)]
     if not chosen:
@@ -328,13 +331,18 @@ def _explain_batch(pipe, records, args, already: int) -> int:
     input_bytes = np.stack([r["_inputs"]["input_bytes"] for r in chosen])
     label2id = {str(v): int(k) for k, v in config.id2label.items()}
     targets = [label2id[str(r["label"])] for r in chosen]
-    attributions, deltas = integrated_gradients(pipe.model, input_bytes, target=targets, steps=args.explain_steps)
+    if args.explain_method == "rollout":
+        attributions, deltas, method = attention_rollout(pipe.model, input_bytes), [None] * len(chosen), "attention_rollout"
+    else:
+        attributions, deltas = integrated_gradients(pipe.model, input_bytes, target=targets, steps=args.explain_steps)
+        method = "integrated_gradients"
     for offset, record in enumerate(chosen):
         lengths = record["_inputs"].get("packet_lengths")
         write_explanation(
             args.explain, f"flow_{already + offset:05d}", attributions[offset], input_bytes[offset],
             flow={k: v for k, v in record.items() if k != "_inputs"}, explained_label=record["label"],
-            delta=float(deltas[offset]), packet_lengths=None if lengths is None else [int(x) for x in lengths],
+            delta=None if deltas[offset] is None else float(deltas[offset]), method=method,
+            packet_lengths=None if lengths is None else [int(x) for x in lengths],
             num_packets=int(config.num_packets), header_bytes=int(config.header_bytes),
             payload_bytes=int(config.payload_bytes),
         )

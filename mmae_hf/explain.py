@@ -422,6 +422,43 @@ def integrated_gradients(
     return per_byte.float().cpu().numpy(), delta.float().cpu().numpy()
 
 
+@torch.no_grad()
+def attention_rollout(model, input_bytes: torch.Tensor) -> np.ndarray:
+    """Attention rollout (Abnar & Zuidema, 2020): how much the CLS token, through all layers, draws on each token.
+
+    Per layer the head-averaged attention is mixed with the identity (the residual path) and re-normalised; the
+    product over layers gives the CLS row. Each token's share is spread evenly over its ``bytes_per_token``
+    bytes, so the result has byte shape but token resolution, is non-negative and is class-agnostic (unlike
+    `integrated_gradients`). The attention weights are taken with the eager attention implementation.
+
+    Returns:
+        float32 ``[B, num_bytes]``; each row sums to the share of the CLS row not kept on CLS itself.
+    """
+    device = next(model.parameters()).device
+    input_bytes = torch.as_tensor(input_bytes).to(device)
+    previous = model.config._attn_implementation
+    was_training = model.training
+    model.eval()
+    try:
+        model.config._attn_implementation = "eager"  # SDPA does not return the weights
+        attentions = model(input_bytes=input_bytes, output_attentions=True).attentions
+    finally:
+        model.config._attn_implementation = previous
+        model.train(was_training)
+    if not attentions or any(a is None for a in attentions):
+        raise ValueError(f"{type(model).__name__} returned no attention weights; use integrated_gradients")
+    length = attentions[0].shape[-1]
+    identity = torch.eye(length, device=device, dtype=torch.float32)
+    rollout = identity.expand(input_bytes.shape[0], length, length)
+    for attention in attentions:
+        mixed = 0.5 * attention.float().mean(1) + 0.5 * identity
+        mixed = mixed / mixed.sum(-1, keepdim=True)
+        rollout = mixed @ rollout
+    token_share = rollout[:, 0, 1:]  # CLS row, without CLS itself
+    per_byte = token_share.repeat_interleave(int(model.config.bytes_per_token), dim=1) / model.config.bytes_per_token
+    return per_byte.cpu().numpy().astype(np.float32)
+
+
 def summarise_attribution(
     attribution: np.ndarray,
     input_bytes: np.ndarray,
@@ -479,6 +516,7 @@ def plot_attribution(
     path: str | Path,
     title: str = "",
     header_bytes: int = HEADER_BYTES,
+    colour_label: str = "attribution (logit units)",
 ) -> Path:
     """PNG heatmap of a ``[packets, slot]`` attribution grid: per packet, the header bytes (with the field
     names on the axis, boundaries drawn) beside the payload bytes (payload offsets on the axis)."""
@@ -524,7 +562,7 @@ def plot_attribution(
         payload_ax.set_xticks(payload_ticks, labels=[str(t) for t in payload_ticks], fontsize=6)
         payload_ax.set_yticks([])
         payload_ax.set_title(f"payload offset{payload_note}", fontsize=8, loc="left")
-    fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01, label="attribution (logit units)")
+    fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01, label=colour_label)
     if title:
         fig.suptitle(title, fontsize=10)
     path = Path(path)
@@ -547,6 +585,7 @@ def write_explanation(
     header_bytes: int = HEADER_BYTES,
     payload_bytes: int = PAYLOAD_BYTES,
     plot: bool = True,
+    method: str = "integrated_gradients",
 ) -> dict[str, Path]:
     """Writes ``<name>.npy`` (float32 ``[packets, slot]`` attributions), ``<name>.json`` (flow, explained label,
     per-field / per-packet shares, top bytes with packet, field and payload offset) and ``<name>.png``."""
@@ -560,8 +599,8 @@ def write_explanation(
     paths = {"npy": out_dir / f"{name}.npy", "json": out_dir / f"{name}.json"}
     np.save(paths["npy"], grid)
     document = {
-        "method": "integrated_gradients",
-        "baseline": "all-zero flow",
+        "method": method,
+        "baseline": "all-zero flow" if method == "integrated_gradients" else None,
         "explained_label": explained_label,
         "completeness_delta": None if delta is None else float(delta),
         "layout": {"num_packets": num_packets, "header_bytes": header_bytes, "payload_bytes": payload_bytes},
@@ -576,7 +615,9 @@ def write_explanation(
             flow_text = (f"{flow.get('src_ip')}:{flow.get('src_port')} -> {flow.get('dst_ip')}:{flow.get('dst_port')} "
                          f"proto {flow.get('protocol')}  ")
         title = f"{flow_text}explained class: {explained_label}"
-        paths["png"] = plot_attribution(grid, fields, out_dir / f"{name}.png", title=title, header_bytes=header_bytes)
+        colour_label = "attribution (logit units)" if method == "integrated_gradients" else "share of CLS attention"
+        paths["png"] = plot_attribution(grid, fields, out_dir / f"{name}.png", title=f"{title}  [{method}]",
+                                        header_bytes=header_bytes, colour_label=colour_label)
     return paths
 
 
@@ -598,6 +639,7 @@ __all__ = [
     "format_shortcut_report",
     "find_byte_embedding",
     "integrated_gradients",
+    "attention_rollout",
     "summarise_attribution",
     "plot_attribution",
     "write_explanation",

@@ -139,6 +139,14 @@ def test_explain_writes_per_flow_files(model_dir, capture_dir, tmp_path):
     first = read_csv(tmp_path / "f.csv")[0]
     assert document["explained_label"] == first["label"] and str(document["flow"]["src_port"]) == first["src_port"]
     assert np.load(explain / "flow_00001.npy").shape == (5, 320)
+    assert document["method"] == "integrated_gradients" and document["completeness_delta"] is not None
+    rollout = tmp_path / "rollout"
+    assert classify_main([str(capture_dir / "Web"), "--model", str(model_dir), "--output", str(tmp_path / "g.csv"),
+                          "--explain", str(rollout), "--explain-limit", "1", "--explain-method", "rollout",
+                          "--no-progress"]) == 0
+    document = json.loads((rollout / "flow_00000.json").read_text())
+    assert document["method"] == "attention_rollout" and document["completeness_delta"] is None
+    assert np.load(rollout / "flow_00000.npy").min() >= 0
 
 
 def test_shortcut_report_cli(model_dir, tmp_path, capsys):

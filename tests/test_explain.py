@@ -8,6 +8,7 @@ import torch
 
 from mmae_hf import MMAEConfig, MMAEForSequenceClassification
 from mmae_hf.explain import (
+    attention_rollout,
     field_map,
     header_fields,
     integrated_gradients,
@@ -170,3 +171,14 @@ def test_shortcut_report_on_synthetic_data(tiny_model):
     accuracy = float((predict_logits(tiny_model, zeroed).argmax(-1) == np.asarray(split["label"])).mean())
     assert report["occlusions"]["payload"]["accuracy"] == pytest.approx(accuracy)
     assert report["occlusions"]["payload"]["accuracy_drop"] == pytest.approx(report["baseline"]["accuracy"] - accuracy)
+
+
+def test_attention_rollout_shares(tiny_model):
+    flows = torch.from_numpy(np.random.default_rng(3).integers(0, 256, size=(3, 1600), dtype=np.uint8))
+    implementation = tiny_model.config._attn_implementation
+    rollout = attention_rollout(tiny_model, flows)
+    assert tiny_model.config._attn_implementation == implementation  # eager only for the rollout pass
+    assert rollout.shape == (3, 1600) and (rollout >= 0).all()
+    assert (rollout.sum(1) < 1.0 + 1e-5).all() and (rollout.sum(1) > 0.0).all()
+    tokens = rollout.reshape(3, 400, 4)
+    assert np.allclose(tokens, tokens[:, :, :1])  # token resolution: the 4 bytes of a token share equally
