@@ -60,6 +60,12 @@ def test_parameter_counts_match_the_official_model():
     assert sum(p.numel() for p in MMAEForSequenceClassification(MMAEConfig(num_labels=8)).parameters()) == 5_634_568
 
 
+def test_tiny_preset_keeps_the_byte_layout_with_wider_tokens():
+    c = tiny()
+    assert (c.num_bytes, c.bytes_per_token, c.num_tokens, c.tokens_per_packet) == (1600, 16, 100, 20)
+    assert c.num_masked_tokens == 91  # int(100 * (1 - 0.9)) = 9 kept, the official float rounding
+
+
 def test_config_validation_and_presets():
     with pytest.raises(ValueError, match="divisible"):
         MMAEConfig(hidden_size=30, num_attention_heads=4)
@@ -77,8 +83,9 @@ def test_config_validation_and_presets():
 def test_model_shapes_and_input_checks():
     c = tiny()
     x = torch.randint(0, 256, (3, 1600), dtype=torch.uint8)
-    out = MMAEModel(c).eval()(x, output_hidden_states=True)
-    assert out.last_hidden_state.shape == (3, 401, 64)
+    model = MMAEModel(c).eval()
+    out = model(x, output_hidden_states=True)
+    assert out.last_hidden_state.shape == (3, c.num_tokens + 1, 64)
     assert torch.equal(out.pooler_output, out.last_hidden_state[:, 0])
     assert len(out.hidden_states) == c.num_hidden_layers + 1
     # long input gives the same result as uint8
@@ -94,7 +101,7 @@ def test_model_shapes_and_input_checks():
 
 @pytest.mark.parametrize("use_flowmix", [True, False])
 def test_pretraining_output_shapes_and_exact_mask_count(use_flowmix):
-    c = tiny(use_flowmix=use_flowmix)
+    c = tiny(use_flowmix=use_flowmix, bytes_per_token=4)  # the official token layout: 400 tokens, 361 masked
     model = MMAEForPreTraining(c)
     batch = DataCollatorForFlowMix(c, seed=0, use_flowmix=use_flowmix)(make_rows(6))
     teacher = model.teacher_forward(**model_inputs(batch))
@@ -141,7 +148,7 @@ def test_reconstruction_loss_on_masked_only():
 
 # ---------------------------------------------------------------- guided masking
 def test_guided_masking_masks_the_hardest_tokens_first():
-    c = tiny()
+    c = tiny(bytes_per_token=4)
     model = MMAEForPreTraining(c)
     noise = torch.rand(2, 400, generator=torch.Generator().manual_seed(0))
     scores = torch.rand(2, 400, generator=torch.Generator().manual_seed(1))
@@ -200,7 +207,7 @@ def test_collator_stacks_rows_and_is_seedable():
     batch = DataCollatorForFlowMix(c, seed=7)(rows)
     assert batch["input_bytes"].dtype == torch.uint8 and batch["input_bytes"].shape == (5, 1600)
     assert batch["packet_lengths"].dtype == torch.int32 and batch["flow_stats"].shape == (5, 27)
-    assert batch["labels"].tolist() == [0, 1, 2, 0, 1] and batch["mask_noise"].shape == (5, 400)
+    assert batch["labels"].tolist() == [0, 1, 2, 0, 1] and batch["mask_noise"].shape == (5, c.num_tokens)
     assert torch.equal(batch["input_bytes"][1], torch.tensor(rows[1]["payload"], dtype=torch.uint8))
     again = DataCollatorForFlowMix(c, seed=7)(rows)
     assert torch.equal(batch["mask_noise"], again["mask_noise"])
@@ -328,7 +335,7 @@ def reference_pmp_bias(pmp, query, times, lengths):
 
 def test_pmp_bias_matches_the_specification_and_reaches_every_parameter():
     torch.manual_seed(0)
-    c = tiny(pmp_bias_clamp=5.0)
+    c = tiny(pmp_bias_clamp=5.0, bytes_per_token=4)
     pmp = MMAEForPreTraining(c).loss_predictor.pmp
     with torch.no_grad():
         pmp.router_gamma_sup.fill_(0.3)

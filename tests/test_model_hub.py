@@ -37,7 +37,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     pre = MMAEForPreTraining(tiny()).eval()
     pre.save_pretrained(tmp_path / "pre")
     loaded_pre = MMAEForPreTraining.from_pretrained(tmp_path / "pre").eval()
-    noise = torch.rand(2, 400)
+    noise = torch.rand(2, pre.config.num_tokens)
     kw = dict(input_bytes=x, mask_noise=noise, partner_index=torch.tensor([1, 0]))
     assert torch.equal(pre(**kw).loss, loaded_pre(**kw).loss)
     # encoder weights carry over from a pre-training folder into a classifier (base_model_prefix "mmae")
