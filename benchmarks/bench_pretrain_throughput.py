@@ -35,7 +35,7 @@ def free_port():
 
 
 def run_one(config, processes, steps, batch_size, data_dir, work_dir, use_gpu, threads):
-    out = work_dir / f"{config}-{processes}p"
+    out = work_dir / f"{config}-{processes}p-{threads}t"
     script_args = [str(REPO / "train" / "pretrain.py"), "--dataset", str(data_dir), "--config", config,
                    "--output-dir", str(out), "--max-steps", str(steps), "--per-device-train-batch-size", str(batch_size),
                    "--save-steps", "0", "--logging-steps", str(steps), "--report-to", "none", "--no-progress-bar"]
@@ -81,6 +81,9 @@ def main(argv=None):
     parser.add_argument("--processes", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is not timed)")
     parser.add_argument("--batch-size", type=int, default=16, help="flows per process per step")
+    parser.add_argument("--single-process-threads", nargs="+", type=int, default=None,
+                        help="CPU threads for the 1-process runs, one run each (default: all cores); "
+                             "multi-process runs use cores / processes each")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "pretrain_throughput.json"))
     args = parser.parse_args(argv)
 
@@ -99,11 +102,17 @@ def main(argv=None):
         make_synthetic_traffic_dataset(num_classes=4, flows_per_class=per_class, seed=0).save_to_disk(str(data))
         for config in args.configs:
             for processes in args.processes:
-                threads = 1 if use_gpu else max(1, cores // processes)
-                print(f"{config}, {processes} process(es), {threads} thread(s) each ...", flush=True)
-                row = run_one(config, processes, args.steps, args.batch_size, data, work, use_gpu, threads)
-                print(json.dumps(row), flush=True)
-                results.append(row)
+                if use_gpu:
+                    thread_options = [1]
+                elif processes == 1 and args.single_process_threads:
+                    thread_options = args.single_process_threads
+                else:
+                    thread_options = [max(1, cores // processes)]
+                for threads in thread_options:
+                    print(f"{config}, {processes} process(es), {threads} thread(s) each ...", flush=True)
+                    row = run_one(config, processes, args.steps, args.batch_size, data, work, use_gpu, threads)
+                    print(json.dumps(row), flush=True)
+                    results.append(row)
     report = {
         "what": "pre-training flows/s per process (train/pretrain.py, teacher + FlowMix + PMP + AdamW, fp32), "
                 "first step excluded",
