@@ -113,7 +113,16 @@ def main(argv=None):
                     row = run_one(config, processes, args.steps, args.batch_size, data, work, use_gpu, threads)
                     print(json.dumps(row), flush=True)
                     results.append(row)
+    def git(*command):
+        try:
+            return subprocess.run(["git", *command], cwd=str(REPO), capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return None
+
     report = {
+        "git_commit": git("rev-parse", "HEAD"),
+        # the model code measured: uncommitted edits in the working tree change the numbers
+        "uncommitted_changes_in_mmae_hf": bool(git("status", "--porcelain", "--", "mmae_hf")),
         "what": "pre-training flows/s per process (train/pretrain.py, teacher + FlowMix + PMP + AdamW, fp32), "
                 "first step excluded",
         "command": "python benchmarks/bench_pretrain_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
