@@ -9,7 +9,6 @@ import os
 import struct
 from pathlib import Path
 
-import numpy as np
 
 from mmae_hf.traffic.pcapio import CaptureReader
 

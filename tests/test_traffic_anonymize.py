@@ -4,7 +4,7 @@ import struct
 
 import numpy as np
 import pytest
-from traffic_pcaps import ether, handshake, pcap_bytes, tcp, udp
+from traffic_pcaps import ether, handshake, pcap_bytes, udp
 
 from mmae_hf.traffic import ANONYMIZATION_PROFILES, FlowOptions, iter_flows
 

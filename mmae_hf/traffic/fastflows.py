@@ -11,13 +11,14 @@ Per block of packets:
 """
 
 import math
+import socket
 
 import numpy as np
 
 from .core import NUM_FLOW_STATS, SKIP_REASONS, FlowOptions, FlowRecord, PacketAccounting
 from .dissect import OK, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, PacketBatch
 from .anonymize import mask_cleartext_names
-from .flows import format_address, packet_slot
+from .flows import packet_slot
 
 _INT_COLS = (
     "n", "bytes", "sumsq", "lmin", "lmax", "fwd_n", "fwd_bytes", "bwd_max", "pay_sum", "pay_max", "zero_pay",
@@ -143,6 +144,21 @@ def _be_u64(addr: np.ndarray, start: int) -> np.ndarray:
     return np.ascontiguousarray(addr[:, start : start + 8]).view(">u8").reshape(-1).astype(np.uint64)
 
 
+def _windows(data: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """Copy ``data[s : s + width]`` for every start (bytes past the end of ``data`` are undefined, callers mask)."""
+    out = np.empty((len(starts), width), dtype=np.uint8)
+    if width == 0 or len(starts) == 0:
+        return out
+    limit = len(data) - width
+    inside = starts <= limit
+    if limit >= 0 and inside.all():
+        return np.lib.stride_tricks.sliding_window_view(data, width)[starts]
+    if limit >= 0:
+        out[inside] = np.lib.stride_tricks.sliding_window_view(data, width)[starts[inside]]
+    out[~inside] = data.take(starts[~inside, None] + np.arange(width), mode="clip")
+    return out
+
+
 def _key_hash(keys: np.ndarray) -> np.ndarray:
     """64-bit multiply-xor hash of the six key words of every packet."""
     h = keys[:, 0] * np.uint64(0x9E3779B97F4A7C15)
@@ -209,32 +225,24 @@ class FastAssembler:
         self.accounting.flows += len(keep)
         stats = t.stats(keep)
         payload = t.slots[keep].reshape(len(keep), -1)
-        records = []
         ipv = t.ipv[keep].tolist()
-        src, dst = t.src[keep], t.dst[keep]
-        sport, dport, proto = t.sport[keep].tolist(), t.dport[keep].tolist(), t.proto[keep].tolist()
-        start, tmax, n, nbytes = t.start[keep].tolist(), t.tmax[keep].tolist(), t.n[keep].tolist(), t.bytes[keep].tolist()
-        lens, iats, dirs = t.lens[keep], t.iats[keep], t.dirs[keep]
-        for i in range(len(keep)):
-            records.append(
-                FlowRecord(
-                    payload=payload[i],
-                    packet_lengths=lens[i],
-                    packet_iats=iats[i],
-                    packet_directions=dirs[i],
-                    flow_stats=stats[i],
-                    src_ip=format_address(src[i].tobytes(), ipv[i]),
-                    dst_ip=format_address(dst[i].tobytes(), ipv[i]),
-                    src_port=sport[i],
-                    dst_port=dport[i],
-                    protocol=proto[i],
-                    start_time=start[i],
-                    end_time=tmax[i],
-                    packet_count=n[i],
-                    byte_count=nbytes[i],
-                    source_file=self.source_file,
-                )
-            )
+        src, dst = t.src[keep].tobytes(), t.dst[keep].tobytes()
+        ntop = socket.inet_ntop
+        families = {4: (socket.AF_INET, 4), 6: (socket.AF_INET6, 16)}
+        src_ip, dst_ip = [], []
+        for i, v in enumerate(ipv):
+            family, width = families[v]
+            src_ip.append(ntop(family, src[16 * i : 16 * i + width]))
+            dst_ip.append(ntop(family, dst[16 * i : 16 * i + width]))
+        name = self.source_file
+        records = [
+            FlowRecord(pay, lens, iats, dirs, st, sip, dip, sp, dp, pr, t0, t1, n, nb, name)
+            for pay, lens, iats, dirs, st, sip, dip, sp, dp, pr, t0, t1, n, nb in zip(
+                payload, t.lens[keep], t.iats[keep], t.dirs[keep], stats, src_ip, dst_ip,
+                t.sport[keep].tolist(), t.dport[keep].tolist(), t.proto[keep].tolist(),
+                t.start[keep].tolist(), t.tmax[keep].tolist(), t.n[keep].tolist(), t.bytes[keep].tolist(),
+            )  # fmt: skip
+        ]
         t.release(rows)
         yield from records
 
@@ -535,12 +543,10 @@ class FastAssembler:
         pstart = batch.payload_start[idx]
         hlen = np.minimum(np.minimum(pstart, frame_end) - l3, hb)
         plen = np.clip(np.minimum(np.minimum(batch.ip_end[idx], frame_end), pstart + pb) - pstart, 0, None)
-        hcols = np.arange(hb)
-        head = data.take(l3[:, None] + hcols, mode="clip")
-        head[hcols[None, :] >= hlen[:, None]] = 0
-        pcols = np.arange(pb)
-        pay = data.take(pstart[:, None] + pcols, mode="clip")
-        pay[pcols[None, :] >= plen[:, None]] = 0
+        head = _windows(data, l3, hb)
+        head[np.arange(hb)[None, :] >= hlen[:, None]] = 0
+        pay = _windows(data, pstart, pb)
+        pay[np.arange(pb)[None, :] >= plen[:, None]] = 0
         if opts.anonymize in ("default", "strict"):
             self._anonymise(batch, idx, rows, direction, head, hlen)
             if opts.anonymize == "strict":
