@@ -489,6 +489,18 @@ class _BatchPrefetcher:
                 yield future.result()
 
 
+def _non_finite_message(values, computed, step, epoch, micro, accumulation, lr, last_checkpoint):
+    """Which component went non-finite first (the parts before the total), where, and what to do."""
+    components = [name for name in LOSS_COMPONENTS[1:] if name in computed]
+    culprit = next((name for name in components if not math.isfinite(values[name])), "loss")
+    listed = ", ".join(f"{name} = {values[name]}" for name in LOSS_COMPONENTS if name in computed)
+    return (
+        f"non-finite {culprit} at optimizer step {step} (epoch {epoch}, micro-batch {micro}/{accumulation}, "
+        f"lr {lr:.3g}): {listed}. Training stopped before the update; lower the learning rate, use bf16 instead "
+        f"of fp16, or resume from the last checkpoint ({last_checkpoint or 'none yet'})."
+    )
+
+
 class _FullParameterView:
     """The student's parameters as full tensors, for the teacher's EMA step.
 
@@ -738,15 +750,9 @@ def run_pretraining(args, dataset=None, model_cls=None):
                         # one tiny all-reduce: a NaN on any process stops every process at the same point
                         values = accelerator.reduce(values, reduction="mean")
                         if not torch.isfinite(values).all():
-                            bad = [f"{name} = {float(v)}" for name, v in zip(LOSS_COMPONENTS, values.tolist())]
-                            first = next(n for n, v in zip(LOSS_COMPONENTS[1:], values.tolist()[1:]) if not math.isfinite(v)) \
-                                if any(not math.isfinite(v) for v in values.tolist()[1:]) else "loss"
-                            raise NonFiniteLossError(
-                                f"non-finite {first} at optimizer step {step + 1} (epoch {epoch}, micro-batch {micro + 1}/{ga}, "
-                                f"lr {scheduler.get_last_lr()[0]:.3g}): " + ", ".join(bad)
-                                + ". Training stopped before the update; lower the learning rate, use bf16 instead of fp16, "
-                                f"or resume from the last checkpoint ({last_checkpoint or 'none yet'})."
-                            )
+                            raise NonFiniteLossError(_non_finite_message(
+                                dict(zip(LOSS_COMPONENTS, values.tolist())), computed, step + 1, epoch, micro + 1, ga,
+                                scheduler.get_last_lr()[0], last_checkpoint))
                         sums += values
                         accelerator.backward(outputs.loss / ga)
                     batch_in_epoch += 1
