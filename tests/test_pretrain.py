@@ -169,6 +169,7 @@ def test_cli_run_writes_a_loadable_model_and_logs(dataset_dir, tmp_path):
     assert records[0]["ema_momentum"] == pytest.approx(0.96)
     assert records[-1]["samples_per_second_per_process"] > 0
     assert list((out / "runs").rglob("events.out.tfevents.*"))  # tensorboard tracker wrote events
+    assert (out / "pretraining_curves.png").stat().st_size > 1000
     assert (out / "preprocessor_config.json").read_text() == (dataset_dir / "preprocessor_config.json").read_text()
     assert (out / "checkpoints" / "checkpoint-2" / "teacher.safetensors").is_file()
     summary = json.loads((out / "pretraining_summary.json").read_text())

@@ -30,6 +30,7 @@ outputs (in --output-dir):
   metrics.jsonl, runs/ (tensorboard) every loss component, lr, EMA momentum, hard-mask share, samples/s
   checkpoints/checkpoint-<step>/    exact-resume states (--resume-from-checkpoint latest)
   pretraining_summary.json          final step, samples/s per process, last metrics
+  pretraining_curves.png            loss components, lr, EMA momentum, hard-mask share over the steps
 """
 
 
@@ -87,6 +88,8 @@ def build_parser():
     rt.add_argument("--save-teacher", action="store_true", help="also save the EMA teacher in OUTPUT_DIR/teacher")
     rt.add_argument("--overwrite-output-dir", action="store_true",
                     help="start over in a folder holding an earlier run's checkpoints (deletes them)")
+    rt.add_argument("--torch-threads", type=int, default=None,
+                    help="CPU threads per process (on small shared machines 1 can be much faster than all cores)")
     rt.add_argument("--no-progress-bar", action="store_true")
     return p
 

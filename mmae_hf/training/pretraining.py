@@ -49,6 +49,7 @@ TRAINER_STATE_NAME = "trainer_state.json"
 TEACHER_WEIGHTS_NAME = "teacher.safetensors"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "pretraining_summary.json"
+CURVES_NAME = "pretraining_curves.png"
 ARGS_NAME = "pretraining_args.json"
 LOSS_COMPONENTS = ("loss", "reconstruction_loss", "rank_loss", "distillation_loss")
 # parameter names (substrings) that get no weight decay besides biases and norms
@@ -116,6 +117,9 @@ class PretrainingArguments:
         save_teacher (`bool`): also save the EMA teacher as a ``save_pretrained`` folder in ``output_dir/teacher``.
         overwrite_output_dir (`bool`): start a fresh run in a folder that holds an earlier run's checkpoints
             (they are deleted); without it such a folder is refused.
+        torch_threads (`int`, *optional*): intra-op CPU threads of each process (``torch.set_num_threads``). On a
+            small shared machine 1 thread per process can be several times faster than all cores (measured in
+            benchmarks/results/pretrain_throughput.json); default: torch's / the launcher's choice.
         progress_bar (`bool`, defaults to True).
     """
 
@@ -153,6 +157,7 @@ class PretrainingArguments:
     ddp_find_unused_parameters: str = "auto"
     save_teacher: bool = False
     overwrite_output_dir: bool = False
+    torch_threads: int | None = None
     progress_bar: bool = True
 
     def __post_init__(self):
@@ -489,6 +494,42 @@ class _BatchPrefetcher:
                 yield future.result()
 
 
+def plot_metrics(metrics_path, png_path):
+    """Loss components, lr, EMA momentum and hard-mask share over the steps of ``metrics.jsonl`` -> one PNG.
+
+    Returns the PNG path, or None when there is nothing to plot or matplotlib is missing.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    path = Path(metrics_path)
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not records:
+        return None
+    steps = [r["step"] for r in records]
+    panels = [("losses", [n for n in LOSS_COMPONENTS if n in records[-1]]), ("learning rate", ["learning_rate"]),
+              ("schedules", [n for n in ("ema_momentum", "hard_mask_share") if n in records[-1]])]
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    for axis, (title, names) in zip(axes, panels):
+        for name in names:
+            axis.plot(steps, [r.get(name) for r in records], label=name)
+        axis.set_title(title)
+        axis.set_xlabel("optimizer step")
+        if names:
+            axis.legend(fontsize=8)
+    axes[0].set_yscale("log")
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=100)
+    plt.close(figure)
+    return Path(png_path)
+
+
 def _non_finite_message(values, computed, step, epoch, micro, accumulation, lr, last_checkpoint):
     """Which component went non-finite first (the parts before the total), where, and what to do."""
     components = [name for name in LOSS_COMPONENTS[1:] if name in computed]
@@ -543,6 +584,8 @@ def run_pretraining(args, dataset=None, model_cls=None):
     from ..teacher import MeanTeacher
 
     started = time.perf_counter()
+    if args.torch_threads:
+        torch.set_num_threads(int(args.torch_threads))
     model_cls = model_cls or MMAEForPreTraining
     output_dir = Path(args.output_dir)
     config = load_model_config(args.config, args.config_overrides)
@@ -826,6 +869,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
             if teacher is not None and args.save_teacher:
                 teacher.model.save_pretrained(str(output_dir / "teacher"))
     if accelerator.is_main_process:
+        plot_metrics(metrics_path, output_dir / CURVES_NAME)
         summary = {"step": step, "max_steps": args.max_steps, "finished": finished, "world_size": world_size,
                    "dataset": args.dataset, "split": args.split, "num_training_flows": len(reader),
                    "distributed_type": str(accelerator.distributed_type), "device": str(accelerator.device),
@@ -858,6 +902,7 @@ __all__ = [
     "load_model_config",
     "optimizer_parameter_groups",
     "parse_config_overrides",
+    "plot_metrics",
     "run_pretraining",
     "warmup_cosine_factor",
 ]
