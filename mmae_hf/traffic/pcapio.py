@@ -46,6 +46,13 @@ class RecordChunk:
     def __len__(self) -> int:
         return len(self.frame_offset)
 
+    def head(self, count: int) -> "RecordChunk":
+        """The first ``count`` records."""
+        return RecordChunk(
+            self.data, self.frame_offset[:count], self.caplen[:count], self.origlen[:count],
+            self.timestamp[:count], self.linktype[:count], self.file_offset[:count],
+        )  # fmt: skip
+
 
 class CaptureReader:
     """Iterate over ``RecordChunk``s of a pcap or pcapng capture.
@@ -135,16 +142,15 @@ class CaptureReader:
             if off + 16 <= n and incl_at(buf, off + 8)[0] > max_record:
                 offs.append(off)
             if offs:
-                lens = np.frombuffer(buf, dtype=np.uint8)[np.asarray(offs, dtype=np.int64)[:, None] + np.arange(8, 12)]
-                lens = lens.reshape(-1).view(dt)
-                bad = np.flatnonzero(lens > max_record)
+                chunk = self._pcap_chunk(buf, offs, dt, tick, linktype, base)
+                bad = np.flatnonzero(chunk.caplen > max_record)
                 if len(bad):
                     first = int(bad[0])
                     off = offs[first]
-                    damage = (base + off, f"corrupt record header: captured length {int(lens[first])} exceeds {max_record}")
-                    offs = offs[:first]
-            if offs:
-                yield self._pcap_chunk(buf, offs, dt, tick, linktype, base)
+                    damage = (base + off, f"corrupt record header: captured length {int(chunk.caplen[first])} exceeds {max_record}")
+                    chunk = chunk.head(first)
+                if len(chunk):
+                    yield chunk
             if damage is not None:
                 self._damage(*damage)
                 return
@@ -158,10 +164,9 @@ class CaptureReader:
     def _pcap_chunk(buf: bytes, offs: list, dt: np.dtype, tick: float, linktype: int, base: int) -> RecordChunk:
         data = np.frombuffer(buf, dtype=np.uint8)
         rec = np.asarray(offs, dtype=np.int64)
-        words = np.frombuffer(buf, dtype=np.uint8)
-        # gather the four 32-bit header words of every record
-        idx = rec[:, None] + np.arange(16, dtype=np.int64)[None, :]
-        hdr = words[idx].reshape(-1).view(dt).reshape(len(rec), 4).astype(np.int64)
+        # gather the four 32-bit header words of every record (16-byte windows, one copy)
+        hdr = np.lib.stride_tricks.sliding_window_view(data, 16)[rec].reshape(-1).view(dt).reshape(len(rec), 4)
+        hdr = hdr.astype(np.int64)
         ts = hdr[:, 0].astype(np.float64) + hdr[:, 1].astype(np.float64) * tick
         return RecordChunk(
             data=data,
