@@ -575,7 +575,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
         ``output_dir`` (plus ``preprocessor_config.json`` when the dataset folder carries one).
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
     from ..flowmix import DataCollatorForFlowMix
@@ -643,6 +643,11 @@ def run_pretraining(args, dataset=None, model_cls=None):
             "On a machine without GPUs launch with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
             "--num_processes N ... --cpu` (see docs/training.md)."
         )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and args.gradient_accumulation_steps != 1:
+        # DeepSpeed steps its engine (and scales the loss) inside accelerator.backward: the loop's own
+        # accumulation would step every micro-batch and divide the loss twice
+        raise LaunchError("with DeepSpeed use --gradient-accumulation-steps 1 (and gradient_accumulation_steps: 1 "
+                          "in its config); raise --per-device-train-batch-size or the number of processes instead")
     output_dir.mkdir(parents=True, exist_ok=True)
 
     sampler = EpochBatchSampler(len(reader), args.per_device_train_batch_size, world_size, rank, seed=args.seed)
