@@ -69,12 +69,14 @@ def test_two_process_cpu_launch(tmp_path):
     model = AutoModelForPreTraining.from_pretrained(str(out))
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
-    # stopped after step 1 and resumed, the 2-process run ends with the same weights (per-rank RNG and collator
-    # streams, the teacher and the data position all restored)
+    # resumed from the step-1 checkpoint, the 2-process run ends with the same weights as the straight run
+    # (per-rank RNG and collator streams, the teacher and the data position all restored)
+    import shutil
+
     from safetensors.torch import load_file
 
     resumed = tmp_path / "resumed"
-    launch(resumed, "--stop-after-step", "1")
+    shutil.copytree(checkpoint, resumed / "checkpoints" / "checkpoint-1")
     assert "resumed from" in launch(resumed, "--resume-from-checkpoint", "latest").stdout
     a, b = load_file(str(out / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for name in a:
