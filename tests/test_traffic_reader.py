@@ -220,3 +220,11 @@ def test_impossible_length_inside_a_block_is_caught():
     flows = list(iter_flows(bytes(data), accounting=acc, source_name="mid.pcap", engine="fast"))
     assert acc.packets_read == 10 and sum(f.packet_count for f in flows) == 10
     assert acc.errors == [f"mid.pcap: corrupt record header: captured length {(1 << 18) + 1} exceeds {1 << 18} at byte offset {rec}"]
+
+
+def test_binary_file_objects(tmp_path):
+    path = tmp_path / "obj.pcap"
+    path.write_bytes(pcap_bytes([(t, ether(p)) for t, p in handshake()]))
+    with open(path, "rb") as fh:
+        flows = list(iter_flows(fh))
+    assert len(flows) == 1 and flows[0].source_file.endswith("obj.pcap") and flows[0].packet_count == 8

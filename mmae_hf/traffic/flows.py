@@ -354,7 +354,12 @@ def iter_flows(
     options = options or FlowOptions()
     accounting = accounting if accounting is not None else PacketAccounting()
     if source_name is None:
-        source_name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>"
+        if isinstance(source, (str, os.PathLike)):
+            source_name = os.fspath(source)
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            source_name = "<bytes>"
+        else:
+            source_name = str(getattr(source, "name", "<stream>"))
     reader = CaptureReader(source, source_name=source_name, strict=strict)
     asm = _engine(options, accounting, source_name, engine, source)
     try:
