@@ -37,7 +37,7 @@ def test_two_process_cpu_launch(tmp_path):
             "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", str(free_port()),
             "--mixed_precision", "no", "--dynamo_backend", "no",
             str(REPO / "train" / "pretrain.py"),
-            "--dataset", str(data), "--config", "mmae-tiny", "--output-dir", str(output_dir), "--cpu",
+            "--dataset", str(data), "--config", "mmae-tiny", "--output-dir", str(output_dir),  # no --cpu: ACCELERATE_USE_CPU=1 suffices
             "--max-steps", "2", "--per-device-train-batch-size", "4", "--logging-steps", "1", "--save-steps", "1",
             "--report-to", "none", "--no-progress-bar", *extra,
         ]

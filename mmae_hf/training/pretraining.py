@@ -584,6 +584,8 @@ def run_pretraining(args, dataset=None, model_cls=None):
     from ..teacher import MeanTeacher
 
     started = time.perf_counter()
+    # ACCELERATE_USE_CPU=1 (the CPU multi-process launch) means --cpu: an explicit cpu=False would override it
+    use_cpu = args.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     if args.torch_threads:
         torch.set_num_threads(int(args.torch_threads))
     model_cls = model_cls or MMAEForPreTraining
@@ -596,7 +598,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
     if dataset is None:
         from accelerate import PartialState
 
-        with PartialState(cpu=args.cpu).main_process_first():
+        with PartialState(cpu=use_cpu).main_process_first():
             dataset = load_pretraining_split(args.dataset, split=args.split, cache_dir=args.dataset_cache_dir)
     width = dataset.features["payload"].length
     if width not in (None, -1) and width != config.num_bytes:
@@ -627,7 +629,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
         find_unused = bool(unused_names)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
-        cpu=args.cpu,
+        cpu=use_cpu,
         log_with="tensorboard" if args.report_to == "tensorboard" else None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
