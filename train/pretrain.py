@@ -22,7 +22,7 @@ launching:
   two CPU processes (gloo; a test of the DDP path without GPUs). Note: `accelerate launch --cpu
   --num_processes 2` silently starts ONE process; this starts two:
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
-        --main_process_port 29533 train/pretrain.py --dataset ... --cpu
+        --main_process_port 29533 train/pretrain.py --dataset ...   (ACCELERATE_USE_CPU=1 implies --cpu)
 
 outputs (in --output-dir):
   config.json + model.safetensors   the student, loadable with AutoModel / AutoModelForPreTraining
