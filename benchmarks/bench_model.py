@@ -36,6 +36,7 @@ def load_average():
 
 
 def matmul_flops(dtype, size=2048, repeats=6):
+    """Best of `repeats` (wall clock): the least disturbed run on a shared machine."""
     a = torch.randn(size, size, dtype=dtype)
     b = torch.randn(size, size, dtype=dtype)
     a @ b
@@ -127,11 +128,13 @@ def worker_pretrain(preset, bf16, batch_size, steps):
     step = pretraining_step_factory(preset, batch_size, bf16)
     flops = count_flops(step)  # also the warm-up step
     step()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     seconds = (time.perf_counter() - t0) / steps
-    return {"seconds_per_step": seconds, "samples_per_s": batch_size / seconds, "flops_per_step": flops}
+    cpu = (time.process_time() - c0) / steps
+    return {"seconds_per_step": seconds, "samples_per_s": batch_size / seconds, "flops_per_step": flops,
+            "cpu_seconds_per_step": cpu}
 
 
 def worker_inference(preset, bf16, batch_size, batches):
@@ -146,11 +149,13 @@ def worker_inference(preset, bf16, batch_size, batches):
             return model(x).logits
 
     flops = count_flops(run)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(batches):
         run()
     seconds = (time.perf_counter() - t0) / batches
-    return {"seconds_per_batch": seconds, "flows_per_s": batch_size / seconds, "flops_per_batch": flops}
+    cpu = (time.process_time() - c0) / batches
+    return {"seconds_per_batch": seconds, "flows_per_s": batch_size / seconds, "flops_per_batch": flops,
+            "cpu_seconds_per_batch": cpu}
 
 
 def worker_curve(preset, steps, batch_size):
@@ -203,6 +208,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["mmae-base", "mmae-tiny"])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (rough numbers)")
+    parser.add_argument("--num-threads", type=int, default=None,
+                        help="torch threads per measurement (default: torch's default); on a loaded shared machine 1 "
+                             "thread avoids the spin-wait collapse of OpenMP under contention")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="mmae-tiny", help=argparse.SUPPRESS)
@@ -215,14 +223,15 @@ def main():
         args.kind = args.worker
         return worker(args)
 
+    threads = args.num_threads or torch.get_num_threads()
     report = {
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__},
         "load_average_before": load_average(),
         "official_samples_per_s": OFFICIAL_SAMPLES_PER_S,
         "presets": {},
     }
     print(f"load average before: {report['load_average_before']}", flush=True)
-    matmul = run_worker("matmul")
+    matmul = run_worker("matmul", threads=threads)
     report["matmul_flops_per_s"] = {"float32": matmul["float32"], "bfloat16": matmul["bfloat16"]}
     print(f"matmul 2048^3: float32 {matmul['float32'] / 1e9:.1f} GFLOP/s, bf16 {matmul['bfloat16'] / 1e9:.1f} GFLOP/s", flush=True)
     for preset in args.presets:
@@ -230,12 +239,14 @@ def main():
         entry = {}
         for precision, bf16 in (("float32", False), ("bf16_autocast", True)):
             reference = matmul["bfloat16" if bf16 else "float32"]
-            pre = run_worker("pretrain", preset, bf16, batch_size=32, steps=1 if (base or args.quick) else 5)
+            pre = run_worker("pretrain", preset, bf16, batch_size=32, steps=1 if (base or args.quick) else 5,
+                             threads=threads)
             pre["flops_per_s"] = pre["flops_per_step"] / pre["seconds_per_step"]
             pre["fraction_of_float32_matmul"] = pre["flops_per_s"] / matmul["float32"]
             pre["fraction_of_same_dtype_matmul"] = pre["flops_per_s"] / reference
             pre["speedup_vs_official"] = pre["samples_per_s"] / OFFICIAL_SAMPLES_PER_S
-            inf = run_worker("inference", preset, bf16, batch_size=256, steps=1 if (base or args.quick) else 5)
+            inf = run_worker("inference", preset, bf16, batch_size=256, steps=1 if (base or args.quick) else 5,
+                             threads=threads)
             inf["flops_per_s"] = inf["flops_per_batch"] / inf["seconds_per_batch"]
             inf["fraction_of_float32_matmul"] = inf["flops_per_s"] / matmul["float32"]
             inf["fraction_of_same_dtype_matmul"] = inf["flops_per_s"] / reference
@@ -249,7 +260,7 @@ def main():
                 flush=True,
             )
         report["presets"][preset] = entry
-    curve = run_worker("curve", "mmae-tiny", batch_size=32, steps=15 if args.quick else 40)
+    curve = run_worker("curve", "mmae-tiny", batch_size=32, steps=15 if args.quick else 40, threads=threads)
     report["loss_curve_mmae_tiny"] = curve
     print(
         f"loss curve mmae-tiny, {curve['steps']} steps: float32 {curve['float32_first_last']} vs bf16 "

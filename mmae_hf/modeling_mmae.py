@@ -172,7 +172,9 @@ def eager_attention_forward(
         attn_weights = attn_weights + position_bias
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
-    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    # softmax in the scores' dtype: the CPU/GPU kernels accumulate bf16/fp16 in float32 internally, and skipping the
+    # explicit float32 round trip saves two copies of the [B, heads, N, N] scores under autocast.
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1)
     attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
     attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
     return attn_output, attn_weights
@@ -367,7 +369,8 @@ class MMAELossPredictor(nn.Module):
             position_bias = self.pmp(byte_predictions, packet_times, packet_lengths, num_prefix_tokens=1)
         hidden_states = decoder_inputs
         for layer in self.layers:
-            hidden_states, _ = layer(hidden_states, position_bias=position_bias)
+            # positional: gradient checkpointing (reentrant) only propagates gradients through positional inputs
+            hidden_states, _ = layer(hidden_states, position_bias)
         return self.pred(self.norm(hidden_states))[:, 1:].mean(dim=-1)
 
 
