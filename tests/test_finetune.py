@@ -153,3 +153,10 @@ def test_dataset_errors_name_the_problem(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no dataset found"):
         finetuning.load_traffic_dataset(str(tmp_path / "empty"))
+
+
+def test_freeze_encoder_trains_the_head_only(tmp_path):
+    args = finetuning.FinetuneArguments(dataset="unused", output_dir=str(tmp_path), freeze_encoder=True)
+    model = finetuning.build_model(args, ["a", "b", "c"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"classifier.weight", "classifier.bias"}

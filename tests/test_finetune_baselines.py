@@ -91,3 +91,15 @@ def test_run_study_cli_with_trees(dsd, tmp_path):
     (tmp_path / "out" / "runs" / "extra_trees" / "seed0" / "eval" / "test_confusion.png").unlink()
     assert module.main(argv) == 0
     assert not (tmp_path / "out" / "runs" / "extra_trees" / "seed0" / "eval" / "test_confusion.png").exists()
+
+
+def test_baselines_cli_tree(dsd, tmp_path, capsys):
+    dsd.save_to_disk(str(tmp_path / "data"))
+    spec = importlib.util.spec_from_file_location("_baselines_cli", REPO / "train" / "baselines.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["tree", "--dataset", str(tmp_path / "data"), "--output-dir", str(tmp_path / "tree"),
+                        "--kind", "random_forest", "--n-estimators", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert '"macro_f1"' in printed and "test_confusion.png" in printed
+    assert json.loads((tmp_path / "tree" / "results.json").read_text())["kind"] == "random_forest"
