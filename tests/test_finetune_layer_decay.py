@@ -142,3 +142,29 @@ def test_real_mmae_classifier_groups():
     assert by_name["classifier.weight"]["weight_decay"] == 0.05
     assert by_name["mmae.embeddings.position_embeddings"]["weight_decay"] == 0.0
     assert by_name["mmae.embeddings.cls_token"]["weight_decay"] == 0.0
+
+
+def test_trainer_uses_the_groups_and_the_schedule_keeps_the_ratios(tmp_path):
+    import mmae_hf
+    from mmae_hf.training.finetuning import (FinetuneArguments, FlowClassificationCollator, MMAEFinetuneTrainer,
+                                             make_training_arguments)
+
+    model = mmae_hf.MMAEForSequenceClassification(mmae_hf.MMAEConfig.from_preset("mmae-tiny", num_labels=2))
+    args = FinetuneArguments(dataset="x", output_dir=str(tmp_path), learning_rate=1e-3, layer_decay=0.5,
+                             warmup_ratio=0.2, report_to="none")
+    training_args = make_training_arguments(args, tmp_path)
+    training_args.eval_strategy = "no"
+    training_args.load_best_model_at_end = False
+    trainer = MMAEFinetuneTrainer(model=model, args=training_args, data_collator=FlowClassificationCollator(),
+                                  layer_decay=0.5)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    groups = trainer.optimizer.param_groups
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    for _ in range(5):  # past warm-up, into the cosine
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    top = max(groups, key=lambda g: g["lr_scale"])
+    assert top["lr_scale"] == 1.0 and 0 < top["lr"] < 1e-3
+    for group in groups:
+        assert group["lr"] == pytest.approx(top["lr"] * group["lr_scale"])
+    assert min(g["lr_scale"] for g in groups) == pytest.approx(0.5 ** 3)  # embeddings of a 2-layer model
