@@ -228,3 +228,32 @@ def test_binary_file_objects(tmp_path):
     with open(path, "rb") as fh:
         flows = list(iter_flows(fh))
     assert len(flows) == 1 and flows[0].source_file.endswith("obj.pcap") and flows[0].packet_count == 8
+
+
+def test_traffic_package_is_torch_free(tmp_path):
+    """mmae_hf.traffic runs where torch and transformers cannot be imported (dataset building machines)."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    path = tmp_path / "t.pcap"
+    path.write_bytes(pcap_bytes([(t, ether(p)) for t, p in handshake()]))
+    repo = Path(__file__).resolve().parents[1]
+    script = textwrap.dedent(
+        f"""
+        import sys, types
+        sys.modules["torch"] = None
+        sys.modules["transformers"] = None
+        pkg = types.ModuleType("mmae_hf")  # the package without its __init__ (which registers the torch models)
+        pkg.__path__ = [{str(repo / "mmae_hf")!r}]
+        sys.modules["mmae_hf"] = pkg
+        import mmae_hf.traffic as traffic
+        for engine in ("reference", "fast"):
+            (flow,) = traffic.iter_flows({str(path)!r}, engine=engine)
+            assert flow.packet_count == 8
+        print("OK")
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "OK", res.stderr[-2000:]
