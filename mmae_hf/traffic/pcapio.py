@@ -115,7 +115,7 @@ class CaptureReader:
             self._damage(0, "truncated pcap global header")
             return
         _vmaj, _vmin, _zone, _sigfigs, snaplen, network = struct.unpack(endian + "HHiIII", rest)
-        linktype = network & 0xFFFF  # upper bits: FCS length flags (RFC 9819 LinkType field)
+        linktype = network & 0xFFFF  # the upper bits of this field carry FCS flags, not the link type
         max_record = max(MAX_RECORD, snaplen if snaplen < (1 << 26) else 0)
         incl_at = struct.Struct(endian + "I").unpack_from
         dt = np.dtype(endian + "u4")
