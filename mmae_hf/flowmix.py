@@ -49,22 +49,21 @@ def greedy_symmetric_pairing(features: torch.Tensor) -> torch.Tensor:
     unit = torch.nn.functional.normalize(features.double(), dim=1)
     sim = unit @ unit.T
     sim.fill_diagonal_(float("-inf"))
-    free = torch.ones(batch, dtype=torch.bool, device=features.device)
-    index = torch.arange(batch, device=features.device)
-    while int(free.sum()) >= 2:
-        masked = sim.masked_fill(~(free.unsqueeze(0) & free.unsqueeze(1)), float("-inf"))
-        best = masked.argmax(dim=1)
-        mutual = free & (best[best] == index) & (best != index)
+    free = torch.arange(batch, device=features.device)  # unpaired flows; the similarity matrix shrinks with them
+    while free.numel() >= 2:
+        sub = sim[free][:, free]
+        best = sub.argmax(dim=1)
+        local = torch.arange(free.numel(), device=features.device)
+        mutual = best[best] == local
         if not bool(mutual.any()):
             # Only possible with ties: take the global best pair, like one step of the sequential algorithm.
-            flat = int(masked.argmax())
-            r, c = divmod(flat, batch)
-            mutual = torch.zeros_like(free)
+            r, c = divmod(int(sub.argmax()), free.numel())
+            mutual = torch.zeros_like(mutual)
             mutual[r] = mutual[c] = True
             best = best.clone()
             best[r], best[c] = c, r
-        partner[mutual] = best[mutual]
-        free &= ~mutual
+        partner[free[mutual]] = free[best[mutual]]
+        free = free[~mutual]
     return partner
 
 

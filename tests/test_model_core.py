@@ -198,6 +198,9 @@ def test_pairing_equals_sequential_greedy_and_handles_odd_batches():
             sim[:, [r, c]] = float("-inf")
         assert torch.equal(partner, ref)
         assert int((partner == torch.arange(batch)).sum()) == batch % 2  # odd: the leftover is its own partner
+    # ties everywhere (identical statistics) still give a valid pairing
+    partner = greedy_symmetric_pairing(torch.ones(9, 27))
+    assert torch.equal(partner[partner], torch.arange(9)) and int((partner == torch.arange(9)).sum()) == 1
 
 
 def test_collator_stacks_rows_and_is_seedable():
