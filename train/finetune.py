@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     parser = HfArgumentParser(FinetuneArguments, description=__doc__.split("\n\n")[0])
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     summary = run_finetuning(args)
+    if "files" not in summary:  # a non-main process of a multi-process run: rank 0 reports
+        return 0
     test = summary["test"]
     print(json.dumps({"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
                       "test_weighted_f1": test["weighted_f1"], "best_checkpoint": summary["best_checkpoint"],

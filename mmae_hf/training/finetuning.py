@@ -330,8 +330,11 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
     test_probs = _softmax(test_logits)
     ood_rate = float((test_probs.max(-1) < threshold).mean()) if threshold is not None else None
 
-    eval_dir = out / "eval"
     model_name = args.model_name or out.name
+    if not trainer.is_world_process_zero():  # several processes (DDP): predictions were gathered; one writes
+        return {"model_name": model_name, "validation": headline(val_metrics), "test": headline(test_metrics),
+                "ood_threshold": threshold}
+    eval_dir = out / "eval"
     val_files = write_evaluation(val_metrics, eval_dir, stem="validation", title=f"{model_name} - validation")
     test_files = write_evaluation(test_metrics, eval_dir, stem="test", title=f"{model_name} - test")
 
