@@ -287,9 +287,22 @@ def main():
     )
     report["load_average_after"] = load_average()
     print(f"load average after: {report['load_average_after']}")
+    # One file, one entry per thread count: a run replaces only the entry of its own thread count.
+    runs = {}
+    if args.output.is_file():
+        try:
+            previous = json.loads(args.output.read_text())
+            runs = previous.get("runs", {})
+        except (ValueError, AttributeError):
+            runs = {}
+    runs[str(threads)] = report
+    summary = {
+        "command": "python benchmarks/bench_model.py --num-threads N  (one entry per N under 'runs')",
+        "runs": dict(sorted(runs.items())),
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    args.output.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.output} (runs for thread counts {sorted(runs)})")
 
 
 if __name__ == "__main__":
