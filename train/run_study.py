@@ -169,6 +169,18 @@ def refresh_model_cards(runs: list[dict], dataset_name: str) -> None:
         card.save(model_dir / "README.md")
 
 
+def _code_version() -> str | None:
+    """The git commit the study ran at (with "+dirty" when the working tree had local changes), if known."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
+
+
 def _dataset_name(dataset: str) -> str:
     path = Path(dataset)
     return path.resolve().name if path.exists() else dataset
@@ -199,6 +211,7 @@ def main(argv=None) -> int:
         "dataset": {"name": dataset_name, "num_rows": {s: len(dsd[s]) for s in dsd},
                     "label_names": list(dsd["train"].features["label"].names)},
         "settings": settings, "summary": rows, "runs": runs, "wall_time_s": time.time() - started,
+        "code_version": _code_version(),
     }
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -106,7 +106,8 @@ def study_markdown(study: dict[str, Any]) -> str:
         "",
         f"Generated {study['created']} by `train/run_study.py`. Dataset: `{dataset['name']}` "
         f"({', '.join(f'{k} {v}' for k, v in dataset['num_rows'].items())} flows; {len(dataset['label_names'])} "
-        f"classes: {', '.join(dataset['label_names'])}). Seeds: {', '.join(map(str, study['seeds']))}.",
+        f"classes: {', '.join(dataset['label_names'])}). Seeds: {', '.join(map(str, study['seeds']))}."
+        + (f" Code: `{study['code_version']}`." if study.get("code_version") else ""),
         "",
         "Mean ± sample standard deviation over seeds. Macro-F1 (unweighted mean over classes) is the headline; "
         "weighted-F1 weights classes by support. Every model is selected on the validation split only and "
