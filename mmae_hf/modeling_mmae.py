@@ -610,8 +610,12 @@ class MMAEForPreTraining(MMAEPreTrainedModel):
             if partner_index is None:
                 partner_index = _random_pairing(batch, device)
             partner_index = partner_index.to(device=device, dtype=torch.long)
-            if partner_index.shape != (batch,):
-                raise ValueError(f"partner_index must have shape [{batch}], got {tuple(partner_index.shape)}")
+            if partner_index.shape != (batch,) or not torch.equal(
+                torch.sort(partner_index).values, torch.arange(batch, device=device)
+            ):
+                raise ValueError(
+                    f"partner_index must be a permutation of 0..{batch - 1} (shape [{batch}]), got {partner_index.tolist()}"
+                )
             source_of = torch.argsort(partner_index)  # flow j whose partner is i: its branch 2 holds i's visible tokens
             mixed = torch.where(mask.unsqueeze(-1), tokens[partner_index], tokens)
             latent, _, _ = self.mmae.encoder(embeddings.add_cls_and_positions(mixed))

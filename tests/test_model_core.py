@@ -238,6 +238,8 @@ def test_injected_noise_makes_the_forward_deterministic():
     torch.manual_seed(123)  # global RNG state must not matter
     b = model(**model_inputs(batch), **kwargs)
     assert torch.equal(a.loss, b.loss) and torch.equal(a.logits, b.logits) and torch.equal(a.mask, b.mask)
+    with pytest.raises(ValueError, match="permutation"):
+        model(**dict(model_inputs(batch), partner_index=torch.tensor([0, 0, 1, 2])))
     # a different partner assignment changes the result
     other = dict(model_inputs(batch), partner_index=torch.tensor([1, 0, 3, 2]))
     if not torch.equal(other["partner_index"], batch["partner_index"]):
