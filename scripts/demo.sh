@@ -2,23 +2,24 @@
 # The main job, end to end on this machine (CPU is fine): set up from scratch, build a flow dataset from the
 # committed sample of real traffic (examples/sample_traffic/<label>/*.pcap), pre-train mmae-tiny on its train
 # split, fine-tune it with the HF Trainer (selection on validation macro-F1), evaluate once on test, train the
-# tree baseline on the same splits, and print the results table, the confusion matrix PNG and the model card.
+# same encoder from scratch and the tree baseline on the same splits, and print the results table, the
+# confusion matrix PNG and the model card.
 #
-#   bash scripts/demo.sh                       # ~5 min on 2 CPU cores
-#   DEMO_VARIANTS="mmae scratch linear_probe extra_trees" DEMO_SEEDS="0 1 2" bash scripts/demo.sh   # more
+#   bash scripts/demo.sh                       # ~3-4 min on 2 CPU cores
+#   DEMO_VARIANTS="mmae scratch linear_probe extra_trees no_flowmix" DEMO_SEEDS="0 1 2" bash scripts/demo.sh   # more
 #
-# Knobs (environment): DEMO_OUT (outputs/demo), DEMO_INPUT (examples/sample_traffic), DEMO_PRETRAIN_STEPS (40),
-# DEMO_PRETRAIN_BATCH (32), DEMO_EPOCHS (10), DEMO_VARIANTS ("mmae extra_trees"), DEMO_SEEDS (0).
+# Knobs (environment): DEMO_OUT (outputs/demo), DEMO_INPUT (examples/sample_traffic), DEMO_PRETRAIN_STEPS (200),
+# DEMO_PRETRAIN_BATCH (32), DEMO_EPOCHS (20), DEMO_VARIANTS ("mmae scratch extra_trees"), DEMO_SEEDS (0).
 # Everything is written under DEMO_OUT (gitignored); the folder is recreated on every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
 OUT=${DEMO_OUT:-outputs/demo}
 INPUT=${DEMO_INPUT:-examples/sample_traffic}
-PRETRAIN_STEPS=${DEMO_PRETRAIN_STEPS:-40}
+PRETRAIN_STEPS=${DEMO_PRETRAIN_STEPS:-200}
 PRETRAIN_BATCH=${DEMO_PRETRAIN_BATCH:-32}
-EPOCHS=${DEMO_EPOCHS:-10}
-VARIANTS=${DEMO_VARIANTS:-"mmae extra_trees"}
+EPOCHS=${DEMO_EPOCHS:-20}
+VARIANTS=${DEMO_VARIANTS:-"mmae scratch extra_trees"}
 SEEDS=${DEMO_SEEDS:-0}
 stamp() { echo "[demo +$(( $(date +%s) - START ))s] $*"; }
 
