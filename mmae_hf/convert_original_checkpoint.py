@@ -111,7 +111,7 @@ def load_official_state_dict(path) -> dict:
     return state
 
 
-def map_official_keys(state: dict, source: str = "checkpoint") -> tuple[dict, list, list]:
+def map_official_keys(state: dict) -> tuple[dict, list, list]:
     """Official key names -> mmae_hf names. Returns (mapped state dict, dropped dead keys, unknown keys)."""
     is_classifier = "head.weight" in state
     dead_prefixes = DEAD_PREFIXES_ALWAYS + (DEAD_PREFIXES_CLASSIFIER if is_classifier else ())
@@ -170,7 +170,7 @@ def convert(checkpoint, output_dir, num_labels: int | None = None, config_overri
     model_class = MMAEForSequenceClassification if is_classifier else MMAEForPreTraining
     model = model_class(config)
 
-    mapped, dropped, unknown = map_official_keys(state, str(checkpoint))
+    mapped, dropped, unknown = map_official_keys(state)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(mapped))
     unexpected = sorted(set(mapped) - set(expected))
