@@ -372,3 +372,14 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(**batch).loss.backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, plain[n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_biased_attention_paths_agree():
+    # with a bias that needs a gradient the loss predictor uses eager attention, without one SDPA: same numbers
+    c = tiny(drop_path_rate=0.0)
+    model = MMAEForPreTraining(c).eval()
+    batch = model_inputs(DataCollatorForFlowMix(c, seed=11)(make_rows(3)))
+    with_grad = model(**batch).predicted_token_loss
+    with torch.no_grad():
+        without = model(**batch).predicted_token_loss
+    torch.testing.assert_close(with_grad.detach(), without, atol=1e-5, rtol=1e-4)
