@@ -29,26 +29,10 @@ _SPLIT_OF_CAPTURE = ("train", "train", "validation", "test")
 
 
 def synthetic_features(class_names):
-    """The `datasets.Features` of the data contract for the given class names."""
-    from datasets import ClassLabel, Features, List, Value
+    """The `datasets.Features` of the data contract for the given class names (the dataset builder's own)."""
+    from ..traffic.dataset import contract_features
 
-    return Features(
-        {
-            "payload": List(Value("uint8"), length=NUM_BYTES),
-            "packet_lengths": List(Value("int32"), length=NUM_PACKETS),
-            "packet_iats": List(Value("float32"), length=NUM_PACKETS),
-            "packet_directions": List(Value("int8"), length=NUM_PACKETS),
-            "flow_stats": List(Value("float32"), length=NUM_FLOW_STATS),
-            "label": ClassLabel(names=list(class_names)),
-            "source_file": Value("string"),
-            "group": Value("string"),
-            "start_time": Value("float64"),
-            "end_time": Value("float64"),
-            "packet_count": Value("int64"),
-            "byte_count": Value("int64"),
-            "protocol": Value("int8"),
-        }
-    )
+    return contract_features(class_names, num_bytes=NUM_BYTES, num_packets=NUM_PACKETS, num_stats=NUM_FLOW_STATS)
 
 
 def _class_profile(class_id):
