@@ -115,3 +115,22 @@ def test_pretrain_from_a_hub_dataset_id(tmp_path):
     summary = json.loads((out / "pretraining_summary.json").read_text())
     assert summary["finished"] and summary["dataset"] == "tester/traffic-tiny" and summary["num_training_flows"] == 24
     assert json.loads((out / "preprocessor_config.json").read_text())["feature_extractor_type"] == "MMAEFeatureExtractor"
+
+
+def test_exit_guard_ends_a_process_whose_teardown_stalls(tmp_path):
+    # A non-daemon thread that never ends stands in for a library whose teardown stalls after the run is done.
+    script = tmp_path / "stall.py"
+    script.write_text(
+        "import sys, threading, time\n"
+        f"sys.path.insert(0, {str(REPO / 'train')!r})\n"
+        "from pretrain import guard_process_exit\n"
+        "threading.Thread(target=lambda: time.sleep(3600)).start()\n"
+        "print('results written', flush=True)\n"
+        "guard_process_exit(0, grace_seconds=1.0)\n"
+        "sys.exit(0)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "results written" in done.stdout
+    assert "did not exit within 1 s" in done.stderr
+    assert "Thread" in done.stderr  # the stacks of the stalled threads, for a bug report

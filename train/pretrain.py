@@ -119,5 +119,34 @@ def main(argv=None):
     return 0
 
 
+def guard_process_exit(code, grace_seconds=60.0):
+    """Make sure a finished run's process really ends, even if a library's teardown stalls.
+
+    Everything the run produces is written and closed by now. A stall in interpreter shutdown (a non-daemon
+    thread, an atexit hook, a collective backend's destructor) would otherwise keep `accelerate launch` waiting
+    forever with nothing printed. After `grace_seconds` a daemon thread dumps every thread's stack to stderr
+    (the information a bug report needs) and ends the process with the run's own exit code; faulthandler's C
+    watchdog covers a stall in C code that holds the interpreter, 30 s later.
+    """
+    import faulthandler
+    import os
+    import threading
+    import time
+
+    def watchdog():
+        time.sleep(grace_seconds)
+        print(f"warning: the run finished but the process did not exit within {grace_seconds:.0f} s; "
+              "stacks of all threads follow, then the process exits", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    threading.Thread(target=watchdog, name="mmae-exit-watchdog", daemon=True).start()
+    faulthandler.dump_traceback_later(grace_seconds + 30.0, exit=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    guard_process_exit(exit_code)  # only as a script: in-process callers (tests) keep their interpreter
+    sys.exit(exit_code)

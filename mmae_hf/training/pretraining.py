@@ -891,6 +891,9 @@ def run_pretraining(args, dataset=None, model_cls=None):
         + ", ".join(f"{v:.1f}" for v in per_process)
         + (f"; model saved to {output_dir}" if finished else f"; continue with --resume-from-checkpoint {last_checkpoint}")
     )
+    # Every rank tears the process group down at the same moment: a rank that is still saving or plotting while
+    # its peer has already destroyed the group and exited is the one window where gloo teardown can stall.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return PretrainingResult(step=step, output_dir=str(output_dir), finished=finished, last_metrics=last_metrics,
                              samples_per_second_per_process=per_process, world_size=world_size,
