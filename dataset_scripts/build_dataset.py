@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--file-column", default="file")
     p.add_argument("--label-column", default="label")
     p.add_argument("--group-column", help="manifest column holding the split group (default: 'group' or the file)")
+    p.add_argument("--seen-column", help="manifest column (e.g. an app name) whose every value in validation/test "
+                   "captures must also be in train captures: tests known services in new captures")
     p.add_argument("--split-by", choices=SPLIT_METHODS, help="flow | file (= group) | time (default: file)")
     p.add_argument("--validation-size", type=float, default=0.1)
     p.add_argument("--test-size", type=float, default=0.1)
@@ -96,7 +98,8 @@ def main(argv=None):
 def _build(args, argv, build_dataset):
     return build_dataset(
         args.input, args.output, manifest=args.manifest, recipe=args.recipe, file_column=args.file_column,
-        label_column=args.label_column, group_column=args.group_column, split_by=args.split_by,
+        label_column=args.label_column, group_column=args.group_column, seen_column=args.seen_column,
+        split_by=args.split_by,
         validation_size=args.validation_size, test_size=args.test_size, seed=args.seed,
         flow_options=dict(args.flow_option) or None, anonymize=args.anonymize, min_packets=args.min_packets,
         drop_service_chatter=args.drop_service_chatter, min_flows_per_class=args.min_flows_per_class,

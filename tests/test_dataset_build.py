@@ -230,6 +230,29 @@ def test_ndpi_recipe_splits_by_source_capture_not_by_file():
     assert res.report["errors"] == []
 
 
+def test_ndpi_seen_apps_split_tests_known_services_in_new_captures():
+    """--seen-column ndpi_app: still no capture on two sides, and every held-out app is also in train."""
+    import csv
+
+    data = _shared_data() / "ndpi-encrypted-services"
+    res = build_dataset(data, None, recipe="ndpi-encrypted-services", seen_column="ndpi_app", seed=0,
+                        progress=False, num_proc=2)
+    with open(data / "manifest.csv", newline="") as fh:
+        app_of = {row["file"]: row["ndpi_app"] for row in csv.DictReader(fh)}
+    apps = {s: [app_of[name] for name in res.dataset[s]["source_file"]] for s in res.dataset}
+    groups = {s: set(res.dataset[s]["group"]) for s in res.dataset}
+    assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["validation"])
+    assert not (groups["validation"] & groups["test"])
+    assert set(apps["test"]) | set(apps["validation"]) <= set(apps["train"])
+    assert len(res.dataset["test"]) > 80 and len(set(apps["test"])) > 10
+    split = res.report["split"]
+    assert split["held_out_flows_with_keys_unseen_in_train"] == 0
+    assert split["seen_column_keys_per_split"]["train"] == len(set(apps["train"]))
+    assert res.report["input"]["seen_column"] == "ndpi_app"
+    with pytest.raises(ValueError, match="seen column 'app' is not in the header"):
+        build_dataset(data, None, recipe="ndpi-encrypted-services", seen_column="app", progress=False)
+
+
 def test_cli_reports_bad_input_in_one_line(tree, tmp_path, capsys):
     import importlib.util
 

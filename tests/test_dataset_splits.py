@@ -38,6 +38,40 @@ def test_group_split_reports_classes_that_cannot_be_everywhere():
     assert set(assignment[labels == 0]) == {0, 1, 2}
 
 
+def test_seen_keys_split_holds_out_only_keys_that_train_holds():
+    rng = np.random.default_rng(5)
+    n, num_groups = 800, 80
+    groups = rng.integers(0, num_groups, n)
+    # captures 0-59 hold 1-2 of 12 common apps; captures 60-79 each hold an app no other capture has
+    apps = np.array([f"app{(g + int(rng.random() < 0.3)) % 12}" if g < 60 else f"app{g}" for g in groups],
+                    dtype=object)
+    labels = np.array([int(a[3:]) % 4 for a in apps])
+    group_names = np.array([f"cap{g}" for g in groups], dtype=object)
+    assignment, report = split_flows("group", labels, groups=group_names, seed=2, seen_keys=apps)
+    train_apps = set(apps[assignment == 0])
+    held_out = assignment > 0
+    assert held_out.sum() > 0.1 * n
+    assert set(apps[held_out]) <= train_apps
+    for g in np.unique(group_names):
+        assert len(np.unique(assignment[group_names == g])) == 1, g
+    # an app held by a single capture stays in train, even when that capture is small
+    single = [a for a in np.unique(apps) if len(np.unique(group_names[apps == a])) == 1]
+    for a in single:
+        assert set(assignment[apps == a]) == {0}, a
+    # without the constraint the same rows put apps in test that train never saw
+    plain, _ = split_flows("group", labels, groups=group_names, seed=2)
+    assert not set(apps[plain > 0]) <= set(apps[plain == 0])
+    # deterministic, and empty keys ask for nothing
+    again, _ = split_flows("group", labels, groups=group_names, seed=2, seen_keys=apps)
+    assert np.array_equal(assignment, again)
+    blank = np.array([""] * n, dtype=object)
+    assert np.array_equal(split_flows("group", labels, groups=group_names, seed=2, seen_keys=blank)[0], plain)
+    with pytest.raises(ValueError, match="seen_keys only applies to a group split"):
+        split_flows("flow", labels, seed=0, seen_keys=apps)
+    with pytest.raises(ValueError, match="seen_keys has 3 values for 800 flows"):
+        split_flows("group", labels, groups=group_names, seed=0, seen_keys=apps[:3])
+
+
 def test_split_is_deterministic_per_seed_and_varies_across_seeds():
     labels, groups = _grouped_rows(1)
     for method in ("group", "flow"):

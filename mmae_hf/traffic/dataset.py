@@ -67,12 +67,15 @@ class CaptureFile:
         name: its name relative to the input root, POSIX style: the ``source_file`` column.
         label: its class name.
         group: its split group (``name`` unless a manifest gives one).
+        seen_key: optional key (e.g. the application) that a group split with ``seen_column`` keeps in train
+            whenever a held-out split holds it; ``""`` when there is none.
     """
 
     path: str
     name: str
     label: str
     group: str
+    seen_key: str = ""
 
 
 def _is_capture(name: str, suffixes) -> bool:
@@ -118,11 +121,12 @@ def discover_tree(root, suffixes=PCAP_SUFFIXES) -> list:
 
 
 def read_manifest(manifest, *, file_column: str = "file", label_column: str = "label", group_column=None,
-                  root=None) -> list:
+                  root=None, seen_column=None) -> list:
     """Captures listed in a CSV manifest with a header row (``file,label[,group]``).
 
     File paths are relative to ``root`` (default: the manifest's folder) unless absolute. ``group_column`` names
-    the column holding the split group (default: ``group`` if present, else the file itself).
+    the column holding the split group (default: ``group`` if present, else the file itself); ``seen_column``
+    the column whose values held-out splits may only hold when train holds them too (see `split_by_group`).
     Every problem raises ``ValueError`` naming the manifest and the line.
     """
     manifest = Path(manifest)
@@ -141,6 +145,8 @@ def read_manifest(manifest, *, file_column: str = "file", label_column: str = "l
             group_column = "group"
         if group_column is not None and group_column not in header:
             raise ValueError(f"{manifest}:1: group column {group_column!r} is not in the header {header}")
+        if seen_column is not None and seen_column not in header:
+            raise ValueError(f"{manifest}:1: seen column {seen_column!r} is not in the header {header}")
         for row in reader:
             line = reader.line_num
             if None in row or any(v is None for v in row.values()):
@@ -159,7 +165,8 @@ def read_manifest(manifest, *, file_column: str = "file", label_column: str = "l
                 raise ValueError(f"{manifest}:{line}: file {name!r} is listed twice (first on line {first_line_of[name]})")
             first_line_of[name] = line
             group = row[group_column].strip() if group_column else ""
-            files.append(CaptureFile(str(path), PurePosixPath(name).as_posix(), label, group or name))
+            seen_key = row[seen_column].strip() if seen_column else ""
+            files.append(CaptureFile(str(path), PurePosixPath(name).as_posix(), label, group or name, seen_key))
     if not files:
         raise ValueError(f"{manifest}: the manifest lists no files")
     return files
@@ -467,7 +474,7 @@ def _resolve_options(flow_options, overrides: dict):
     return FlowOptions.from_dict(values)
 
 
-def _collect(input_path, *, recipe, manifest, file_column, label_column, group_column):
+def _collect(input_path, *, recipe, manifest, file_column, label_column, group_column, seen_column=None):
     """(files, input description, excluded names) for any kind of input."""
     input_path = Path(input_path)
     if recipe is not None:
@@ -475,18 +482,22 @@ def _collect(input_path, *, recipe, manifest, file_column, label_column, group_c
         return files, {"kind": "recipe", "recipe": recipe.name, "root": input_path.name}, excluded
     if manifest is None and input_path.is_file() and input_path.suffix.lower() == ".csv":
         manifest = input_path
+    if seen_column is not None and manifest is None and not (
+            input_path.is_file() and input_path.suffix.lower() == ".csv"):
+        raise ValueError(f"{input_path}: seen_column {seen_column!r} needs a CSV manifest that holds that column")
     if manifest is not None:
         manifest = Path(manifest)
         root = input_path if input_path.is_dir() else manifest.parent
         files = read_manifest(manifest, file_column=file_column, label_column=label_column,
-                              group_column=group_column, root=root)
+                              group_column=group_column, root=root, seen_column=seen_column)
         return files, {"kind": "manifest", "manifest": manifest.name, "root": root.name,
-                       "group_column": group_column}, []
+                       "group_column": group_column, "seen_column": seen_column}, []
     return discover_tree(input_path), {"kind": "tree", "root": input_path.name}, []
 
 
 def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, file_column: str = "file",
-                  label_column: str = "label", group_column=None, split_by: str = None, validation_size: float = 0.1,
+                  label_column: str = "label", group_column=None, seen_column=None, split_by: str = None,
+                  validation_size: float = 0.1,
                   test_size: float = 0.1, seed: int = 0, flow_options=None, anonymize=None, min_packets=None,
                   drop_service_chatter=None, min_flows_per_class=None, max_flows_per_class=None, dedup: bool = True,
                   drop_label_conflicts: bool = False, keep_addresses: bool = False, num_proc: int = 1,
@@ -502,6 +513,9 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
         recipe: a `mmae_hf.traffic.recipes.Recipe` or its name; sets the labels, caps and flow options
             (explicit arguments still win).
         file_column / label_column / group_column: manifest column names (``group_column``: the split group).
+        seen_column: manifest column (e.g. the application) for a group split whose validation and test captures
+            only hold values that train captures hold too: "known services in new captures"
+            (see `mmae_hf.traffic.splits.split_by_group`).
         split_by: ``"flow"``, ``"file"`` (= ``"group"``: the source file, or the manifest group) or ``"time"``;
             default ``"file"`` (recipes may set another).
         validation_size / test_size: held-out shares.
@@ -549,11 +563,13 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
                                               "drop_service_chatter": drop_service_chatter})
     if rec is not None and rec.manifest:
         files, source, excluded = _collect(input_path, recipe=None, manifest=manifest, file_column=file_column,
-                                           label_column=label_column, group_column=group_column)
+                                           label_column=label_column, group_column=group_column,
+                                           seen_column=seen_column)
         source.update(kind="recipe", recipe=rec.name)
     else:
         files, source, excluded = _collect(input_path, recipe=rec, manifest=manifest, file_column=file_column,
-                                           label_column=label_column, group_column=group_column)
+                                           label_column=label_column, group_column=group_column,
+                                           seen_column=seen_column)
 
     # Work folder: spilled flow columns and the split arrow files, removed at the end.
     # On the output's file system by default, since that one must hold the data anyway.
@@ -629,8 +645,12 @@ def _build(files, options, work: Path, *, source, excluded, rec, output_dir, spl
     num_flows = len(labels)
 
     # 2. split, 3. de-duplicate, 4. caps (on the light metadata only)
+    seen_keys = None
+    if any(f.seen_key for f in files):
+        seen_keys = np.array([f.seen_key for f in files], dtype=str)[row_file]
     assignment, split_report = split_flows(split_by, labels, groups=groups, start_times=start_times,
-                                           validation_size=validation_size, test_size=test_size, seed=seed)
+                                           validation_size=validation_size, test_size=test_size, seed=seed,
+                                           seen_keys=seen_keys)
     if dedup:
         keep, dedup_report = deduplicate(digests, labels, assignment, sources=_RowNames(row_file, files),
                                          drop_label_conflicts=drop_label_conflicts)
@@ -697,6 +717,14 @@ def _build(files, options, work: Path, *, source, excluded, rec, output_dir, spl
     split_dict["groups_on_several_splits"] = [str(group_names[g]) for g in overlap]
     split_dict["rows_per_split"] = {s: len(dataset[s]) for s in SPLIT_NAMES}
     split_dict["groups_per_split"] = {s: len(g) for s, g in zip(SPLIT_NAMES, group_sets)}
+    if seen_keys is not None:
+        # what the seen-keys split promises, checked on the flows actually written (after de-dup and caps)
+        train_keys = set(np.unique(seen_keys[keep & (assignment == 0)]).tolist())
+        split_dict["seen_column_keys_per_split"] = {
+            name: len(set(np.unique(seen_keys[keep & (assignment == s)]).tolist()) - {""}) for s, name in
+            enumerate(SPLIT_NAMES)}
+        split_dict["held_out_flows_with_keys_unseen_in_train"] = int(sum(
+            1 for r in np.flatnonzero(keep & (assignment > 0)) if seen_keys[r] and seen_keys[r] not in train_keys))
 
     report = {
         "format": "mmae_hf.build_report/1",

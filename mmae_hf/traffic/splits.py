@@ -132,8 +132,16 @@ def split_by_time(labels: np.ndarray, start_times: np.ndarray, ratios: tuple) ->
     return out
 
 
-def split_by_group(labels: np.ndarray, groups, ratios: tuple, seed: int, trials: int = 8) -> np.ndarray:
+def split_by_group(labels: np.ndarray, groups, ratios: tuple, seed: int, trials: int = 8,
+                   seen_keys=None) -> np.ndarray:
     """Group-aware stratified split: every group goes whole to one split.
+
+    ``seen_keys`` (optional, one value per flow, e.g. the application behind a flow) asks for held-out splits
+    that only test what training has seen: before anything else, every key value gets a train group (the group
+    holding most flows of it; keys held by fewest groups first). A key held by one group is therefore in train
+    only, and every group left for validation and test holds only keys that train also holds. The question
+    such a split answers is "does the model recognise known services in captures it has never seen", not
+    "does it generalise to services it has never seen"; empty strings are ignored.
 
     Phase 1 (coverage): classes in order of fewest groups first; for each class, train, then test, then validation
     receive one of its groups if they have none of that class yet and an unassigned group holding the class remains.
@@ -167,6 +175,17 @@ def split_by_group(labels: np.ndarray, groups, ratios: tuple, seed: int, trials:
     class_order = np.lexsort((np.arange(num_classes), groups_per_class))
     wanted_splits = [TRAIN] + [s for s in (TEST, VALIDATION) if ratios[s] > 0]
     holders_of = [np.flatnonzero(counts[:, c] > 0) for c in range(num_classes)]
+    key_holders = []  # per key value: (groups holding it, flows of it in each of those groups)
+    if seen_keys is not None:
+        keys = _group_array(seen_keys)
+        if len(keys) != n:
+            raise ValueError(f"seen_keys has {len(keys)} values for {n} flows")
+        present = keys != ""
+        key_ids, key_of_row = np.unique(keys[present], return_inverse=True)
+        key_counts = np.zeros((num_groups, len(key_ids)), dtype=np.int64)
+        np.add.at(key_counts, (group_of_row[present], key_of_row.reshape(-1)), 1)
+        order = np.lexsort((np.arange(len(key_ids)), (key_counts > 0).sum(0)))
+        key_holders = [(np.flatnonzero(key_counts[:, k] > 0), key_counts[key_counts[:, k] > 0, k]) for k in order]
 
     def one_trial(random_rank):
         current = np.zeros((3, num_classes), dtype=np.float64)
@@ -176,6 +195,13 @@ def split_by_group(labels: np.ndarray, groups, ratios: tuple, seed: int, trials:
             assigned[g] = s
             current[s] += counts[g]
 
+        # phase 0 (seen_keys): every key value in train, through the group holding most of it
+        for holders, held in key_holders:
+            if (assigned[holders] == TRAIN).any():
+                continue
+            free = [i for i, g in enumerate(holders) if assigned[g] < 0]
+            if free:
+                assign(holders[min(free, key=lambda i: (-held[i], random_rank[holders[i]]))], TRAIN)
         # phase 1: coverage of every class in every split where its groups allow it
         for c in class_order:
             holders = holders_of[c]
@@ -215,21 +241,24 @@ def split_by_group(labels: np.ndarray, groups, ratios: tuple, seed: int, trials:
 
 
 def split_flows(method: str, labels, *, groups=None, start_times=None, validation_size: float = 0.1,
-                test_size: float = 0.1, seed: int = 0) -> tuple:
+                test_size: float = 0.1, seed: int = 0, seen_keys=None) -> tuple:
     """Assign each flow to a split. Returns ``(assignment int8 [N], SplitReport)``.
 
     ``method`` is ``"flow"``, ``"file"`` / ``"group"`` (needs ``groups``) or ``"time"`` (needs ``start_times``).
+    ``seen_keys`` (group splits only): see `split_by_group`; held-out groups hold only key values train holds.
     """
     if method not in SPLIT_METHODS:
         raise ValueError(f"unknown split method {method!r}; choose one of {SPLIT_METHODS}")
     ratios = normalize_ratios(validation_size, test_size)
     labels = np.asarray(labels)
+    if seen_keys is not None and method not in ("file", "group"):
+        raise ValueError("seen_keys only applies to a group split")
     if method == "flow":
         assignment = split_by_flow(labels, ratios, seed)
     elif method in ("file", "group"):
         if groups is None:
             raise ValueError("a group split needs `groups` (one id per flow)")
-        assignment = split_by_group(labels, groups, ratios, seed)
+        assignment = split_by_group(labels, groups, ratios, seed, seen_keys=seen_keys)
     else:
         if start_times is None:
             raise ValueError("a time split needs `start_times` (one per flow)")
