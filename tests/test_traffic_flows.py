@@ -209,3 +209,14 @@ def test_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
     got = sorted(iter_flows(data, engine="fast"), key=lambda f: (f.start_time, f.src_port))
     assert len(got) == len(want) == 50
     assert all(np.array_equal(a.payload, b.payload) and a.packet_count == b.packet_count for a, b in zip(got, want))
+
+
+def test_engines_agree_at_the_active_timeout_edge():
+    """The active timeout compares ``clock - start > active_timeout`` in both engines: ``start + active_timeout``
+    rounds differently for some timestamps (1.93 + 0.15 > 2.08 in binary floating point)."""
+    recs = [(1.0 + 0.01 * k, udp(sport=7000, dport=53, payload=bytes([k % 256]))) for k in range(300)]
+    data = pcap_bytes([(t, ether(p)) for t, p in recs])
+    opts = FlowOptions(idle_timeout=0.05, active_timeout=0.15)
+    a, b = (list(iter_flows(data, opts, engine=engine)) for engine in ENGINES)
+    assert [(f.start_time, f.packet_count) for f in a] == [(f.start_time, f.packet_count) for f in b]
+    assert len(a) == 20 and sum(f.packet_count for f in a) == 300

@@ -167,6 +167,20 @@ def _key_hash(keys: np.ndarray) -> np.ndarray:
     return h
 
 
+def _active_deadline(clock_s: np.ndarray, j: int, s1: int, start: float, active_t: float) -> int:
+    """First position in ``[j, s1)`` where the (non-decreasing) clock has passed ``start`` by more than ``active_t``,
+    or ``s1``. The test is the reference's ``clock - start > active_t``: a binary search on ``start + active_t``,
+    which can round the other way, then a fix-up of the positions at the edge."""
+    if clock_s[s1 - 1] - start <= active_t:
+        return s1
+    pos = j + int(np.searchsorted(clock_s[j:s1], start + active_t, side="right"))
+    while pos > j and clock_s[pos - 1] - start > active_t:
+        pos -= 1
+    while pos < s1 and not clock_s[pos] - start > active_t:
+        pos += 1
+    return pos
+
+
 def _put_be32(block: np.ndarray, rows: np.ndarray, col: np.ndarray, value: np.ndarray) -> None:
     """Write big-endian 32-bit ``value`` at columns ``col..col+3`` of ``block`` rows (columns past the end dropped)."""
     width = block.shape[1]
@@ -364,11 +378,10 @@ class FastAssembler:
             run_init[s0] = init_lo
             last_run = s0
             evs = event_list[ev_lo[s_idx] : ev_hi[s_idx]]
-            if not evs and clock_last[s_idx] <= start + active_t:  # nothing can happen in this segment
+            if not evs and clock_last[s_idx] - start <= active_t:  # nothing can happen in this segment
                 seg_info.append((key, row, closed, fin_fwd, fin_bwd, last_run))
                 continue
-            seg_clock_last = clock_last[s_idx]
-            deadline = s1 if seg_clock_last <= start + active_t else s0 + int(np.searchsorted(clock_s[s0:s1], start + active_t, side="right"))
+            deadline = _active_deadline(clock_s, s0, s1, start, active_t)
             k = 0
             n_ev = len(evs)
             while True:
@@ -381,7 +394,7 @@ class FastAssembler:
                     init_lo = bool(from_lo_s[j])
                     run_init[j] = init_lo
                     closed = fin_fwd = fin_bwd = False
-                    deadline = s1 if seg_clock_last <= start + active_t else j + int(np.searchsorted(clock_s[j:s1], start + active_t, side="right"))
+                    deadline = _active_deadline(clock_s, j, s1, start, active_t)
                     continue
                 if k >= n_ev:
                     break
@@ -394,7 +407,7 @@ class FastAssembler:
                     init_lo = bool(from_lo_s[j])
                     run_init[j] = init_lo
                     closed = fin_fwd = fin_bwd = False
-                    deadline = s1 if seg_clock_last <= start + active_t else j + int(np.searchsorted(clock_s[j:s1], start + active_t, side="right"))
+                    deadline = _active_deadline(clock_s, j, s1, start, active_t)
                 if tcp_close:
                     f = int(flags_s[j])
                     if f & TCP_RST:
