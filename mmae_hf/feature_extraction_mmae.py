@@ -39,6 +39,7 @@ DEFAULT_FLOW_OPTIONS = {
     "anonymize": "default",
     "min_packets": 1,
     "drop_service_chatter": False,
+    "max_packets": 0,
 }
 NUM_FLOW_STATS = 27
 MODEL_INPUT_NAMES = ["input_bytes", "packet_lengths", "packet_iats", "packet_directions", "flow_stats"]

@@ -41,11 +41,12 @@ def describe_preprocessing(feature_extractor_config: dict | None) -> str:
                      f"bytes) = {n * (h + p)} bytes, zero-padded")
     for key, text in (("idle_timeout", "idle timeout (s)"), ("active_timeout", "active timeout (s)"),
                       ("tcp_close", "end flows at TCP FIN/RST"), ("min_packets", "minimum packets per flow"),
-                      ("drop_service_chatter", "drop DNS/DHCP/NTP/... service flows")):
+                      ("drop_service_chatter", "drop DNS/DHCP/NTP/... service flows"),
+                      ("max_packets", "packets kept per flow (0: all)")):
         if key in options:
             lines.append(f"- {text}: {options[key]}")
     shown = {"anonymize", "bidirectional", "num_packets", "header_bytes", "payload_bytes", "idle_timeout",
-             "active_timeout", "tcp_close", "min_packets", "drop_service_chatter"}
+             "active_timeout", "tcp_close", "min_packets", "drop_service_chatter", "max_packets"}
     rest = {k: v for k, v in options.items() if k not in shown and not k.startswith("_")
             and k not in ("feature_extractor_type", "processor_class", "model_input_names")}
     if rest:

@@ -220,3 +220,101 @@ def test_engines_agree_at_the_active_timeout_edge():
     a, b = (list(iter_flows(data, opts, engine=engine)) for engine in ENGINES)
     assert [(f.start_time, f.packet_count) for f in a] == [(f.start_time, f.packet_count) for f in b]
     assert len(a) == 20 and sum(f.packet_count for f in a) == 300
+
+
+def _same_record(x, y):
+    assert np.array_equal(x.payload, y.payload)
+    assert np.array_equal(x.packet_lengths, y.packet_lengths)
+    assert np.array_equal(x.packet_directions, y.packet_directions)
+    assert np.allclose(x.packet_iats, y.packet_iats)
+    assert np.allclose(x.flow_stats, y.flow_stats, rtol=1e-5, atol=1e-6)
+    assert (x.src_ip, x.src_port, x.dst_ip, x.dst_port, x.protocol) == (y.src_ip, y.src_port, y.dst_ip, y.dst_port,
+                                                                        y.protocol)
+    assert (x.packet_count, x.byte_count, x.start_time, x.end_time) == (y.packet_count, y.byte_count, y.start_time,
+                                                                        y.end_time)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_packet_cap_keeps_the_first_packets_and_counts_the_rest(engine):
+    pk = handshake(data=(b"hello", b"world!!"))  # 8 packets: S, SA, A, PA, PA, FA, FA, A
+    (f,), acc = run(pk, engine, anonymize="none", max_packets=5, num_packets=7)
+    # the capped flow is the flow of the first five packets alone: statistics, end time, arrays, bytes
+    (want,), _ = run(pk[:5], engine, anonymize="none", num_packets=7)
+    _same_record(f, want)
+    assert f.packet_count == 5 and f.byte_count == 40 * 3 + 45 + 47 and f.end_time == pytest.approx(0.04)
+    assert f.packet_lengths.tolist() == [40, 40, 40, 45, 47, 0, 0] and f.packet_directions.tolist()[5:] == [0, 0]
+    assert not f.payload[5 * 320 :].any()
+    assert stat(f, "fin_count") == 0 and stat(f, "syn_count") == 2 and stat(f, "duration") == pytest.approx(0.04)
+    assert stat(f, "packets_per_second") == pytest.approx(5 / 0.04, rel=1e-4)
+    assert acc.packets_read == 8 and acc.packets_in_flows == 5 and acc.flows == 1
+    assert acc.skipped == {"over_packet_cap": 3}
+    # a cap at or above the flow's length changes nothing
+    (g,), acc = run(pk, engine, anonymize="none", max_packets=8, num_packets=7)
+    (h,), _ = run(pk, engine, anonymize="none", num_packets=7)
+    _same_record(g, h)
+    assert acc.skipped == {}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_packets_over_the_cap_do_not_start_a_new_flow(engine):
+    # one packet a second, idle timeout 1.5 s: only the dropped packets keep the flow alive past 2 s
+    pk = [(float(t), udp(sport=5000, dport=6000)) for t in range(10)] + [(20.0, udp(sport=5000, dport=6000))]
+    flows, acc = run(pk, engine, idle_timeout=1.5, max_packets=3)
+    assert [f.packet_count for f in flows] == [3, 1]  # the packet after the 18 s gap starts the second flow
+    assert flows[0].end_time == 2.0 and flows[1].start_time == 20.0
+    assert acc.skipped == {"over_packet_cap": 7} and acc.packets_in_flows == 4
+    # the dropped FINs still close a TCP flow: the reused 5-tuple's fresh SYN starts a new flow
+    flows, acc = run(handshake(t0=0.0) + handshake(t0=1.0), engine, max_packets=3)
+    assert [f.packet_count for f in flows] == [3, 3] and [stat(f, "fin_count") for f in flows] == [0, 0]
+    assert acc.skipped == {"over_packet_cap": 10}
+    # the active timeout still counts from the first packet
+    steady = [(float(t), udp(sport=5000, dport=6000)) for t in range(25)]
+    flows, acc = run(steady, engine, idle_timeout=5.0, active_timeout=10.0, max_packets=4)
+    assert [f.packet_count for f in flows] == [4, 4, 3] and acc.skipped == {"over_packet_cap": 14}
+
+
+@pytest.mark.parametrize("max_packets", [1, 2, 7])
+def test_engines_agree_with_a_packet_cap_across_blocks(max_packets, monkeypatch):
+    """Flows longer than the cap, interleaved, spread over many small blocks (a flow fills up in an earlier block)."""
+    import mmae_hf.traffic.pcapio as pcapio
+
+    recs = sorted(_many_flows(150, per_flow=11, spacing=0.002), key=lambda r: r[0])
+    # and one long stream, 10 ms apart, that spans several blocks after it filled up in the first one
+    recs += [(1.0 + 0.01 * k, udp(sport=7000, dport=53, payload=bytes([k % 256]) * (k % 40 + 1))) for k in range(300)]
+    data = pcap_bytes([(t, ether(p)) for t, p in recs])
+    monkeypatch.setattr(pcapio, "BLOCK_SIZE", 4 << 10)
+    for opts in (FlowOptions(max_packets=max_packets),
+                 FlowOptions(max_packets=max_packets, bidirectional=False, tcp_close=False, num_packets=3),
+                 FlowOptions(max_packets=max_packets, idle_timeout=0.05, active_timeout=0.15, anonymize="strict")):
+        got = {}
+        for engine in ENGINES:
+            acc = PacketAccounting()
+            flows = sorted(iter_flows(data, opts, accounting=acc, engine=engine),
+                           key=lambda f: (f.start_time, f.src_ip, f.src_port))
+            assert acc.packets_read == len(recs) == acc.packets_in_flows + acc.packets_skipped
+            assert acc.packets_in_flows == sum(f.packet_count for f in flows)
+            assert all(f.packet_count <= max_packets for f in flows)
+            # the dropped packets keep the 3 s stream alive from block to block: one flow, unless the active
+            # timeout (150 ms) cuts it
+            stream = sum(f.src_port == 7000 for f in flows)
+            assert stream == (1 if opts.active_timeout > 3 else 20)
+            got[engine] = flows, acc
+        (a, acc_a), (b, acc_b) = got["reference"], got["fast"]
+        assert len(a) == len(b) > 0 and acc_a.to_dict() == acc_b.to_dict()
+        assert acc_a.skipped["over_packet_cap"] > 0
+        for x, y in zip(a, b):
+            _same_record(x, y)
+
+
+def test_max_packets_validation_and_serialisation():
+    for bad in (-1, 2.5, True, "10"):
+        with pytest.raises(ValueError, match="max_packets must be an integer >= 0"):
+            FlowOptions(max_packets=bad)
+    with pytest.raises(ValueError, match="max_packets=2 is below min_packets=3"):
+        FlowOptions(max_packets=2, min_packets=3)
+    opts = FlowOptions(max_packets=np.int64(100), bidirectional=False)
+    assert opts.max_packets == 100 and type(opts.max_packets) is int
+    assert FlowOptions.from_dict(opts.to_dict()) == opts
+    old = FlowOptions().to_dict()
+    del old["max_packets"]  # a preprocessor_config.json / build report written before the option existed
+    assert FlowOptions.from_dict(old).max_packets == 0

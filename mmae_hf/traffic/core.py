@@ -82,6 +82,7 @@ SKIP_REASONS = (
     "unsupported_transport",  # IP payload is not TCP or UDP (ICMP, ESP, GRE, IP-in-IP, ...)
     "filtered",  # dropped on purpose (``drop_service_chatter``: DNS, mDNS, LLMNR, NetBIOS, DHCP, NTP, SSDP)
     "short_flow",  # belonged to a flow with fewer than ``min_packets`` packets
+    "over_packet_cap",  # came after the first ``max_packets`` packets of its flow
 )
 
 
@@ -116,6 +117,12 @@ class FlowOptions:
         anonymize: one of ``ANONYMIZATION_PROFILES``.
         min_packets: flows with fewer packets are dropped (their packets are counted as ``short_flow``).
         drop_service_chatter: drop DNS, mDNS, LLMNR, NetBIOS, DHCP, NTP and SSDP packets (counted as ``filtered``).
+        max_packets: keep only the first ``max_packets`` packets of each flow (0: no cap; the ``-l N`` of the paper
+            pipeline's splitter, used for ISCX-Tor). Later packets are dropped and counted as ``over_packet_cap``;
+            the flow's ``packet_count``, ``byte_count``, ``end_time``, per-packet arrays and the 27 statistics
+            describe the kept packets only. Dropped packets still belong to their flow: they do not start a new
+            flow, they keep it alive for ``idle_timeout`` and their FIN/RST close it, so flow boundaries are the
+            same as without the cap. Must be 0 or >= ``min_packets``.
     """
 
     bidirectional: bool = True
@@ -128,6 +135,7 @@ class FlowOptions:
     anonymize: str = "default"
     min_packets: int = 1
     drop_service_chatter: bool = False
+    max_packets: int = 0
 
     def __post_init__(self):
         if self.anonymize not in ANONYMIZATION_PROFILES:
@@ -138,6 +146,13 @@ class FlowOptions:
             raise ValueError("idle_timeout and active_timeout must be positive")
         if self.min_packets < 1:
             raise ValueError("min_packets must be >= 1")
+        if isinstance(self.max_packets, bool) or not isinstance(self.max_packets, (int, np.integer)) \
+                or self.max_packets < 0:
+            raise ValueError(f"max_packets must be an integer >= 0 (0 = no cap), got {self.max_packets!r}")
+        self.max_packets = int(self.max_packets)
+        if self.max_packets and self.max_packets < self.min_packets:
+            raise ValueError(f"max_packets={self.max_packets} is below min_packets={self.min_packets}: every flow "
+                             "would be dropped")
 
     @property
     def slot_bytes(self) -> int:

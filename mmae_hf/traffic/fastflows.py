@@ -6,7 +6,9 @@ Per block of packets:
 2. a short Python loop per segment visits only the packets where something can happen (the segment's first packet,
    idle gaps, TCP SYN/FIN/RST, the active-timeout deadline found by binary search) and marks where flows start;
 3. per-run aggregates (a run = the packets of one flow inside the block) come from ``np.*.reduceat``/``bincount``
-   and are merged into a column table of active flows (``FlowTable``) with vectorised indexing;
+   and are merged into a column table of active flows (``FlowTable``) with vectorised indexing; with
+   ``max_packets`` only each run's prefix that fits under the cap is aggregated (the rest is counted as
+   ``over_packet_cap``), while every packet of the run still moves the flow's idle clock and TCP close state;
 4. the slots of the first ``num_packets`` packets of each flow are gathered and anonymised for the whole block at once.
 """
 
@@ -451,6 +453,57 @@ class FastAssembler:
 
         fwd = from_lo_s == init_lo_runs[run_id]
         direction = np.where(fwd, 1, -1).astype(np.int8)
+        kept_rows, arrays = rows, (ts_s, length_s, pay_s, flags_s, tcp_s, fwd, direction, orig)
+        kstarts, kends, kcnt, krun_id = starts, ends, cnt, run_id
+        if opts.max_packets:
+            # the first max_packets packets of each flow: a prefix of each run, none once a flow is full
+            quota = np.minimum(cnt, np.clip(opts.max_packets - t.n[rows], 0, None))
+            over = int((cnt - quota).sum())
+            if over:
+                self.accounting.skip("over_packet_cap", over)
+                kept = np.flatnonzero(np.arange(m) - starts[run_id] < quota[run_id])
+                arrays = tuple(x[kept] for x in arrays)
+                live = quota > 0
+                kept_rows, kcnt = rows[live], quota[live]
+                kstarts = np.cumsum(kcnt) - kcnt
+                kends = kstarts + kcnt
+                krun_id = np.repeat(np.arange(len(kcnt)), kcnt)
+        if len(kept_rows):
+            self._accumulate(batch, kept_rows, kstarts, kends, kcnt, krun_id, *arrays)
+        # every packet keeps its flow alive (idle timeout), whether the packet cap kept it or not
+        t.last[rows] = ts_s[ends - 1]
+
+        # ---- runs that ended inside the block; the last run of each segment stays active
+        ended = np.ones(n_runs, dtype=bool)
+        ended[seg_last_run] = False
+        self.ready.extend(rows[ended].tolist())
+        last_rows = rows[seg_last_run]
+        t.closed[last_rows] = [s[2] for s in seg_info]
+        t.fin_fwd[last_rows] = [s[3] for s in seg_info]
+        t.fin_bwd[last_rows] = [s[4] for s in seg_info]
+        for (key, *_rest), r in zip(seg_info, last_rows.tolist()):
+            active[key] = r
+            t.keys[r] = key
+
+    # ------------------------------------------------------------------ per-run aggregates of kept packets
+    def _accumulate(self, batch: PacketBatch, rows, starts, ends, cnt, run_id, ts_s, length_s, pay_s, flags_s, tcp_s,
+                    fwd, direction, orig) -> None:
+        """Merge the packets of each run into its table row (statistics, ``tmax``, slots).
+
+        Args:
+            batch: the block (for the slot bytes).
+            rows: table row of each run (one run = the consecutive kept packets of one flow in this block).
+            starts / ends / cnt: first position, end position and packet count of each run in the arrays below.
+            run_id: run index of each packet.
+            ts_s / length_s / pay_s / flags_s / tcp_s: timestamp, IP length, payload length, TCP flags and is-TCP
+                of each packet, grouped by run, capture order inside a run.
+            fwd / direction: packet sent by the flow's initiator (bool) and its direction (+1 / -1).
+            orig: index of each packet in ``batch``.
+        """
+        opts = self.options
+        t = self.table
+        m = len(ts_s)
+        n_runs = len(rows)
         iat = np.zeros(m)
         iat[1:] = np.maximum(ts_s[1:] - ts_s[:-1], 0.0)
         iat[starts] = 0.0
@@ -508,7 +561,6 @@ class FastAssembler:
             t.fwd_iat_sum[rows] += r_fwd_iat + np.where(link, np.maximum(first_fwd - prev_fwd, 0.0), 0.0)
             lrows = rows[fr_run[lasts]]
             t.last_fwd[lrows] = ts_s[fwd_pos[lasts]]
-        t.last[rows] = ts_s[ends - 1]
         t.tmax[rows] = np.maximum(t.tmax[rows], np.maximum.reduceat(ts_s, starts))
         t.last_dir[rows] = direction[ends - 1]
 
@@ -526,18 +578,6 @@ class FastAssembler:
             t.dirs[srow, sidx] = direction[pos]
             t.slots[srow, sidx] = self._slots(batch, orig[pos], srow, direction[pos])
             t.nslots[rows] += need
-
-        # ---- runs that ended inside the block; the last run of each segment stays active
-        ended = np.ones(n_runs, dtype=bool)
-        ended[seg_last_run] = False
-        self.ready.extend(rows[ended].tolist())
-        last_rows = rows[seg_last_run]
-        t.closed[last_rows] = [s[2] for s in seg_info]
-        t.fin_fwd[last_rows] = [s[3] for s in seg_info]
-        t.fin_bwd[last_rows] = [s[4] for s in seg_info]
-        for (key, *_rest), r in zip(seg_info, last_rows.tolist()):
-            active[key] = r
-            t.keys[r] = key
 
     # ------------------------------------------------------------------ slot bytes
     def _slots(self, batch: PacketBatch, idx: np.ndarray, rows: np.ndarray, direction: np.ndarray) -> np.ndarray:

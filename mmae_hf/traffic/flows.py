@@ -9,6 +9,9 @@ Flow rules (identical in both engines below):
   the end of the capture. Flows are emitted when they end; idle flows are expired at regular points, so memory holds
   only flows that are still active (or closed less than ``idle_timeout`` ago).
 - Packet order inside a flow is capture order; inter-arrival times are clipped at 0.
+- ``max_packets`` (when > 0): packets after the first ``max_packets`` of a flow are dropped (``over_packet_cap``)
+  but still count for the flow's boundaries (idle timeout, TCP close), so they never start a new flow; the record
+  describes the kept packets only.
 
 Two engines produce identical flows: ``ReferenceAssembler`` walks packet by packet (simple, the specification), and
 ``FastAssembler`` (``fastflows.py``) works on whole blocks with numpy.
@@ -246,6 +249,15 @@ class ReferenceAssembler(_AssemblerBase):
             self.next_order += 1
             self.active[key] = st
         direction = 1 if from_lo == st.init_lo else -1
+        if opts.max_packets and st.n >= opts.max_packets:
+            # over the cap: dropped, but still this flow's packet (it keeps the flow alive and may close it)
+            self.accounting.skip("over_packet_cap")
+            if proto == 6:
+                self._tcp_close(st, flags, direction)
+            st.last = ts
+            if self.next_order % self.SWEEP_EVERY == 0:
+                self.expire()
+            return
         # ---- accumulate
         if st.n:
             iat = max(ts - st.last, 0.0)
@@ -278,16 +290,7 @@ class ReferenceAssembler(_AssemblerBase):
             st.fin += bool(flags & TCP_FIN)
             st.rst += bool(flags & TCP_RST)
             st.psh += bool(flags & TCP_PSH)
-            if opts.tcp_close:
-                if flags & TCP_RST:
-                    st.closed = True
-                if flags & TCP_FIN:
-                    if direction == 1:
-                        st.fin_fwd = True
-                    else:
-                        st.fin_bwd = True
-                    if st.fin_bwd and st.fin_fwd or not opts.bidirectional:
-                        st.closed = True
+            self._tcp_close(st, flags, direction)
         st.last = ts
         st.tmax = max(st.tmax, ts)
         st.last_dir = direction
@@ -301,6 +304,21 @@ class ReferenceAssembler(_AssemblerBase):
             st.dirs.append(direction)
         if self.next_order % self.SWEEP_EVERY == 0:
             self.expire()
+
+    def _tcp_close(self, st: FlowState, flags: int, direction: int) -> None:
+        """The ``tcp_close`` rule for one TCP packet of ``st`` (RST, or FIN from both sides / unidirectional FIN)."""
+        opts = self.options
+        if not opts.tcp_close:
+            return
+        if flags & TCP_RST:
+            st.closed = True
+        if flags & TCP_FIN:
+            if direction == 1:
+                st.fin_fwd = True
+            else:
+                st.fin_bwd = True
+            if st.fin_bwd and st.fin_fwd or not opts.bidirectional:
+                st.closed = True
 
 
 # Below this capture size the reference engine is faster: numpy's fixed cost per block dominates tiny captures.
