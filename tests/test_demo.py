@@ -72,19 +72,22 @@ def test_pipeline_pretrain_finetune_table_on_synthetic(tmp_path):
     dsd.save_to_disk(str(tmp_path / "dataset"))
     run_study = _load(REPO / "train" / "run_study.py", "_demo_run_study2")
     argv = ["--dataset", str(tmp_path / "dataset"), "--study", "demo-test", "--variants", "mmae", "linear_probe",
-            "extra_trees", "--seeds", "0", "--output-dir", str(tmp_path / "out"), "--results-dir", str(tmp_path / "out"),
+            "random_probe", "extra_trees", "--seeds", "0", "--output-dir", str(tmp_path / "out"), "--results-dir", str(tmp_path / "out"),
             "--pretrain-steps", "2", "--pretrain-batch-size", "4", "--epochs", "1", "--batch-size", "4",
             "--tree-estimators", "10", "--pretrain-args", "--report-to none", "--finetune-args", "--report-to none",
             "--quiet"]
     assert run_study.main(argv) == 0
     study = json.loads((tmp_path / "out" / "demo-test.json").read_text())
-    assert [row["variant"] for row in study["summary"]] == ["mmae", "linear_probe", "extra_trees"]
+    assert [row["variant"] for row in study["summary"]] == ["mmae", "linear_probe", "random_probe", "extra_trees"]
+    probe = json.loads((tmp_path / "out" / "runs" / "random_probe" / "seed0" / "results.json").read_text())
+    assert probe["pretrained"].endswith("random_encoder")  # the control never sees a pre-trained weight
     run = tmp_path / "out" / "runs" / "mmae" / "seed0"
     results = json.loads((run / "results.json").read_text())
     assert results["pretrained"] == str(tmp_path / "out" / "pretrain" / "mmae" / "seed0")  # fine-tuned from it
     assert (run / "eval" / "test_confusion.png").is_file()
     card = (run / "model" / "README.md").read_text()
     assert "extra_trees (no payload bytes)" in card and "linear_probe (pre-trained)" in card  # baselines in the card
+    assert "random_probe (random encoder)" in card
     assert "2 pre-training steps of 4 flows on the train split" in card
     assert str(tmp_path) not in card  # no machine paths in what would be published
     table = (tmp_path / "out" / "demo-test.md").read_text()

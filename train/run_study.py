@@ -110,6 +110,18 @@ def ensure_pretraining(name: str, seed: int, args, out: Path) -> tuple[Path, flo
     return run_dir, seconds
 
 
+def save_random_encoder(preset: str, seed: int, path: Path) -> Path:
+    """A randomly initialised encoder of ``preset`` (seeded), saved like a pre-trained one."""
+    import torch
+
+    from mmae_hf.configuration_mmae import MMAEConfig
+    from mmae_hf.modeling_mmae import MMAEModel
+
+    torch.manual_seed(seed)
+    MMAEModel(MMAEConfig.from_preset(preset)).save_pretrained(str(path))
+    return path
+
+
 def run_variant(name: str, seed: int, args, out: Path, dsd) -> dict:
     from mmae_hf.training.baselines import run_linear_probe, run_tree_baseline
     from mmae_hf.training.study import VARIANTS
@@ -136,7 +148,8 @@ def run_variant(name: str, seed: int, args, out: Path, dsd) -> dict:
             run_logged(cmd, out / "logs" / f"{name}-seed{seed}.log", args.quiet)
             results = json.loads(results_path.read_text())
         elif variant.kind == "probe":
-            results = run_linear_probe(dsd, str(pretrain_dir), run_dir, seed=seed, name=f"{name} seed {seed}")
+            encoder_dir = pretrain_dir or save_random_encoder(args.preset, seed, run_dir / "random_encoder")
+            results = run_linear_probe(dsd, str(encoder_dir), run_dir, seed=seed, name=f"{name} seed {seed}")
         else:
             results = run_tree_baseline(dsd, run_dir, kind=variant.tree_kind, seed=seed,
                                         n_estimators=args.tree_estimators, name=f"{name} seed {seed}")
@@ -149,6 +162,15 @@ def run_variant(name: str, seed: int, args, out: Path, dsd) -> dict:
             "dir": str(run_dir), "files": results.get("files", {})}
 
 
+def _baseline_kind(name: str) -> str:
+    from mmae_hf.training.study import VARIANTS
+
+    variant = VARIANTS[name]
+    if variant.kind == "tree":
+        return "no payload bytes"
+    return "pre-trained" if variant.pretrain else "random encoder"
+
+
 def refresh_model_cards(runs: list[dict], dataset_name: str) -> None:
     """Rewrite each fine-tuned model's card with the other variants of the same seed as baselines."""
     from mmae_hf.model_card import build_finetuned_model_card
@@ -158,8 +180,8 @@ def refresh_model_cards(runs: list[dict], dataset_name: str) -> None:
             continue
         model_dir = Path(run["dir"]) / "model"
         summary = json.loads((Path(run["dir"]) / "results.json").read_text())
-        others = [{"name": f"{r['variant']} ({'pre-trained' if r['kind'] != 'tree' else 'no payload bytes'})"
-                   if r["kind"] != "finetune" else r["variant"], "test": r["test"]}
+        others = [{"name": f"{r['variant']} ({_baseline_kind(r['variant'])})" if r["kind"] != "finetune"
+                   else r["variant"], "test": r["test"]}
                   for r in runs if r["seed"] == run["seed"] and r["variant"] != run["variant"]]
         fe_path = model_dir / "preprocessor_config.json"
         card = build_finetuned_model_card(

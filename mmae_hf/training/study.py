@@ -17,8 +17,10 @@ class Variant:
     """One row of the study.
 
     kind: ``finetune`` (pre-train with ``pretrain_overrides`` unless ``pretrain`` is None, then fine-tune with the
-    Trainer), ``probe`` (logistic regression on the frozen encoder of pre-training ``pretrain``) or ``tree``
-    (scikit-learn ensemble ``tree_kind`` on side-channel features).
+    Trainer), ``probe`` (logistic regression on the frozen encoder of pre-training ``pretrain``, or, when
+    ``pretrain`` is None, on a randomly initialised encoder of the study's preset: the control that says what
+    pre-training adds over random features) or ``tree`` (scikit-learn ensemble ``tree_kind`` on side-channel
+    features).
     """
 
     kind: str
@@ -50,6 +52,7 @@ VARIANTS = {
                               pretrain="random_masking"),
     "scratch": Variant("finetune", "same encoder trained from scratch (no pre-training)"),
     "linear_probe": Variant("probe", "logistic regression on the frozen MMAE encoder's CLS vector", pretrain="mmae"),
+    "random_probe": Variant("probe", "control: the same probe on a frozen, randomly initialised encoder"),
     "extra_trees": Variant("tree", "ExtraTrees on flow statistics + packet lengths/IATs/directions",
                            tree_kind="extra_trees"),
     "random_forest": Variant("tree", "RandomForest on flow statistics + packet lengths/IATs/directions",
