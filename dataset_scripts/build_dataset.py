@@ -49,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--num-proc", type=int, default=1, help="worker processes reading captures")
     p.add_argument("--anonymize", choices=ANONYMIZATION_PROFILES)
     p.add_argument("--min-packets", type=int, help="drop flows with fewer packets")
+    p.add_argument("--max-packets", type=int, help="keep only the first N packets of each flow (0: all; default: "
+                   "the recipe's per-class caps, else all)")
     p.add_argument("--drop-service-chatter", action="store_true", default=None,
                    help="drop DNS, mDNS, LLMNR, NBNS, DHCP, NTP, SSDP packets (well-known ports)")
     p.add_argument("--flow-option", type=_flow_option, action="append", default=[], metavar="KEY=VALUE",
@@ -102,7 +104,8 @@ def _build(args, argv, build_dataset):
         split_by=args.split_by,
         validation_size=args.validation_size, test_size=args.test_size, seed=args.seed,
         flow_options=dict(args.flow_option) or None, anonymize=args.anonymize, min_packets=args.min_packets,
-        drop_service_chatter=args.drop_service_chatter, min_flows_per_class=args.min_flows_per_class,
+        drop_service_chatter=args.drop_service_chatter, max_packets=args.max_packets,
+        min_flows_per_class=args.min_flows_per_class,
         max_flows_per_class=args.max_flows_per_class, dedup=not args.no_dedup,
         drop_label_conflicts=args.drop_label_conflicts, keep_addresses=args.keep_addresses, num_proc=args.num_proc,
         strict=args.strict, progress=not args.no_progress, overwrite=args.overwrite, push_to_hub=args.push_to_hub,

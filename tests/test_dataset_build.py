@@ -109,6 +109,29 @@ def test_options_chatter_min_packets_and_addresses(tmp_path):
     assert rep["flow_options"]["drop_service_chatter"] is True and rep["flow_options"]["min_packets"] == 2
 
 
+def test_max_packets_caps_every_flow_and_travels_in_the_preprocessor_config(tmp_path):
+    from mmae_hf.traffic import FlowOptions
+
+    root = tmp_path / "in"
+    write_pcap(root / "a" / "x.pcap", [flow("a1", packets=5), flow("a2", packets=2, sport=41000)])
+    write_pcap(root / "b" / "y.pcap", [flow("b1", packets=4)])
+    res = build_dataset(root, tmp_path / "out", split_by="flow", max_packets=3, validation_size=0.0, test_size=0.0,
+                        progress=False)
+    rep = res.report
+    assert rep["flow_options"]["max_packets"] == 3
+    assert rep["packet_caps"] == {"source": "max_packets", "max_packets_by_class": {"a": 3, "b": 3}}
+    assert rep["packets"]["skipped"] == {"over_packet_cap": 3} and rep["packets"]["packets_in_flows"] == 8
+    assert rep["files"]["a/x.pcap"]["packets_skipped"] == {"over_packet_cap": 2}
+    assert rep["files"]["b/y.pcap"]["max_packets"] == 3
+    train = res.dataset["train"]
+    assert sorted(train["packet_count"]) == [2, 3, 3]
+    assert all(row["packet_lengths"][3:] == [0, 0] and row["flow_stats"][0] == row["packet_count"] for row in train)
+    preprocessor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+    assert FlowOptions.from_dict(preprocessor["flow_options"]).max_packets == 3
+    with pytest.raises(ValueError, match="max_packets must be an integer >= 0"):
+        build_dataset(root, None, max_packets=-1, progress=False)
+
+
 def test_damaged_capture_is_reported_and_good_flows_kept(tmp_path):
     root = tmp_path / "in"
     make_tree(root, {"a": 2, "b": 2}, flows_per_file=2)

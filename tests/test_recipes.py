@@ -153,3 +153,63 @@ def test_recipe_registry_and_errors(tmp_path):
     write_pcap(tmp_path / "other.pcap", [flow("x")])
     with pytest.raises(ValueError, match="no capture matches recipe 'iscx-vpn2016'"):
         build_dataset(tmp_path, None, recipe="iscx-vpn2016", progress=False)
+
+
+def _tor_capped_captures(root):
+    """One capture per Tor class name, each one TCP connection whose two directions (two unidirectional flows in the
+    paper's assembly) are one packet longer than the class's cap."""
+    caps = get_recipe("iscx-tor2016").packet_caps
+    lengths = {}
+    for i, (name, label) in enumerate(TOR_NAMES.items()):
+        if label is not None:
+            long_flow = flow(name, sport=30000 + i)
+            long_flow["payloads"] = [name.encode() + k.to_bytes(2, "big") for k in range(2 * (caps[label] + 1))]
+            write_pcap(root / name, [long_flow])
+            lengths[name] = caps[label] + 1
+    return caps, lengths
+
+
+def test_tor_recipe_applies_the_packet_cap_of_each_class(tmp_path):
+    caps, lengths = _tor_capped_captures(tmp_path)
+    assert caps == {"BROWSING": 60, "CHAT": 100, "AUDIO": 100, "VIDEO": 200, "FILE-TRANSFER": 300, "MAIL": 300,
+                    "P2P": 150, "VOIP": 100}
+    res = build_dataset(tmp_path, None, recipe="iscx-tor2016", min_flows_per_class=0, progress=False)
+    rep = res.report
+    assert rep["recipe"]["packet_caps"] == caps and "packet_caps_not_applied" not in rep["recipe"]
+    assert rep["packet_caps"] == {"source": "recipe", "max_packets_by_class": {c: caps[c] for c in sorted(caps)}}
+    assert rep["flow_options"]["max_packets"] == 0  # the caps are per class, not in the shared options
+    rows = [row for split in res.dataset.values() for row in split]
+    names = res.dataset["train"].features["label"].names
+    assert len(rows) == 2 * len(lengths) == rep["flows"]["extracted"]
+    for row in rows:  # each direction keeps exactly its class's first N packets, 20 ms apart
+        cap = caps[names[row["label"]]]
+        assert row["packet_count"] == cap
+        assert row["end_time"] - row["start_time"] == pytest.approx(0.02 * (cap - 1), abs=1e-5)
+        assert row["flow_stats"][0] == cap
+    for name, label in TOR_NAMES.items():
+        if label is not None:  # one packet over the cap in each direction
+            assert rep["files"][name]["max_packets"] == caps[label]
+            assert rep["files"][name]["packets_skipped"] == {"over_packet_cap": 2}
+            assert rep["files"][name]["packets_read"] == 2 * lengths[name]
+    packets = rep["packets"]
+    assert packets["skipped"] == {"over_packet_cap": 2 * len(lengths)}
+    assert packets["packets_read"] == packets["packets_in_flows"] + 2 * len(lengths)
+    assert "over_packet_cap" in str(res.card) and "'BROWSING': 60" in str(res.card)
+    # worker processes read each capture with its own class's cap too
+    par = build_dataset(tmp_path, None, recipe="iscx-tor2016", min_flows_per_class=0, num_proc=2, progress=False)
+    assert par.report["files"] == rep["files"]
+
+
+def test_explicit_max_packets_overrides_the_tor_caps(tmp_path):
+    _, lengths = _tor_capped_captures(tmp_path)
+    res = build_dataset(tmp_path, None, recipe="iscx-tor2016", min_flows_per_class=0, max_packets=0, progress=False)
+    assert res.report["packet_caps"]["source"] == "max_packets=0 (overrides the recipe's packet_caps)"
+    assert set(res.report["packet_caps"]["max_packets_by_class"].values()) == {0}
+    assert res.report["packets"]["skipped"] == {}
+    assert sorted(r["packet_count"] for s in res.dataset.values() for r in s) == sorted(
+        n for n in lengths.values() for _ in range(2))
+    res = build_dataset(tmp_path, None, recipe="iscx-tor2016", min_flows_per_class=0, flow_options={"max_packets": 50},
+                        progress=False)
+    assert {r["packet_count"] for s in res.dataset.values() for r in s} == {50}
+    assert res.report["flow_options"]["max_packets"] == 50
+    assert set(res.report["packet_caps"]["max_packets_by_class"].values()) == {50}

@@ -117,6 +117,16 @@ def make_dataset_card(report: dict, *, pretty_name=None, license=None):
     recipe = report.get("recipe")
     recipe_section = f"\n## Recipe\n\n`{recipe['name']}`: {recipe['description']}\n" if recipe else ""
     direction = "bidirectional: one per connection" if opts["bidirectional"] else "unidirectional: one per direction"
+    caps = {c: n for c, n in ((report.get("packet_caps") or {}).get("max_packets_by_class") or {}).items() if n}
+    caps_text = ""
+    if caps:
+        caps_text = (f"\n\nPackets per flow capped ({report['packet_caps']['source']}): only the first N packets "
+                     f"of each flow are kept, N by class: {caps}. Later packets of a flow are dropped "
+                     "(`over_packet_cap`); `packet_count`, `byte_count`, `end_time` and `flow_stats` describe the "
+                     "kept packets only.")
+        if report["packet_caps"]["source"] == "recipe":
+            caps_text += (" The caps depend on the class, so `preprocessor_config.json` holds none: flows read at "
+                          "inference are not capped.")
     body = f"""
 # {data.pretty_name}
 
@@ -146,7 +156,7 @@ ds = load_dataset("<this repo>")
 
 Anonymisation profile **`{opts['anonymize']}`** (see `mmae_hf.traffic.ANONYMIZATION_PROFILES`). Flow options:
 `{opts}`. The same options are saved in `preprocessor_config.json` (`MMAEFeatureExtractor`) and must be reused at
-inference.
+inference.{caps_text}
 
 ## Dropped packets and flows
 

@@ -20,6 +20,7 @@ Every step is deterministic for a given seed. The columns are built as numpy arr
 """
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -233,8 +234,10 @@ def _extract_one(task) -> dict:
     Never raises unless strict: a damaged capture keeps the flows read before the damage and reports the error."""
     from . import PacketAccounting, iter_flows
 
-    index, path, name = task
+    index, path, name, max_packets = task
     options, strict = _WORKER["options"], _WORKER["strict"]
+    if max_packets is not None and max_packets != options.max_packets:
+        options = dataclasses.replace(options, max_packets=max_packets)
     reader = _WORKER["reader"] or iter_flows
     accounting = PacketAccounting()
     records, error = [], None
@@ -258,13 +261,28 @@ def _extract_one(task) -> dict:
 
 
 def iter_extract_captures(files: list, options, *, keep_addresses: bool = False, strict: bool = False,
-                          num_proc: int = 1, progress: bool = True, flow_reader=None, spill_dir=None):
+                          num_proc: int = 1, progress: bool = True, flow_reader=None, spill_dir=None,
+                          packet_caps=None):
     """Extract every capture, yielding one result dict per file in the order of ``files`` (whatever the workers'
     scheduling). A result holds ``columns`` (the flows as numpy arrays) unless ``spill_dir`` is given, in which
-    case the workers write them to ``spill_path(spill_dir, index)``."""
+    case the workers write them to ``spill_path(spill_dir, index)``.
+
+    Args:
+        files: the `CaptureFile` list.
+        options: the `FlowOptions` for every file.
+        keep_addresses: also return the address / port columns.
+        strict: raise on the first damaged capture instead of reporting it.
+        num_proc: worker processes (1: read in this process).
+        progress: show a progress bar.
+        flow_reader: replaces `iter_flows` (same signature); for tests.
+        spill_dir: folder the workers write each file's columns to (None: the columns stay in the result).
+        packet_caps: {class label: max packets per flow}; a file whose label is listed is read with
+            ``options.max_packets`` replaced by that cap (the recipes' per-class caps), the others with ``options``.
+    """
     from tqdm.auto import tqdm
 
-    tasks = [(i, f.path, f.name) for i, f in enumerate(files)]
+    packet_caps = packet_caps or {}
+    tasks = [(i, f.path, f.name, packet_caps.get(f.label)) for i, f in enumerate(files)]
     init_args = (options.to_dict(), keep_addresses, strict, flow_reader, None if spill_dir is None else str(spill_dir))
     bar = tqdm(total=len(tasks), desc="Reading captures", unit="file", disable=not progress)
     try:
@@ -499,9 +517,10 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
                   label_column: str = "label", group_column=None, seen_column=None, split_by: str = None,
                   validation_size: float = 0.1,
                   test_size: float = 0.1, seed: int = 0, flow_options=None, anonymize=None, min_packets=None,
-                  drop_service_chatter=None, min_flows_per_class=None, max_flows_per_class=None, dedup: bool = True,
-                  drop_label_conflicts: bool = False, keep_addresses: bool = False, num_proc: int = 1,
-                  strict: bool = False, progress: bool = True, overwrite: bool = False, push_to_hub=None,
+                  drop_service_chatter=None, max_packets=None, min_flows_per_class=None, max_flows_per_class=None,
+                  dedup: bool = True, drop_label_conflicts: bool = False, keep_addresses: bool = False,
+                  num_proc: int = 1, strict: bool = False, progress: bool = True, overwrite: bool = False,
+                  push_to_hub=None,
                   private: bool = False, flow_reader=None, command=None, tmp_dir=None,
                   max_memory_mb: int = 2048) -> BuildResult:
     """Build a train / validation / test `DatasetDict` of flows from captures (see the module docstring).
@@ -520,7 +539,12 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
             default ``"file"`` (recipes may set another).
         validation_size / test_size: held-out shares.
         seed: drives the split and the per-class sampling; same seed and inputs give identical datasets.
-        flow_options: a `FlowOptions` or dict; ``anonymize``, ``min_packets`` and ``drop_service_chatter`` override it.
+        flow_options: a `FlowOptions` or dict; ``anonymize``, ``min_packets``, ``drop_service_chatter`` and
+            ``max_packets`` override it.
+        max_packets: keep only the first N packets of each flow (``FlowOptions.max_packets``; 0: no cap). A recipe
+            with per-class ``packet_caps`` (ISCX-Tor) reads each capture with its class's cap unless a cap is given
+            explicitly: this argument, a ``max_packets`` key in a ``flow_options`` dict, or a `FlowOptions` whose
+            ``max_packets`` is not 0. The report's ``packet_caps`` lists the caps used per class.
         min_flows_per_class / max_flows_per_class: class filter and cap (after de-duplication).
         dedup: remove exact duplicate payloads (keeping the copy in the earliest split).
         drop_label_conflicts: also remove every flow of a duplicate cluster whose labels disagree.
@@ -548,6 +572,9 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
 
     # settings: explicit argument > recipe > default
     rec = recipe
+    explicit_cap = max_packets is not None or (
+        "max_packets" in flow_options if isinstance(flow_options, dict) else
+        bool(flow_options is not None and flow_options.max_packets))
     split_by = split_by or (rec.split_by if rec else None) or "file"
     min_flows = min_flows_per_class if min_flows_per_class is not None else (rec.min_flows_per_class if rec else 0)
     max_flows = max_flows_per_class if max_flows_per_class is not None else (rec.max_flows_per_class if rec else None)
@@ -560,7 +587,18 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
             base = flow_options.to_dict()
         flow_options = base
     options = _resolve_options(flow_options, {"anonymize": anonymize, "min_packets": min_packets,
-                                              "drop_service_chatter": drop_service_chatter})
+                                              "drop_service_chatter": drop_service_chatter,
+                                              "max_packets": max_packets})
+    # the recipe's per-class packet caps (ISCX-Tor): each capture is read with its class's cap
+    packet_caps = {} if rec is None or explicit_cap else {k: int(v) for k, v in rec.packet_caps.items()}
+    for label, cap in packet_caps.items():  # a cap that FlowOptions rejects fails here, before any reading
+        try:
+            dataclasses.replace(options, max_packets=cap)
+        except ValueError as exc:
+            raise ValueError(f"recipe {rec.name!r}, class {label!r}: packet cap {cap}: {exc}") from None
+    caps_source = "recipe" if packet_caps else ("max_packets" if options.max_packets else None)
+    if rec is not None and rec.packet_caps and explicit_cap:
+        caps_source = f"max_packets={options.max_packets} (overrides the recipe's packet_caps)"
     if rec is not None and rec.manifest:
         files, source, excluded = _collect(input_path, recipe=None, manifest=manifest, file_column=file_column,
                                            label_column=label_column, group_column=group_column,
@@ -578,8 +616,9 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
         tmp_dir = output_dir
     work = Path(tempfile.mkdtemp(prefix=".mmae_build_", dir=None if tmp_dir is None else str(tmp_dir)))
     try:
-        result = _build(files, options, work, source=source, excluded=excluded, rec=rec, output_dir=output_dir,
-                        split_by=split_by, validation_size=validation_size, test_size=test_size, seed=seed,
+        result = _build(files, options, work, packet_caps=packet_caps, caps_source=caps_source, source=source,
+                        excluded=excluded, rec=rec, output_dir=output_dir, split_by=split_by,
+                        validation_size=validation_size, test_size=test_size, seed=seed,
                         min_flows=min_flows, max_flows=max_flows, dedup=dedup,
                         drop_label_conflicts=drop_label_conflicts, keep_addresses=keep_addresses, num_proc=num_proc,
                         strict=strict, progress=progress, flow_reader=flow_reader, command=command, started=started,
@@ -602,9 +641,9 @@ class _RowNames:
         return self.files[int(self.row_file[row])].name
 
 
-def _build(files, options, work: Path, *, source, excluded, rec, output_dir, split_by, validation_size, test_size,
-           seed, min_flows, max_flows, dedup, drop_label_conflicts, keep_addresses, num_proc, strict, progress,
-           flow_reader, command, started, max_memory_mb) -> BuildResult:
+def _build(files, options, work: Path, *, packet_caps, caps_source, source, excluded, rec, output_dir, split_by,
+           validation_size, test_size, seed, min_flows, max_flows, dedup, drop_label_conflicts, keep_addresses,
+           num_proc, strict, progress, flow_reader, command, started, max_memory_mb) -> BuildResult:
     from datasets import Dataset, DatasetDict, DatasetInfo, NamedSplit, load_from_disk
     from tqdm.auto import tqdm
 
@@ -617,7 +656,8 @@ def _build(files, options, work: Path, *, source, excluded, rec, output_dir, spl
     store = _FlowStore(work / "flows", int(max_memory_mb) << 20)
     results = []
     for res in iter_extract_captures(files, options, keep_addresses=keep_addresses, strict=strict,
-                                     num_proc=num_proc, progress=progress, flow_reader=flow_reader):
+                                     num_proc=num_proc, progress=progress, flow_reader=flow_reader,
+                                     packet_caps=packet_caps):
         store.put(res["index"], res.pop("columns"))
         results.append(res)
     extract_seconds = time.perf_counter() - t0
@@ -628,6 +668,8 @@ def _build(files, options, work: Path, *, source, excluded, rec, output_dir, spl
         accounting.merge(acc)
         per_file[f.name] = {"label": f.label, "group": f.group, "flows": res["num_flows"],
                             "packets_read": acc.packets_read, "packets_skipped": dict(sorted(acc.skipped.items()))}
+        if packet_caps.get(f.label, options.max_packets):
+            per_file[f.name]["max_packets"] = packet_caps.get(f.label, options.max_packets)
         file_errors = list(acc.errors) + ([res["error"]] if res["error"] else [])
         if file_errors:
             per_file[f.name]["errors"] = file_errors
@@ -694,7 +736,8 @@ def _build(files, options, work: Path, *, source, excluded, rec, output_dir, spl
                                in_memory=output_dir is None)
         # a content fingerprint (rows, labels, options) makes save_to_disk's state.json deterministic
         rows = np.flatnonzero(keep & (assignment == s))
-        fingerprint = hashlib.sha256(json.dumps([name, class_names, options.to_dict(), keep_addresses]).encode())
+        fingerprint = hashlib.sha256(json.dumps([name, class_names, options.to_dict(), keep_addresses]
+                                                + ([packet_caps] if packet_caps else [])).encode())
         for array in (digests[rows], remap[labels[rows]], row_file[rows]):
             fingerprint.update(np.ascontiguousarray(array).tobytes())
         ds._fingerprint = fingerprint.hexdigest()[:16]
@@ -733,6 +776,10 @@ def _build(files, options, work: Path, *, source, excluded, rec, output_dir, spl
         "input": {**source, "files": len(files), "files_excluded": len(excluded),
                   "excluded_examples": list(excluded[:20])},
         "flow_options": options.to_dict(),
+        # packets kept per flow, by class (0 = all): the recipe's per-class caps or flow_options' max_packets
+        "packet_caps": {"source": caps_source,
+                        "max_packets_by_class": {name: int(packet_caps.get(name, options.max_packets))
+                                                 for name in label_names_all}},
         "keep_addresses": keep_addresses,
         "classes": class_names,
         "class_counts": class_counts,

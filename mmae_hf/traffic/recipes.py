@@ -2,9 +2,10 @@
 
 A `Recipe` maps the path of each raw capture (relative to the folder the user unpacked the publisher's archives
 into) to a class name, or to None when the paper's pipeline does not use that capture. It also carries the
-per-class minimum / maximum flow counts and the flow assembly the paper's pipeline (NetMamba's) used:
-unidirectional flows keyed on the 5-tuple, with no timeouts (all packets of one 5-tuple in one capture form one
-flow). Facts and sources: ``reference/paper_datasets.md`` of the project.
+per-class minimum / maximum flow counts, per-class packet caps (ISCX-Tor: the first 60-300 packets of each flow)
+and the flow assembly the paper's pipeline (NetMamba's) used: unidirectional flows keyed on the 5-tuple, with no
+timeouts (all packets of one 5-tuple in one capture form one flow). Facts and sources:
+``reference/paper_datasets.md`` of the project.
 
 The split is not the paper's: NetMamba cut a random 80/10/10 per sample, which puts flows of one capture on both
 sides. The paper recipes default to a per-class *time* split (the latest 10% of each class's flows are the test
@@ -43,7 +44,8 @@ class Recipe:
         split_by: default split strategy (paper recipes: ``"time"``, see the module docstring).
         suffixes: capture file suffixes considered at all.
         expected_classes: number of classes the paper reports with the full data (None: data dependent).
-        packet_caps: class -> max packets per flow in the paper pipeline (informational; see `to_dict`).
+        packet_caps: class -> max packets per flow in the paper pipeline (its splitter's ``-l N``); `build_dataset`
+            reads each capture with its class's cap (``FlowOptions.max_packets``) unless a cap is given explicitly.
         manifest / group_column: for manifest-driven recipes, the manifest file inside the input folder and the
             column that names the split group.
     """
@@ -94,7 +96,7 @@ class Recipe:
         return {"name": self.name, "title": self.title, "description": self.description,
                 "min_flows_per_class": self.min_flows_per_class, "max_flows_per_class": self.max_flows_per_class,
                 "flow_options": dict(self.flow_options), "split_by": self.split_by,
-                "expected_classes": self.expected_classes, "packet_caps_not_applied": dict(self.packet_caps)}
+                "expected_classes": self.expected_classes, "packet_caps": dict(self.packet_caps)}
 
 
 def _stem(rel: str) -> str:
