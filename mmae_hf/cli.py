@@ -372,13 +372,17 @@ def load_dataset_split(path: str, split: str):
 
 def preprocessing_mismatch(model: str, dataset: str) -> dict[str, Any]:
     """Flow options that differ between the model's and the dataset's preprocessor_config.json ({} if either
-    is missing): ``{option: {"model": value, "dataset": value}}``."""
+    is missing): ``{option: {"model": value, "dataset": value}}``. An option missing from a config (written before
+    the option existed) counts as its `FlowOptions` default."""
+    from .traffic import FlowOptions
+
+    defaults = FlowOptions().to_dict()
     options = []
     for folder in (model, dataset):
         path = Path(folder) / "preprocessor_config.json"
         if not path.is_file():
             return {}
-        options.append(json.loads(path.read_text()).get("flow_options") or {})
+        options.append({**defaults, **(json.loads(path.read_text()).get("flow_options") or {})})
     model_options, data_options = options
     return {
         key: {"model": model_options.get(key), "dataset": data_options.get(key)}

@@ -188,3 +188,20 @@ def test_without_output_flows_go_to_stdout_as_json_lines(model_dir, tmp_path, ca
     assert len(lines) == len(CRAFTED_FLOWS) and all(len(r["top_k"]) == 1 for r in lines)
     assert f"classified {len(CRAFTED_FLOWS)} flows" in captured.err  # the summary stays off stdout
     assert not list(tmp_path.glob("*.summary.json"))
+
+
+def test_preprocessing_mismatch_fills_options_that_older_configs_lack(tmp_path):
+    from mmae_hf.cli import preprocessing_mismatch
+    from mmae_hf.traffic import FlowOptions
+
+    def config(name, options):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "preprocessor_config.json").write_text(json.dumps({"flow_options": options}))
+        return str(tmp_path / name)
+
+    old_options = FlowOptions().to_dict()
+    del old_options["max_packets"]  # written before FlowOptions.max_packets existed
+    old_model = config("old", old_options)
+    assert preprocessing_mismatch(old_model, config("new", FlowOptions().to_dict())) == {}
+    assert preprocessing_mismatch(old_model, config("capped", FlowOptions(max_packets=100).to_dict())) == {
+        "max_packets": {"model": 0, "dataset": 100}}
