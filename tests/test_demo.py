@@ -92,3 +92,4 @@ def test_pipeline_pretrain_finetune_table_on_synthetic(tmp_path):
     assert str(tmp_path) not in card  # no machine paths in what would be published
     table = (tmp_path / "out" / "demo-test.md").read_text()
     assert "| mmae | 1 |" in table and "| extra_trees | 1 |" in table
+    assert "Chance on this test set: uniform guessing" in table and study["chance"]["uniform_accuracy"] == 0.5

@@ -7,6 +7,7 @@ import pytest
 
 from mmae_hf.evaluation import (
     calibrate_ood_threshold,
+    chance_levels,
     classification_metrics,
     confusion_matrix,
     mean_std,
@@ -98,3 +99,19 @@ def test_write_evaluation_files(tmp_path):
 def test_mean_std():
     assert mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
     assert mean_std([0.5]) == (0.5, 0.0)
+
+
+def test_chance_levels_uniform_and_majority():
+    from sklearn.metrics import f1_score
+
+    test = np.repeat(np.arange(4), [40, 30, 20, 10])
+    train = np.array([2] * 50 + [0] * 10 + [1] * 5)
+    chance = chance_levels(train, test, 4, draws=400)
+    assert chance["uniform_accuracy"] == 0.25
+    # uniform guessing: each class's expected precision is its share, recall 1/4 -> macro-F1 well under 0.25
+    expected = np.mean([2 * (n / 100) * 0.25 / (n / 100 + 0.25) for n in (40, 30, 20, 10)])
+    assert chance["uniform_macro_f1"] == pytest.approx(expected, abs=0.02)
+    assert chance["majority_accuracy"] == pytest.approx(0.2)  # train's majority is class 2, 20 % of test
+    assert chance["majority_macro_f1"] == pytest.approx(f1_score(test, np.full(100, 2), average="macro"))
+    assert chance_levels(train, test, 4, draws=50, seed=3) == chance_levels(train, test, 4, draws=50, seed=3)
+    assert chance_levels(train, [], 4) == {}

@@ -211,6 +211,7 @@ def _dataset_name(dataset: str) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import mmae_hf  # noqa: F401
+    from mmae_hf.evaluation import chance_levels
     from mmae_hf.training.finetuning import load_traffic_dataset
     from mmae_hf.training.study import now_utc, results_table, study_markdown, summarize_study
 
@@ -232,6 +233,8 @@ def main(argv=None) -> int:
         "study": args.study, "created": now_utc(), "seeds": args.seeds, "variants": args.variants,
         "dataset": {"name": dataset_name, "num_rows": {s: len(dsd[s]) for s in dsd},
                     "label_names": list(dsd["train"].features["label"].names)},
+        "chance": chance_levels(dsd["train"]["label"], dsd["test"]["label"],
+                                dsd["train"].features["label"].num_classes),
         "settings": settings, "summary": rows, "runs": runs, "wall_time_s": time.time() - started,
         "code_version": _code_version(),
     }

@@ -118,6 +118,13 @@ def study_markdown(study: dict[str, Any]) -> str:
         "",
         results_table(rows),
         "",
+    ]
+    chance = study.get("chance")
+    if chance:
+        parts += [f"Chance on this test set: uniform guessing {chance['uniform_macro_f1']:.4f} macro-F1 "
+                  f"({chance['uniform_accuracy']:.4f} accuracy); always the majority class of train "
+                  f"{chance['majority_macro_f1']:.4f} macro-F1 ({chance['majority_accuracy']:.4f} accuracy).", ""]
+    parts += [
         "| variant | what it is |",
         "|---|---|",
     ]
