@@ -212,7 +212,8 @@ def chance_levels(train_labels: Sequence[int], test_labels: Sequence[int], num_l
     majority = int(np.bincount(train, minlength=num_labels).argmax()) if len(train) else 0
     majority_metrics = metrics_from_confusion(confusion_matrix(test, np.full(len(test), majority), num_labels))
     return {"uniform_macro_f1": float(np.mean(uniform)), "uniform_accuracy": 1.0 / num_labels,
-            "majority_macro_f1": float(majority_metrics["macro_f1"]), "majority_accuracy": float((test == majority).mean())}
+            "majority_macro_f1": float(majority_metrics["macro_f1"]),
+            "majority_accuracy": float(majority_metrics["accuracy"])}
 
 
 def _json_safe(obj: Any) -> Any:

@@ -274,6 +274,16 @@ def test_ndpi_seen_apps_split_tests_known_services_in_new_captures():
     assert res.report["input"]["seen_column"] == "ndpi_app"
     with pytest.raises(ValueError, match="seen column 'app' is not in the header"):
         build_dataset(data, None, recipe="ndpi-encrypted-services", seen_column="app", progress=False)
+    with pytest.raises(ValueError, match="seen_column 'ndpi_app' needs a group split .* not 'flow'"):
+        build_dataset(data, None, recipe="ndpi-encrypted-services", seen_column="ndpi_app", split_by="flow",
+                      progress=False)
+
+
+def test_seen_column_without_a_manifest_is_refused(tree):
+    with pytest.raises(ValueError, match="seen_column 'app' needs a CSV manifest.*recipe 'iscx-tor2016'"):
+        build_dataset(tree, None, recipe="iscx-tor2016", seen_column="app", split_by="file", progress=False)
+    with pytest.raises(ValueError, match="seen_column 'app' needs a CSV manifest"):
+        build_dataset(tree, None, seen_column="app", progress=False)
 
 
 def test_cli_reports_bad_input_in_one_line(tree, tmp_path, capsys):

@@ -496,12 +496,14 @@ def _collect(input_path, *, recipe, manifest, file_column, label_column, group_c
     """(files, input description, excluded names) for any kind of input."""
     input_path = Path(input_path)
     if recipe is not None:
+        if seen_column is not None:
+            raise ValueError(f"{input_path}: seen_column {seen_column!r} needs a CSV manifest that holds that column; "
+                             f"recipe {recipe.name!r} labels captures by their paths")
         files, excluded = recipe.collect(input_path)
         return files, {"kind": "recipe", "recipe": recipe.name, "root": input_path.name}, excluded
     if manifest is None and input_path.is_file() and input_path.suffix.lower() == ".csv":
         manifest = input_path
-    if seen_column is not None and manifest is None and not (
-            input_path.is_file() and input_path.suffix.lower() == ".csv"):
+    if seen_column is not None and manifest is None:
         raise ValueError(f"{input_path}: seen_column {seen_column!r} needs a CSV manifest that holds that column")
     if manifest is not None:
         manifest = Path(manifest)
@@ -576,6 +578,9 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
         "max_packets" in flow_options if isinstance(flow_options, dict) else
         bool(flow_options is not None and flow_options.max_packets))
     split_by = split_by or (rec.split_by if rec else None) or "file"
+    if seen_column is not None and split_by not in ("file", "group"):
+        raise ValueError(f"seen_column {seen_column!r} needs a group split (split_by 'file' or 'group'), "
+                         f"not {split_by!r}")
     min_flows = min_flows_per_class if min_flows_per_class is not None else (rec.min_flows_per_class if rec else 0)
     max_flows = max_flows_per_class if max_flows_per_class is not None else (rec.max_flows_per_class if rec else None)
     if rec is not None:
@@ -668,8 +673,9 @@ def _build(files, options, work: Path, *, packet_caps, caps_source, source, excl
         accounting.merge(acc)
         per_file[f.name] = {"label": f.label, "group": f.group, "flows": res["num_flows"],
                             "packets_read": acc.packets_read, "packets_skipped": dict(sorted(acc.skipped.items()))}
-        if packet_caps.get(f.label, options.max_packets):
-            per_file[f.name]["max_packets"] = packet_caps.get(f.label, options.max_packets)
+        file_cap = packet_caps.get(f.label, options.max_packets)
+        if file_cap:
+            per_file[f.name]["max_packets"] = file_cap
         file_errors = list(acc.errors) + ([res["error"]] if res["error"] else [])
         if file_errors:
             per_file[f.name]["errors"] = file_errors
@@ -762,12 +768,11 @@ def _build(files, options, work: Path, *, packet_caps, caps_source, source, excl
     split_dict["groups_per_split"] = {s: len(g) for s, g in zip(SPLIT_NAMES, group_sets)}
     if seen_keys is not None:
         # what the seen-keys split promises, checked on the flows actually written (after de-dup and caps)
-        train_keys = set(np.unique(seen_keys[keep & (assignment == 0)]).tolist())
-        split_dict["seen_column_keys_per_split"] = {
-            name: len(set(np.unique(seen_keys[keep & (assignment == s)]).tolist()) - {""}) for s, name in
-            enumerate(SPLIT_NAMES)}
-        split_dict["held_out_flows_with_keys_unseen_in_train"] = int(sum(
-            1 for r in np.flatnonzero(keep & (assignment > 0)) if seen_keys[r] and seen_keys[r] not in train_keys))
+        keys_in = [np.setdiff1d(seen_keys[keep & (assignment == s)], [""]) for s in range(len(SPLIT_NAMES))]
+        split_dict["seen_column_keys_per_split"] = {name: len(k) for name, k in zip(SPLIT_NAMES, keys_in)}
+        held_out_keys = seen_keys[keep & (assignment > 0)]
+        split_dict["held_out_flows_with_keys_unseen_in_train"] = int(
+            ((held_out_keys != "") & ~np.isin(held_out_keys, keys_in[0])).sum())
 
     report = {
         "format": "mmae_hf.build_report/1",
