@@ -23,7 +23,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
+from .data_contract import CAPTURE_SUFFIXES, FLOW_METADATA_FIELDS
+from .evaluation import json_default
+
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
@@ -49,8 +51,10 @@ def load_pipeline(model: str, device: str | None = None, batch_size: int = 256):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    import mmae_hf  # noqa: F401  (registers the MMAE classes)
+    from mmae_hf import register_auto_classes
     from mmae_hf.pipeline_traffic import TrafficClassificationPipeline
+
+    register_auto_classes()
 
     feature_extractor = None
     try:
@@ -75,9 +79,7 @@ def load_pipeline(model: str, device: str | None = None, batch_size: int = 256):
 
 def flat_record(record: dict[str, Any], top_k: int) -> dict[str, Any]:
     """One flow as flat columns (for CSV / parquet): metadata, label, score, ood, then label_i / score_i."""
-    from mmae_hf.pipeline_traffic import FLOW_FIELDS
-
-    row = {field: record.get(field) for field in FLOW_FIELDS}
+    row = {field: record.get(field) for field in FLOW_METADATA_FIELDS}
     row.update(label=record["label"], score=record["score"], ood=record["ood"], ood_score=record["ood_score"])
     for i in range(top_k):
         entry = record["top_k"][i] if i < len(record["top_k"]) else {"label": None, "score": None}
@@ -136,7 +138,7 @@ class FlowWriter:
         self.count += len(records)
         if self.format == "jsonl":
             for record in records:
-                self._file.write(json.dumps(record, default=_json_default) + "\n")
+                self._file.write(json.dumps(record, default=json_default) + "\n")
             self._file.flush()
         elif self.format == "csv":
             self._csv.writerows(flat_record(r, self.top_k) for r in records)
@@ -154,19 +156,6 @@ class FlowWriter:
 
 
 _EMPTY_RECORD = {"label": None, "score": None, "ood": None, "ood_score": None, "top_k": []}
-
-
-def _json_default(value):
-    try:
-        import numpy as np
-
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-    except ImportError:
-        pass
-    return str(value)
 
 
 # ---------------------------------------------------------------------- mmae-classify
@@ -291,7 +280,7 @@ def classify_main(argv: list[str] | None = None) -> int:
     print(format_summary(summary), file=log)
     if args.output:
         summary_path = args.output + ".summary.json"
-        Path(summary_path).write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+        Path(summary_path).write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
         print(f"summary written to {summary_path}", file=log)
     return 1 if errors else 0
 
@@ -353,21 +342,10 @@ def _explain_batch(pipe, records, args, already: int) -> int:
 
 
 def load_dataset_split(path: str, split: str):
-    """A split of a dataset folder: ``save_to_disk`` output, or parquet files (``data/<split>-*.parquet``)."""
-    import datasets
+    """A split of a dataset folder (``save_to_disk`` output or parquet files) or Hub id."""
+    from .traffic.loading import load_traffic_dataset
 
-    folder = Path(path)
-    if not folder.exists():
-        raise FileNotFoundError(f"dataset folder {path} does not exist")
-    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
-        loaded = datasets.load_from_disk(str(folder))
-    else:  # parquet files (e.g. a downloaded Hub dataset)
-        loaded = datasets.load_dataset(str(folder))
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise ValueError(f"dataset {path} has no split {split!r}; it has {sorted(loaded)}")
-        return loaded[split]
-    return loaded
+    return load_traffic_dataset(path, split)
 
 
 def preprocessing_mismatch(model: str, dataset: str) -> dict[str, Any]:
@@ -409,8 +387,10 @@ def shortcut_report_main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    import mmae_hf  # noqa: F401
+    from mmae_hf import register_auto_classes
     from mmae_hf.explain import format_shortcut_report, shortcut_report
+
+    register_auto_classes()
 
     split = load_dataset_split(args.dataset, args.split)
     if args.max_flows is not None:

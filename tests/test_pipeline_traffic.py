@@ -258,7 +258,7 @@ def trained_model():
     data = make_synthetic_traffic_dataset(num_classes=3, flows_per_class=16, seed=0, class_names=LABELS)
     model = MMAEForSequenceClassification(tiny_config(hidden_size=16, intermediate_size=32))
     train = data["train"].with_format("numpy")
-    inputs = torch.from_numpy(np.asarray(train["payload"]).astype(np.uint8))
+    inputs = torch.from_numpy(np.asarray(train["input_bytes"]).astype(np.uint8))
     labels = torch.from_numpy(np.asarray(train["label"]))
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -287,7 +287,7 @@ def test_calibrate_ood_threshold_and_flag_random_bytes(trained_model):
     assert all(r["ood"] == (r["score"] < threshold) for r in flagged)
     assert np.mean([r["ood"] for r in flagged]) >= 0.9
     test = data["test"].with_format("numpy")
-    in_distribution = classify({"input_bytes": np.asarray(test["payload"]).astype(np.uint8)})
+    in_distribution = classify({"input_bytes": np.asarray(test["input_bytes"]).astype(np.uint8)})
     assert np.mean([r["ood"] for r in in_distribution]) <= 0.5
     # the call-time override wins over the config
     assert not any(r["ood"] for r in classify({"input_bytes": noise}, ood_threshold=0.0))

@@ -140,7 +140,7 @@ class FlowState:
         iats[: len(self.iats)] = self.iats
         dirs[: len(self.dirs)] = self.dirs
         return FlowRecord(
-            payload=slots_to_array(self.slots, k, options.slot_bytes),
+            input_bytes=slots_to_array(self.slots, k, options.slot_bytes),
             packet_lengths=lens,
             packet_iats=iats,
             packet_directions=dirs,

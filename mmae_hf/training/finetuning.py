@@ -18,7 +18,7 @@
    feature extractor's ``preprocessor_config.json``, metrics, confusion matrix, model card ``README.md``) and
    optionally upload it to the Hub.
 
-Batches are built from the dataset's numpy format with a collator that stacks the payload bytes back into
+Batches are built from the dataset's numpy format with a collator that stacks the flow bytes back into
 ``uint8`` (the numpy/torch formatters upcast integer columns to int64; see docs in hf-notes §4).
 """
 
@@ -36,7 +36,16 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
-from ..evaluation import calibrate_ood_threshold, classification_metrics, headline, write_evaluation
+from ..data_contract import BYTE_COLUMN
+from ..evaluation import (
+    calibrate_ood_threshold,
+    classification_metrics,
+    headline,
+    softmax,
+    to_jsonable,
+    write_evaluation,
+)
+from ..traffic.loading import load_traffic_dataset as open_traffic_dataset
 from .layer_decay import format_parameter_groups, layer_decay_parameter_groups
 
 logger = logging.getLogger(__name__)
@@ -85,31 +94,18 @@ class FinetuneArguments:
 
 
 def load_traffic_dataset(source):
-    """Load a flow ``DatasetDict`` from a folder or a Hub repo id and normalise the split names.
+    """The flow ``DatasetDict`` for fine-tuning, with its split names normalised (``valid``/``val``/``dev`` become
+    ``validation``) and checked: train, validation and test, each non-empty with ``input_bytes`` and a ClassLabel
+    ``label``.
 
-    Accepted: a ``DatasetDict`` (returned as is), a ``save_to_disk`` folder (``dataset_dict.json``), a folder with
-    parquet shards (``data/<split>-*.parquet`` or ``<split>/*.parquet``, as written by the dataset builder and by
-    ``push_to_hub``), or a Hub repo id. Split names ``valid``/``val``/``dev`` become ``validation``.
+    ``source``: a ``DatasetDict``, or anything `mmae_hf.traffic.load_traffic_dataset` opens (a ``save_to_disk``
+    folder, parquet shards as written by the dataset builder and by ``push_to_hub``, a Hub repo id).
     """
     import datasets
 
-    if isinstance(source, datasets.DatasetDict):
-        dsd = source
-    else:
-        path = Path(source)
-        if path.is_dir():
-            if (path / "dataset_dict.json").is_file():
-                dsd = datasets.load_from_disk(str(path))
-            else:
-                data_files = _parquet_data_files(path)
-                if not data_files:
-                    raise FileNotFoundError(
-                        f"{path}: no dataset found (expected dataset_dict.json or parquet shards named after their split)")
-                dsd = datasets.load_dataset("parquet", data_files=data_files)
-        elif path.exists():
-            raise ValueError(f"{path}: a dataset must be a folder or a Hub repo id, not a file")
-        else:
-            dsd = datasets.load_dataset(str(source))
+    dsd = open_traffic_dataset(source)
+    if isinstance(dsd, datasets.Dataset):
+        dsd = datasets.DatasetDict({"train": dsd})
     renamed = {}
     for canonical, aliases in SPLIT_ALIASES.items():
         for alias in aliases:
@@ -121,7 +117,7 @@ def load_traffic_dataset(source):
         raise ValueError(f"{source}: dataset has splits {sorted(dsd)}; fine-tuning needs train, validation and test "
                          f"(missing: {', '.join(missing)})")
     for name, ds in renamed.items():
-        for column in ("payload", "label"):
+        for column in (BYTE_COLUMN, "label"):
             if column not in ds.column_names:
                 raise ValueError(f"{source}: split {name!r} has no {column!r} column (columns: {ds.column_names})")
         if len(ds) == 0:
@@ -131,40 +127,29 @@ def load_traffic_dataset(source):
     return datasets.DatasetDict(renamed)
 
 
-def _parquet_data_files(path: Path) -> dict[str, list[str]]:
-    files: dict[str, list[str]] = {}
-    for aliases in SPLIT_ALIASES.values():
-        for alias in aliases:
-            found = sorted(path.glob(f"data/{alias}-*.parquet")) + sorted(path.glob(f"data/{alias}/*.parquet")) + \
-                sorted(path.glob(f"{alias}/*.parquet")) + sorted(path.glob(f"{alias}-*.parquet"))
-            if found:
-                files[alias] = [str(f) for f in found]
-    return files
-
-
 def label_names_of(dsd) -> list[str]:
     return list(dsd["train"].features["label"].names)
 
 
 def model_inputs_view(ds):
     """The two columns the classifier needs, as numpy rows (cheap: no copy of the arrow data)."""
-    return ds.select_columns(["payload", "label"]).with_format("numpy")
+    return ds.select_columns([BYTE_COLUMN, "label"]).with_format("numpy")
 
 
 class FlowClassificationCollator:
-    """Rows ``{"payload": int array [1600], "label": int}`` -> ``{"input_bytes": uint8 [B,1600], "labels": long [B]}``."""
+    """Rows ``{"input_bytes": int array [1600], "label": int}`` -> ``{"input_bytes": uint8 [B,1600], "labels": long [B]}``."""
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        payload = np.stack([np.asarray(r["payload"]) for r in rows]).astype(np.uint8, copy=False)
-        batch = {"input_bytes": torch.from_numpy(payload)}
+        payload = np.stack([np.asarray(r[BYTE_COLUMN]) for r in rows]).astype(np.uint8, copy=False)
+        batch = {BYTE_COLUMN: torch.from_numpy(payload)}
         if "label" in rows[0]:
             batch["labels"] = torch.as_tensor(np.asarray([int(r["label"]) for r in rows]), dtype=torch.long)
         return batch
 
 
 def payload_matrix(ds) -> np.ndarray:
-    """All payloads of a split as one ``uint8 [N, 1600]`` array (zero-copy arrow read: may be read-only)."""
-    column = ds.with_format("arrow")[:]["payload"] if len(ds) else None
+    """The ``input_bytes`` of a split as one ``uint8 [N, 1600]`` array (zero-copy arrow read: may be read-only)."""
+    column = ds.with_format("arrow")[:][BYTE_COLUMN] if len(ds) else None
     if column is None:
         return np.zeros((0, 1600), dtype=np.uint8)
     values = column.combine_chunks()
@@ -266,7 +251,7 @@ def make_training_arguments(args: FinetuneArguments, output_dir: Path) -> Traini
         seed=args.seed,
         data_seed=args.seed,
         dataloader_num_workers=args.dataloader_num_workers,
-        remove_unused_columns=False,  # the collator needs "payload", which is not a forward() argument
+        remove_unused_columns=False,  # the collator takes the rows as they are (input_bytes and label)
         label_names=["labels"],
         disable_tqdm=False,
     )
@@ -327,7 +312,7 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
     test_pred = trainer.predict(model_inputs_view(dsd["test"]), metric_key_prefix="test")
     test_logits = test_pred.predictions[0] if isinstance(test_pred.predictions, tuple) else test_pred.predictions
     test_metrics = classification_metrics(test_pred.label_ids, test_logits.argmax(-1), label_names)
-    test_probs = _softmax(test_logits)
+    test_probs = softmax(test_logits)
     ood_rate = float((test_probs.max(-1) < threshold).mean()) if threshold is not None else None
 
     model_name = args.model_name or out.name
@@ -385,13 +370,13 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
                                       repo_id=args.hub_model_id)
     card.save(model_dir / "README.md")
     summary["files"]["model_card"] = str(model_dir / "README.md")
-    (out / "results.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(to_jsonable(summary), indent=2) + "\n")
 
     if args.push_to_hub:
         if not args.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. me/mmae-tiny-traffic)")
         summary["hub_url"] = push_model_folder(model_dir, args.hub_model_id, private=args.hub_private_repo)
-        (out / "results.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+        (out / "results.json").write_text(json.dumps(to_jsonable(summary), indent=2) + "\n")
     return summary
 
 
@@ -495,26 +480,8 @@ def _dataset_flow_options(dataset_source: str | None) -> dict | None:
     return (report or {}).get("flow_options")
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(-1, keepdims=True)
-
-
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
-        return None
-    return obj
 
 
 __all__ = [
