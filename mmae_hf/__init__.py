@@ -12,7 +12,9 @@ parent, registration waits for the first use of a model-side name (`mmae_hf.MMAE
 """
 
 import importlib
+import importlib.util
 import sys
+from types import FrameType
 
 
 __version__ = "0.1.0"
@@ -37,6 +39,8 @@ _LAZY_NAMES = {
 }
 # submodules that import neither torch nor transformers
 _TORCH_FREE_SUBMODULES = ("traffic", "data_contract")
+# the torch side is optional: a dataset-building machine may have only numpy (mmae_hf.traffic is torch-free)
+_HAS_TORCH = all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
 _registered = False
 
 
@@ -47,10 +51,7 @@ def register_auto_classes() -> bool:
     global _registered
     if _registered:
         return True
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
+    if not _HAS_TORCH:
         return False
     from transformers import (
         AutoConfig,
@@ -100,7 +101,7 @@ def __dir__():
 def _imported_as_parent_of_a_torch_free_submodule() -> bool:
     """True while Python runs this file only because `import mmae_hf.traffic` (or `mmae_hf.data_contract`) needs
     its parent package: the import system's frame one level up is then loading that submodule."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "_find_and_load_unlocked":
             requested = frame.f_locals.get("name")

@@ -17,7 +17,7 @@ zero-padded). The header part's fields are named by `IPV4_FIELDS`, `IPV6_FIELDS`
 """
 
 import json
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 # ---------------------------------------------------------------------------------------------------- columns
@@ -32,7 +32,7 @@ NUM_PACKETS = 5
 HEADER_BYTES = 80
 PAYLOAD_BYTES = 240
 
-DEFAULT_FLOW_OPTIONS = {
+DEFAULT_FLOW_OPTIONS: dict[str, Any] = {
     "bidirectional": True,
     "idle_timeout": 120.0,
     "active_timeout": 3600.0,

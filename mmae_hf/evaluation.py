@@ -13,10 +13,12 @@ NetMamba and YaTC code print as "F1").
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .data_contract import BYTE_COLUMN, contract_name
 
@@ -24,17 +26,17 @@ from .data_contract import BYTE_COLUMN, contract_name
 logger = logging.getLogger(__name__)
 
 
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int) -> np.ndarray:
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_labels: int) -> np.ndarray:
     """Counts ``[num_labels, num_labels]``; row = true class, column = predicted class."""
-    y_true = np.asarray(y_true, dtype=np.int64).ravel()
-    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true has {y_true.size} entries but y_pred has {y_pred.size}")
-    for name, arr in (("y_true", y_true), ("y_pred", y_pred)):
+    true = np.asarray(y_true, dtype=np.int64).ravel()
+    predicted = np.asarray(y_pred, dtype=np.int64).ravel()
+    if true.shape != predicted.shape:
+        raise ValueError(f"y_true has {true.size} entries but y_pred has {predicted.size}")
+    for name, arr in (("y_true", true), ("y_pred", predicted)):
         if arr.size and (arr.min() < 0 or arr.max() >= num_labels):
             raise ValueError(f"{name} holds class ids outside [0, {num_labels}): min {arr.min()}, max {arr.max()}")
     counts = np.zeros((num_labels, num_labels), dtype=np.int64)
-    np.add.at(counts, (y_true, y_pred), 1)
+    np.add.at(counts, (true, predicted), 1)
     return counts
 
 
@@ -92,7 +94,7 @@ def metrics_from_confusion(confusion: np.ndarray, label_names: Sequence[str] | N
 
 
 def classification_metrics(
-    y_true: Sequence[int], y_pred: Sequence[int], label_names: Sequence[str]
+    y_true: ArrayLike, y_pred: ArrayLike, label_names: Sequence[str]
 ) -> dict[str, Any]:
     """All metrics of :func:`metrics_from_confusion` plus the confusion matrix itself (as nested lists)."""
     confusion = confusion_matrix(y_true, y_pred, len(label_names))
@@ -282,7 +284,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def chance_levels(train_labels: Sequence[int], test_labels: Sequence[int], num_labels: int, draws: int = 1000,
+def chance_levels(train_labels: ArrayLike, test_labels: ArrayLike, num_labels: int, draws: int = 1000,
                   seed: int = 0) -> dict[str, float]:
     """What guessing scores on a test set: the floor a "beats chance" claim is measured against.
 

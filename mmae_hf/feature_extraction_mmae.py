@@ -106,7 +106,7 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
             remote_code = os.path.isfile(os.path.join(os.fspath(save_directory), "config.json"))
         if not remote_code:
             self.__dict__.pop("auto_map", None)
-        self._auto_class = "AutoFeatureExtractor" if remote_code else None
+        self._auto_class = "AutoFeatureExtractor" if remote_code else None  # type: ignore[assignment]
         try:
             return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
         finally:
@@ -217,7 +217,7 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
         return None
 
     def _stack(self, items: list) -> dict:
-        out = {}
+        out: dict[str, np.ndarray] = {}
         for name in MODEL_INPUT_NAMES:
             width = self._width(name)
             arr = np.zeros((len(items), width), dtype=_DTYPES[name])
@@ -235,7 +235,7 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
         return out
 
     def _from_columns(self, columns: dict) -> dict:
-        out = {}
+        out: dict[str, np.ndarray | None] = {}
         n = None
         for name in MODEL_INPUT_NAMES:
             width = self._width(name)
@@ -254,9 +254,9 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
             if len(arr) != n:
                 raise ValueError(f"column {name} has {len(arr)} rows, expected {n}")
             out[name] = arr
-        for name, arr in out.items():
-            if arr is None:
-                out[name] = np.zeros((n, self._width(name)), dtype=_DTYPES[name])
+        for name, column in out.items():
+            if column is None:
+                out[name] = np.zeros((n or 0, self._width(name)), dtype=_DTYPES[name])
         return out
 
     def _layout(self) -> str:

@@ -88,16 +88,16 @@ class MMAEForPreTrainingOutput(ModelOutput):
         The FlowMix partner of every flow (None without FlowMix).
     """
 
-    loss: torch.FloatTensor | None = None
-    reconstruction_loss: torch.FloatTensor | None = None
-    rank_loss: torch.FloatTensor | None = None
-    distillation_loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    mask: torch.BoolTensor | None = None
-    token_loss: torch.FloatTensor | None = None
-    predicted_token_loss: torch.FloatTensor | None = None
-    decoder_features: torch.FloatTensor | None = None
-    partner_index: torch.LongTensor | None = None
+    loss: torch.Tensor | None = None
+    reconstruction_loss: torch.Tensor | None = None
+    rank_loss: torch.Tensor | None = None
+    distillation_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    token_loss: torch.Tensor | None = None
+    predicted_token_loss: torch.Tensor | None = None
+    decoder_features: torch.Tensor | None = None
+    partner_index: torch.Tensor | None = None
 
 
 @dataclass
@@ -114,9 +114,9 @@ class MMAETeacherOutput(ModelOutput):
         Byte predictions of the teacher's decoder.
     """
 
-    features: torch.FloatTensor | None = None
-    predicted_token_loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
+    features: torch.Tensor | None = None
+    predicted_token_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
 
 
 @dataclass
@@ -133,9 +133,9 @@ class MMAEDecoderOutput(ModelOutput):
         The decoder inputs (embedded latent, mask tokens, positions): the loss predictor reads them too.
     """
 
-    logits: torch.FloatTensor | None = None
-    features: torch.FloatTensor | None = None
-    inputs: torch.FloatTensor | None = None
+    logits: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    inputs: torch.Tensor | None = None
 
 
 def normalize_bytes(input_bytes: torch.Tensor, num_bytes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -337,6 +337,8 @@ class MMAEEmbeddings(nn.Module):
         """
         tokens = self.embed_tokens(input_bytes)
         if partner_index is not None:
+            if token_mask is None:
+                raise ValueError("FlowMix (partner_index) needs the token_mask of the tokens to take from the partner")
             tokens = torch.where(token_mask.unsqueeze(-1), tokens[partner_index], tokens)
         if keep_index is not None:
             tokens = torch.gather(tokens, 1, keep_index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
@@ -481,7 +483,7 @@ class MMAEPreTrainedModel(PreTrainedModel):
     config_class = MMAEConfig
     base_model_prefix = "mmae"
     main_input_name = "input_bytes"
-    input_modalities = ("text",)
+    input_modalities = "text"
     supports_gradient_checkpointing = True
     _no_split_modules = ["MMAEEmbeddings", "MMAELayer", "MMAEDecoder", "MMAEPacketMaskPredictor"]
     _supports_sdpa = True
@@ -678,7 +680,7 @@ class MMAEForPreTraining(MMAEPreTrainedModel):
         return decoded, predicted
 
     @staticmethod
-    def unmix(branches: torch.Tensor, mask: torch.Tensor, source_of: torch.Tensor | None) -> torch.Tensor:
+    def unmix(branches, mask: torch.Tensor, source_of: torch.Tensor | None):
         """FlowMix branches [2B, L, ...] -> one row per flow [B, L, ...]: a flow's visible tokens from its own branch 1,
         its masked tokens from branch 2 of the flow it was mixed into (`source_of` = argsort(partner_index)).
         Without FlowMix (`source_of` None) the rows are returned as they are."""
@@ -838,7 +840,7 @@ class MMAEForSequenceClassification(MMAEPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.mmae = MMAEModel(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)  # type: ignore[arg-type]
         self.post_init()
 
     @can_return_tuple

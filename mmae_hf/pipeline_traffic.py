@@ -116,10 +116,10 @@ class TrafficClassificationPipeline(ChunkPipeline):
 
     # v5 component flags: no tokenizer / processors; the feature extractor is loaded by `__init__` (the one saved
     # beside the weights, else the default one with a warning).
-    _load_processor = False
-    _load_image_processor = False
-    _load_video_processor = False
-    _load_tokenizer = False
+    _load_processor = False  # type: ignore[assignment]
+    _load_image_processor = False  # type: ignore[assignment]
+    _load_video_processor = False  # type: ignore[assignment]
+    _load_tokenizer = False  # type: ignore[assignment]
     _load_feature_extractor = None
 
     def __init__(self, *args, **kwargs):
@@ -307,7 +307,7 @@ class TrafficClassificationPipeline(ChunkPipeline):
         top_scores, top_ids = probs.topk(k, dim=-1)
         top_scores, top_ids = top_scores.tolist(), top_ids.tolist()
         threshold = ood_threshold if ood_threshold is not None else getattr(self.model.config, "ood_threshold", None)
-        id2label = self.model.config.id2label
+        id2label: dict = self.model.config.id2label or {}
         records = []
         for meta, scores, ids in zip(flows, top_scores, top_ids):
             labels = [{"label": id2label[int(i)], "score": float(s)} for s, i in zip(scores, ids)]

@@ -49,7 +49,7 @@ class MMAEPacketSignalConv(nn.Conv1d):
     only read where device-map / offload hooks have placed it."""
 
     def forward(self, token_values: torch.Tensor) -> torch.Tensor:
-        return token_values.unsqueeze(-1) * self.weight.sum(dim=(1, 2)) + self.bias
+        return token_values.unsqueeze(-1) * self.weight.sum(dim=(1, 2)) + self.bias  # type: ignore[operator]
 
 
 class MMAEPacketSignalEmbedding(nn.Module):

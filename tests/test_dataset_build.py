@@ -5,7 +5,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from dataset_pcaps import T0, flow, make_tree, write_pcap
 

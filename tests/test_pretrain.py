@@ -216,8 +216,9 @@ def test_resume_ends_with_the_same_weights(dataset_dir, tmp_path, accumulation):
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
     # the logged trajectory is identical too (loss components of every step)
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "samples_per_second_per_process"}
-                          for line in path.read_text().splitlines()]
+    def strip(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "samples_per_second_per_process"}
+                for line in path.read_text().splitlines()]
     assert strip(tmp_path / "straight" / "metrics.jsonl") == strip(tmp_path / "resumed" / "metrics.jsonl")
 
 

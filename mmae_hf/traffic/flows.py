@@ -20,7 +20,7 @@ Two engines produce identical flows: ``ReferenceAssembler`` walks packet by pack
 import math
 import os
 import socket
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -11,8 +11,9 @@ the file and the byte offset; everything read before it is delivered first.
 import io
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 

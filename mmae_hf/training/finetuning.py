@@ -459,8 +459,8 @@ def _recipe(args: FinetuneArguments, training_args: TrainingArguments) -> dict[s
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "learning_rate": args.learning_rate, "layer_decay": args.layer_decay, "weight_decay": args.weight_decay,
         "warmup_ratio": args.warmup_ratio, "lr_scheduler": "linear warm-up then cosine",
-        "label_smoothing": args.label_smoothing, "optimizer": "AdamW (betas %.3g, %.3g)" % (
-            training_args.adam_beta1, training_args.adam_beta2),
+        "label_smoothing": args.label_smoothing, "optimizer": (
+            f"AdamW (betas {training_args.adam_beta1:.3g}, {training_args.adam_beta2:.3g})"),
         "max_grad_norm": args.max_grad_norm, "freeze_encoder": args.freeze_encoder, "seed": args.seed,
         "precision": "bf16" if args.bf16 else "fp32",
         "selection": "best validation macro-F1 (evaluated every epoch)",
