@@ -226,43 +226,27 @@ class HeaderField(NamedTuple):
         return self.offset + self.length
 
 
-IPV4_FIELDS = (
-    HeaderField(0, 1, "ip.version_ihl"),
-    HeaderField(1, 1, "ip.tos"),
-    HeaderField(2, 2, "ip.total_length"),
-    HeaderField(4, 2, "ip.id"),
-    HeaderField(6, 2, "ip.flags_fragment"),
-    HeaderField(8, 1, "ip.ttl"),
-    HeaderField(9, 1, "ip.protocol"),
-    HeaderField(10, 2, "ip.checksum"),
-    HeaderField(12, 4, "ip.src"),
-    HeaderField(16, 4, "ip.dst"),
-)
-IPV6_FIELDS = (
-    HeaderField(0, 4, "ip6.version_class_flow"),
-    HeaderField(4, 2, "ip6.payload_length"),
-    HeaderField(6, 1, "ip6.next_header"),
-    HeaderField(7, 1, "ip6.hop_limit"),
-    HeaderField(8, 16, "ip6.src"),
-    HeaderField(24, 16, "ip6.dst"),
-)
-TCP_FIELDS = (
-    HeaderField(0, 2, "tcp.src_port"),
-    HeaderField(2, 2, "tcp.dst_port"),
-    HeaderField(4, 4, "tcp.seq"),
-    HeaderField(8, 4, "tcp.ack"),
-    HeaderField(12, 1, "tcp.data_offset"),
-    HeaderField(13, 1, "tcp.flags"),
-    HeaderField(14, 2, "tcp.window"),
-    HeaderField(16, 2, "tcp.checksum"),
-    HeaderField(18, 2, "tcp.urgent"),
-)
-UDP_FIELDS = (
-    HeaderField(0, 2, "udp.src_port"),
-    HeaderField(2, 2, "udp.dst_port"),
-    HeaderField(4, 2, "udp.length"),
-    HeaderField(6, 2, "udp.checksum"),
-)
+def _contiguous(prefix: str, *fields: tuple[str, int]) -> tuple[HeaderField, ...]:
+    """A header's fields from `(name, length)` pairs in wire order: each starts where the previous one ends."""
+    offsets = [0]
+    for _, length in fields:
+        offsets.append(offsets[-1] + length)
+    return tuple(HeaderField(at, length, f"{prefix}.{name}") for at, (name, length) in zip(offsets, fields))
+
+
+IPV4_FIELDS = _contiguous(
+    "ip", ("version_ihl", 1), ("tos", 1), ("total_length", 2), ("id", 2), ("flags_fragment", 2), ("ttl", 1),
+    ("protocol", 1), ("checksum", 2), ("src", 4), ("dst", 4),
+)  # fmt: skip
+IPV6_FIELDS = _contiguous(
+    "ip6", ("version_class_flow", 4), ("payload_length", 2), ("next_header", 1), ("hop_limit", 1), ("src", 16),
+    ("dst", 16),
+)  # fmt: skip
+TCP_FIELDS = _contiguous(
+    "tcp", ("src_port", 2), ("dst_port", 2), ("seq", 4), ("ack", 4), ("data_offset", 1), ("flags", 1), ("window", 2),
+    ("checksum", 2), ("urgent", 2),
+)  # fmt: skip
+UDP_FIELDS = _contiguous("udp", ("src_port", 2), ("dst_port", 2), ("length", 2), ("checksum", 2))
 IPV4_MIN_HEADER = 20
 IPV6_HEADER = 40
 TCP_MIN_HEADER = 20

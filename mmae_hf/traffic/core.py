@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data_contract import BYTE_COLUMN, DEFAULT_FLOW_OPTIONS, FLOW_STAT_NAMES, NUM_FLOW_STATS
+from ..data_contract import BYTE_COLUMN, DEFAULT_FLOW_OPTIONS
+from ..data_contract import FLOW_STAT_NAMES as FLOW_STAT_NAMES  # re-exported
+from ..data_contract import NUM_FLOW_STATS as NUM_FLOW_STATS  # re-exported
 
 
 ANONYMIZATION_PROFILES = ("none", "netmamba", "default", "strict")
@@ -234,15 +236,3 @@ class FlowRecord:
         """Deprecated alias of `input_bytes` (the byte column's old name)."""
         warnings.warn("FlowRecord.payload is deprecated; use FlowRecord.input_bytes", DeprecationWarning, stacklevel=2)
         return self.input_bytes
-
-
-__all__ = [
-    "ANONYMIZATION_PROFILES",
-    "FLOW_STAT_NAMES",
-    "NUM_FLOW_STATS",
-    "SKIP_REASONS",
-    "FlowOptions",
-    "FlowRecord",
-    "PacketAccounting",
-    "PcapFormatError",
-]
