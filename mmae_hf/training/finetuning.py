@@ -228,7 +228,6 @@ def make_compute_metrics(label_names: list[str]):
 
 def build_model(args: FinetuneArguments, label_names: list[str]):
     """The classifier, from a pre-trained folder/repo or from ``args.preset``, with the dataset's label names."""
-    from ..configuration_mmae import MMAEConfig
     from ..modeling_mmae import MMAEForSequenceClassification
 
     id2label = {i: name for i, name in enumerate(label_names)}
