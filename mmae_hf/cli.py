@@ -361,6 +361,9 @@ def load_dataset_split(path: str, split: str):
         raise FileNotFoundError(f"dataset folder {path} does not exist")
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         loaded = datasets.load_from_disk(str(folder))
+        from mmae_hf.traffic.dataset import verify_saved_splits
+
+        verify_saved_splits(folder, loaded)
     else:  # parquet files (e.g. a downloaded Hub dataset)
         loaded = datasets.load_dataset(str(folder))
     if isinstance(loaded, datasets.DatasetDict):

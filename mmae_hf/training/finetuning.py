@@ -37,6 +37,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ..evaluation import calibrate_ood_threshold, classification_metrics, headline, write_evaluation
+from ..traffic.dataset import verify_saved_splits
 from .layer_decay import format_parameter_groups, layer_decay_parameter_groups
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def load_traffic_dataset(source):
         if path.is_dir():
             if (path / "dataset_dict.json").is_file():
                 dsd = datasets.load_from_disk(str(path))
+                verify_saved_splits(path, dsd)  # a half-rewritten folder must not train silently
             else:
                 data_files = _parquet_data_files(path)
                 if not data_files:
