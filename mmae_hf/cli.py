@@ -255,7 +255,10 @@ def classify_main(argv: list[str] | None = None) -> int:
     def sources():
         for path in captures:
             if not os.path.isfile(path):
-                message = f"{path}: no such capture file"
+                from mmae_hf.traffic.pcapio import special_file_kind
+
+                kind = special_file_kind(path)  # a FIFO would block the reader forever: never opened
+                message = f"{path}: not a regular file ({kind}), not read" if kind else f"{path}: no such capture file"
                 per_file.append({"file": path, "flows": 0, "errors": [message]})
                 print(f"error: {message}", file=sys.stderr)
                 file_done()

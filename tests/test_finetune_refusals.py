@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from test_flow_limits import deadline
 from test_pipeline_traffic import CRAFTED_FLOWS, save_model, tiny_config, write_capture
 
 import mmae_hf
@@ -141,6 +142,13 @@ def test_classifier_cli_refuses_mismatched_and_truncated_weights_in_one_line(cla
                           str(tmp_path / "forced.csv"), "--no-progress"]) == 0
     assert classify_main([str(capture), "--model", str(good), "--output", str(tmp_path / "g.csv"),
                           "--no-progress"]) == 0
+    capsys.readouterr()
+    fifo = tmp_path / "trap.pcap"
+    os.mkfifo(fifo)
+    with deadline(60):  # a FIFO given as a capture is reported, never opened
+        assert classify_main([str(fifo), str(capture), "--model", str(good), "--output", str(tmp_path / "f.csv"),
+                              "--no-progress"]) == 1
+    assert f"error: {fifo}: not a regular file (FIFO), not read" in capsys.readouterr().err.splitlines()
 
 
 def test_pipeline_loading_refuses_mismatched_weights(classifier_dirs):
