@@ -159,7 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--label", default="after", help="name of this series in the results (e.g. before / after)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
     p.add_argument("--memory-limit-mb", type=int, default=12_000, help="address-space limit per measurement")
-    p.add_argument("--workdir", help="folder for the generated captures (default: a temp folder, removed)")
+    p.add_argument("--workdir", help="folder for the generated captures, kept and reused (default: a temp folder, "
+                   "removed at the end); never inside the repository")
     p.add_argument("--output", default=str(HERE / "results" / "scan_memory.json"))
     p.add_argument("--measure", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -167,8 +168,10 @@ def main(argv=None) -> int:
         print(json.dumps(measure(args.measure, args.engines[0])))
         return 0
 
-    tmp = tempfile.TemporaryDirectory(prefix="bench_scan_", dir=args.workdir)
-    folder = Path(tmp.name)
+    # --workdir: captures kept there and reused (the same files for a "before" and an "after" series)
+    tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="bench_scan_")
+    folder = Path(args.workdir) if args.workdir else Path(tmp.name)
+    folder.mkdir(parents=True, exist_ok=True)
     captures = {}
     t0 = time.perf_counter()
     for n in args.sizes:
@@ -176,8 +179,9 @@ def main(argv=None) -> int:
         captures[name] = (folder / f"{name}.pcap", n)
         if not captures[name][0].exists():
             write_scan(captures[name][0], n)
-    captures["normal"] = (folder / "normal.pcap", None)
-    write_normal(captures["normal"][0], args.normal_packets)
+    captures["normal"] = (folder / f"normal-{args.normal_packets}.pcap", None)
+    if not captures["normal"][0].exists():
+        write_normal(captures["normal"][0], args.normal_packets)
     print(f"captures written in {time.perf_counter() - t0:.1f} s to {folder}", file=sys.stderr)
 
     rows = []
@@ -205,7 +209,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(result))
-    tmp.cleanup()
+    if tmp is not None:
+        tmp.cleanup()
     return 0
 
 

@@ -11,9 +11,12 @@ Flow rules (identical in both engines below):
   more than ``active_timeout``; when a TCP flow is closed (see ``FlowOptions.tcp_close``) and a fresh SYN arrives; when
   the clock restarts; or at the end of the capture. Flows are emitted when they end; idle flows are expired at regular
   points, so memory holds only flows that are still active (or closed less than ``idle_timeout`` ago).
-- Open-flow cap: at the end of every read block, when more than ``max_open_flows`` flows are open, those whose last
-  packet is oldest (ties: first packet order) are ended (``PacketAccounting.flows_evicted_by_cap``), so memory stays
-  bounded whatever the capture holds (a port scan opens one flow per packet).
+- Steps: the usable packets of a read block are taken ``STEP_PACKETS`` (8192) at a time, counted from the block's
+  start and again from each clock restart. After every full step and at the end of the block, idle flows are
+  expired, the open-flow cap is applied and the ended flows are emitted (in order of their first packet).
+- Open-flow cap: when more than ``max_open_flows`` flows are open at the end of a step, those whose last packet is
+  oldest (ties: first packet order) are ended (``PacketAccounting.flows_evicted_by_cap``), so memory stays bounded
+  (cap + one step) whatever the capture holds (a port scan opens one flow per packet).
 - Packet order inside a flow is capture order; inter-arrival times are clipped at 0.
 - ``max_packets`` (when > 0): packets after the first ``max_packets`` of a flow are dropped (``over_packet_cap``)
   but still count for the flow's boundaries (idle timeout, TCP close), so they never start a new flow; the record
@@ -165,6 +168,12 @@ class FlowState:
         )
 
 
+# Usable packets per assembly step: the open-flow cap and the emission of ended flows happen after each step, so
+# memory holds at most max_open_flows + STEP_PACKETS flows. Both engines use it; results depend on it only through
+# the cap (which flows are open when it is applied).
+STEP_PACKETS = 8192
+
+
 class _AssemblerBase:
     def __init__(self, options: FlowOptions, accounting: PacketAccounting, source_file: str):
         self.options = options
@@ -219,6 +228,7 @@ class _AssemblerBase:
         self.finish()
         self.clock = -math.inf
         self.accounting.time_jumps_back += 1
+        self.step_packets = 0  # steps count again from here
 
     def finish(self) -> None:
         for st in self.active.values():
@@ -232,6 +242,13 @@ class ReferenceAssembler(_AssemblerBase):
     SWEEP_EVERY = 4096
 
     def feed(self, batch: PacketBatch) -> None:
+        """Assemble a block of packets (without the end-of-step work `iter_flows` does between steps)."""
+        for _ in self.feed_steps(batch):
+            pass
+
+    def feed_steps(self, batch: PacketBatch) -> Iterator[None]:
+        """Assemble a block, pausing (yielding) after every ``STEP_PACKETS`` usable packets (see the module doc)."""
+        self.step_packets = 0
         self._count_skips(batch)
         idx = np.flatnonzero(batch.reason == OK)
         # plain Python values once per block (numpy scalar access per packet is slow)
@@ -245,6 +262,10 @@ class ReferenceAssembler(_AssemblerBase):
             a = 16 * j
             self.add_packet(batch, i, ts, ipv, proto, src[a : a + 16], sport, dst[a : a + 16], dport, flags, length,
                             paylen, seq, ack)  # fmt: skip
+            self.step_packets += 1
+            if self.step_packets == STEP_PACKETS:
+                self.step_packets = 0
+                yield
 
     def add_packet(self, batch, i, ts, ipv, proto, src, sport, dst, dport, flags, length, paylen, seq, ack,
                    slot_fn=None) -> None:  # fmt: skip
@@ -408,7 +429,10 @@ def iter_flows(
     try:
         for chunk in reader:
             accounting.packets_read += len(chunk)
-            asm.feed(dissect(chunk, options.drop_service_chatter))
+            for _ in asm.feed_steps(dissect(chunk, options.drop_service_chatter)):
+                asm.expire()
+                asm.evict_over_cap()
+                yield from asm.drain()
             asm.expire()
             asm.evict_over_cap()
             yield from asm.drain()
