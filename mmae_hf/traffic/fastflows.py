@@ -488,6 +488,14 @@ class FastAssembler:
             ts_first = ts_s[seg_starts].tolist()
             lo_first = from_lo_s[seg_starts].tolist()
             syn_first = fresh_syn[seg_starts].tolist()
+
+        def new_run(j, s1):
+            """A flow starts at sorted position ``j``: (its start, initiator side, active-timeout deadline)."""
+            run_start[j] = True
+            start, init_lo = float(ts_s[j]), bool(from_lo_s[j])
+            run_init[j] = init_lo
+            return start, init_lo, _active_deadline(clock_s, j, s1, start, active_t)
+
         for s_idx in busy:
             s0, s1 = seg_s0[s_idx], seg_s1[s_idx]
             row = int(seg_rows[s_idx])
@@ -516,27 +524,18 @@ class FastAssembler:
                 while True:
                     nxt = evs[k] if k < n_ev else s1
                     if deadline < s1 and deadline <= nxt and deadline != last_run:
-                        j = deadline
-                        run_start[j] = True
-                        last_run = j
-                        start = float(ts_s[j])
-                        init_lo = bool(from_lo_s[j])
-                        run_init[j] = init_lo
+                        last_run = deadline
+                        start, init_lo, deadline = new_run(deadline, s1)
                         closed = fin_fwd = fin_bwd = False
-                        deadline = _active_deadline(clock_s, j, s1, start, active_t)
                         continue
                     if k >= n_ev:
                         break
                     j = evs[k]
                     k += 1
                     if j != last_run and (idle_gap[j] or (closed and fresh_syn[j])):
-                        run_start[j] = True
                         last_run = j
-                        start = float(ts_s[j])
-                        init_lo = bool(from_lo_s[j])
-                        run_init[j] = init_lo
+                        start, init_lo, deadline = new_run(j, s1)
                         closed = fin_fwd = fin_bwd = False
-                        deadline = _active_deadline(clock_s, j, s1, start, active_t)
                     if tcp_close:
                         f = int(flags_s[j])
                         if f & TCP_RST:
