@@ -148,6 +148,15 @@ def test_full_disk_is_one_line_from_the_cli(small_tree, tmp_path, monkeypatch, c
     assert not out.exists() and _siblings(out) == []
 
 
+def test_overwrite_never_replaces_a_folder_that_is_not_a_dataset(small_tree, tmp_path):
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(FileExistsError, match="not a dataset folder"):
+        build_dataset(small_tree, precious, progress=False, overwrite=True)
+    assert [p.name for p in precious.iterdir()] == ["thesis.tex"] and _siblings(precious) == []
+
+
 # ---------------------------------------------------------------- the loader checks report against splits
 def test_loader_refuses_a_folder_whose_report_and_splits_disagree(small_tree, tmp_path):
     from mmae_hf.training.data import DatasetLoadError, load_pretraining_split

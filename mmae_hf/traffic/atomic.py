@@ -158,7 +158,8 @@ class StagedFolder:
         self.root = None
         self.committed = False
 
-    def _existing_content(self) -> list:
+    def existing_content(self) -> list:
+        """What the target holds (without the ``ignore`` names); [] when it is absent or empty."""
         if not self.target.exists():
             return []
         if not self.target.is_dir():
@@ -167,7 +168,7 @@ class StagedFolder:
 
     def check(self) -> None:
         """Refuse a non-empty target without ``overwrite`` (call before any long work)."""
-        if self._existing_content() and not self.overwrite:
+        if self.existing_content() and not self.overwrite:
             raise FileExistsError(f"{self.target}: output folder is not empty (pass overwrite=True / --overwrite)")
 
     def __enter__(self) -> "StagedFolder":

@@ -735,6 +735,11 @@ def build_dataset(input_path, output_dir=None, options: BuildOptions | None = No
         # work folders of older versions lived inside the output folder; a killed build left one behind
         staged = StagedFolder(output_dir, overwrite=build.overwrite, ignore=(".mmae_build_*",))
         staged.check()  # before any capture is read
+        if build.overwrite and staged.existing_content() and not any(
+                (output_dir / marker).exists() for marker in ("dataset_dict.json", REPORT_NAME)):
+            # --overwrite replaces the whole folder: never a folder that holds something else than a dataset
+            raise FileExistsError(f"{output_dir}: --overwrite replaces the whole folder, but this one is not a dataset "
+                                  f"folder (no dataset_dict.json or {REPORT_NAME}); choose another --output")
     plan = _plan(input_path, build)
     with contextlib.ExitStack() as stack:
         dataset_dir = stack.enter_context(staged).path if staged is not None else None
