@@ -44,8 +44,11 @@ def expand_captures(paths: list[str]) -> list[str]:
     return captures
 
 
-def load_pipeline(model: str, device: str | None = None, batch_size: int = 256):
-    """The traffic-classification pipeline for a saved model folder or Hub id, with its feature extractor."""
+def load_pipeline(model: str, device: str | None = None, batch_size: int = 256, allow_mismatched_weights: bool = False):
+    """The traffic-classification pipeline for a saved model folder or Hub id, with its feature extractor.
+
+    A ``config.json`` that does not fit the encoder weights, or a damaged weight file, raises
+    `mmae_hf.weight_check.WeightsMismatchError` (unless ``allow_mismatched_weights``)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -60,7 +63,10 @@ def load_pipeline(model: str, device: str | None = None, batch_size: int = 256):
             feature_extractor = MMAEFeatureExtractor.from_pretrained(model)
     except (OSError, ImportError) as error:
         print(f"warning: no feature extractor for {model} ({error}); using the default flow options", file=sys.stderr)
-    classifier = AutoModelForSequenceClassification.from_pretrained(model, dtype=torch.float32)
+    from mmae_hf.weight_check import load_checked
+
+    classifier = load_checked(AutoModelForSequenceClassification, model, dtype=torch.float32,
+                              allow_mismatched_weights=allow_mismatched_weights)
     return TrafficClassificationPipeline(
         model=classifier,
         feature_extractor=feature_extractor,
@@ -191,6 +197,8 @@ def build_classify_parser() -> argparse.ArgumentParser:
                         help="ig: integrated gradients of the predicted class per byte (default); rollout: attention "
                         "rollout of the CLS token (class-agnostic, token resolution, one forward pass)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-mismatched-weights", action="store_true",
+                        help="load the model even when its config.json does not fit its encoder weights")
     return parser
 
 
@@ -210,7 +218,14 @@ def classify_main(argv: list[str] | None = None) -> int:
 
     from mmae_hf.traffic import PacketAccounting
 
-    pipe = load_pipeline(args.model, device=args.device, batch_size=args.batch_size)
+    from mmae_hf.weight_check import WeightsMismatchError
+
+    try:
+        pipe = load_pipeline(args.model, device=args.device, batch_size=args.batch_size,
+                             allow_mismatched_weights=args.allow_mismatched_weights)
+    except WeightsMismatchError as error:  # damaged weights or a config that does not fit them: one line
+        print(f"mmae-classify: error: {error}", file=sys.stderr)
+        return 2
     writer = FlowWriter(args.output, args.top_k)
     per_file: list[dict[str, Any]] = []
     total = PacketAccounting()
@@ -240,7 +255,10 @@ def classify_main(argv: list[str] | None = None) -> int:
     def sources():
         for path in captures:
             if not os.path.isfile(path):
-                message = f"{path}: no such capture file"
+                from mmae_hf.traffic.pcapio import special_file_kind
+
+                kind = special_file_kind(path)  # a FIFO would block the reader forever: never opened
+                message = f"{path}: not a regular file ({kind}), not read" if kind else f"{path}: no such capture file"
                 per_file.append({"file": path, "flows": 0, "errors": [message]})
                 print(f"error: {message}", file=sys.stderr)
                 file_done()
@@ -361,6 +379,9 @@ def load_dataset_split(path: str, split: str):
         raise FileNotFoundError(f"dataset folder {path} does not exist")
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         loaded = datasets.load_from_disk(str(folder))
+        from mmae_hf.traffic.dataset import verify_saved_splits
+
+        verify_saved_splits(folder, loaded)
     else:  # parquet files (e.g. a downloaded Hub dataset)
         loaded = datasets.load_dataset(str(folder))
     if isinstance(loaded, datasets.DatasetDict):

@@ -82,6 +82,8 @@ def build_parser():
     rt.add_argument("--save-steps", type=int, default=defaults.save_steps, help="checkpoint every N steps (0: off)")
     rt.add_argument("--save-total-limit", type=int, default=defaults.save_total_limit)
     rt.add_argument("--resume-from-checkpoint", default=None, help="checkpoint folder or 'latest'")
+    rt.add_argument("--allow-inexact-resume", action="store_true",
+                    help="continue even if the checkpoint's RNG / collator states cannot be restored (not exact)")
     rt.add_argument("--report-to", choices=("tensorboard", "none"), default=defaults.report_to)
     rt.add_argument("--ddp-find-unused-parameters", choices=("auto", "true", "false"),
                     default=defaults.ddp_find_unused_parameters)
@@ -147,6 +149,10 @@ def guard_process_exit(code, grace_seconds=60.0):
 
 
 if __name__ == "__main__":
-    exit_code = main()
+    from mmae_hf.traffic.atomic import run_interruptible
+
+    # Ctrl-C / SIGTERM: one line and exit 130 / 143 (checkpoints are renamed into place only when complete)
+    exit_code = run_interruptible(main, "pretrain.py", "the checkpoints written so far are complete "
+                                  "(continue with --resume-from-checkpoint latest)")
     guard_process_exit(exit_code)  # only as a script: in-process callers (tests) keep their interpreter
     sys.exit(exit_code)
