@@ -177,9 +177,10 @@ def test_shortcut_report_cli(model_dir, tmp_path, capsys):
     assert report["preprocessing_mismatch"] == {"anonymize": {"model": "default", "dataset": "strict"}}
     assert report["num_flows"] == 4
     assert "other flow options" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="no split 'nope'"):
-        shortcut_report_main(["--model", str(model_dir), "--dataset", str(tmp_path / "dataset"), "--split", "nope",
-                              "--output", str(output)])
+    assert shortcut_report_main(["--model", str(model_dir), "--dataset", str(tmp_path / "dataset"), "--split", "nope",
+                                 "--output", str(output)]) == 2
+    assert capsys.readouterr().err == (f"mmae-shortcut-report: error: --split nope: dataset {tmp_path / 'dataset'} has "
+                                       "no such split; it has test, train, validation\n")
 
 
 def test_without_output_flows_go_to_stdout_as_json_lines(model_dir, tmp_path, capsys):

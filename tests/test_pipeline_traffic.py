@@ -322,7 +322,7 @@ def test_saved_pipeline_runs_in_a_fresh_process(classifier, crafted, tmp_path):
             classify({str(crafted)!r})
             raise SystemExit("pcap input without mmae-hf should fail")
         except ImportError as error:
-            assert "pip install mmae-hf" in str(error)
+            assert "mmae-hf package (pip install . in a clone" in str(error)
         del sys.modules["mmae_hf"]  # now the package is importable: pcap input works through the remote code
         from_pcap = classify({str(crafted)!r})
         print(json.dumps({{"arrays": [r["score"] for r in arrays], "pcap": [r["score"] for r in from_pcap]}}))

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..argparsing import renamed_fields
 from .data import (
     EpochBatchSampler,
     FlowBatchReader,
@@ -68,6 +69,7 @@ class CheckpointError(ValueError):
     """A checkpoint folder that is missing, incomplete or does not fit the current run."""
 
 
+@renamed_fields({"cpu": "use_cpu", "num_workers": "dataloader_num_workers"})  # the Trainer's names
 @dataclass
 class PretrainingArguments:
     """Everything one pre-training run depends on (saved as ``pretraining_args.json`` beside the model).
@@ -103,10 +105,10 @@ class PretrainingArguments:
     Runtime:
         mixed_precision (`str`, *optional*): ``no``, ``bf16`` or ``fp16``. Default: what the launcher says
             (``accelerate launch --mixed_precision`` / an accelerate config file), else ``no``.
-        cpu (`bool`): force the CPU even when a GPU is present.
+        use_cpu (`bool`): force the CPU even when a GPU is present (old name: ``cpu``).
         seed (`int`, defaults to 0): model init, data order, FlowMix pairing / mask noise, drop path.
-        num_workers (`int`, defaults to 0): background threads reading batches (the arrow read is fast;
-            keep 0 on small machines).
+        dataloader_num_workers (`int`, defaults to 0): background threads reading batches (the arrow read is fast;
+            keep 0 on small machines; old name: ``num_workers``).
         logging_steps (`int`, defaults to 10), save_steps (`int`, defaults to 5000), save_total_limit
             (`int`, defaults to 2): logging and checkpoint cadence; 0 disables periodic checkpoints.
         resume_from_checkpoint (`str`, *optional*): a checkpoint folder, or ``"latest"`` (newest one in
@@ -146,9 +148,9 @@ class PretrainingArguments:
     ema_momentum_start: float = 0.96
     ema_momentum_end: float = 0.99
     mixed_precision: str | None = None
-    cpu: bool = False
+    use_cpu: bool = False
     seed: int = 0
-    num_workers: int = 0
+    dataloader_num_workers: int = 0
     logging_steps: int = 10
     save_steps: int = 5000
     save_total_limit: int = 2
@@ -399,7 +401,7 @@ def resolve_checkpoint(resume_from_checkpoint, output_dir):
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(output_dir)
         if not checkpoints:
-            raise CheckpointError(f"--resume-from-checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINT_DIR}")
+            raise CheckpointError(f"--resume_from_checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINT_DIR}")
         return checkpoints[-1]
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
@@ -643,13 +645,13 @@ def run_pretraining(args, dataset=None, model_cls=None):
             f"launched as {world_size_env} processes (WORLD_SIZE) but accelerate set up {world_size} "
             f"({accelerator.distributed_type}): refusing to run independent copies into {output_dir}. "
             "On a machine without GPUs launch with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
-            "--num_processes N ... --cpu` (see docs/training.md)."
+            "--num_processes N ... --use_cpu` (see docs/training.md)."
         )
     if accelerator.distributed_type == DistributedType.DEEPSPEED and args.gradient_accumulation_steps != 1:
         # DeepSpeed steps its engine (and scales the loss) inside accelerator.backward: the loop's own
         # accumulation would step every micro-batch and divide the loss twice
-        raise LaunchError("with DeepSpeed use --gradient-accumulation-steps 1 (and gradient_accumulation_steps: 1 "
-                          "in its config); raise --per-device-train-batch-size or the number of processes instead")
+        raise LaunchError("with DeepSpeed use --gradient_accumulation_steps 1 (and gradient_accumulation_steps: 1 "
+                          "in its config); raise --per_device_train_batch_size or the number of processes instead")
     output_dir.mkdir(parents=True, exist_ok=True)
 
     sampler = EpochBatchSampler(len(reader), args.per_device_train_batch_size, world_size, rank, seed=args.seed)
@@ -707,7 +709,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
         if not args.overwrite_output_dir:
             raise CheckpointError(
                 f"{output_dir / CHECKPOINT_DIR} holds checkpoints of an earlier run: continue it with "
-                "--resume-from-checkpoint latest, or pass --overwrite-output-dir to start over"
+                "--resume_from_checkpoint latest, or pass --overwrite_output_dir to start over"
             )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -889,7 +891,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
     accelerator.print(
         f"pre-training {'finished' if finished else 'stopped'} at step {step}: samples/s per process "
         + ", ".join(f"{v:.1f}" for v in per_process)
-        + (f"; model saved to {output_dir}" if finished else f"; continue with --resume-from-checkpoint {last_checkpoint}")
+        + (f"; model saved to {output_dir}" if finished else f"; continue with --resume_from_checkpoint {last_checkpoint}")
     )
     # Every rank tears the process group down at the same moment: a rank that is still saving or plotting while
     # its peer has already destroyed the group and exited is the one window where gloo teardown can stall.
