@@ -69,7 +69,9 @@ def publishable_name(name: str | None) -> str | None:
         return None
     if is_hub_repo_id(name):
         return name
-    return Path(name).resolve().name if Path(name).exists() else name
+    if Path(name).exists() or str(name).startswith(("/", "./", "../", "~")):
+        return Path(name).expanduser().resolve().name
+    return name
 
 
 def _fmt(value) -> str:

@@ -45,9 +45,12 @@ def set_library_progress_bars(enabled: bool) -> None:
         pass
 
 
-def evaluation_log_callback(stream=None):
+def evaluation_log_callback(stream=None, lines: int = 5):
     """A ``TrainerCallback`` that prints one line per evaluation (epoch, validation metrics, last training loss)
-    instead of the Trainer's dict per log step; used when the Trainer's bars are off."""
+    instead of the Trainer's dict per log step; used when the Trainer's bars are off. Epoch-wise runs print about
+    ``lines`` of them (every k-th epoch and the last), so that a log reads as a story."""
+    import math
+
     from transformers import TrainerCallback
 
     class EvaluationLogCallback(TrainerCallback):
@@ -60,6 +63,11 @@ def evaluation_log_callback(stream=None):
                 self.last_loss = logs["loss"]
             if not state.is_world_process_zero or not any(k.startswith("eval_") for k in logs):
                 return
+            if args.max_steps <= 0 and lines > 0:
+                every = max(1, math.ceil(args.num_train_epochs / lines))
+                epoch = round(state.epoch or 0)
+                if epoch % every and epoch < args.num_train_epochs:
+                    return
             shown = {k[5:]: v for k, v in logs.items()
                      if k.startswith("eval_") and k[5:] in ("loss", "accuracy", "macro_f1")}
             parts = [f"{name} {value:.4f}" for name, value in shown.items()]

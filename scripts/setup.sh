@@ -19,8 +19,14 @@ if [ "${MMAE_FORCE_SETUP:-0}" != 1 ] && [ "$WANT" = "$HAVE" ] && [ "$INSTALLED_A
     exit 0
 fi
 rm -f "$STAMP"
-python -m pip install -q --upgrade pip >/dev/null
-python -c "import torch" 2>/dev/null || python -m pip install -q "$TORCH_SPEC"
-python -m pip install -q -e ".[dev]"
+LOG=.venv/setup.log  # pip's own chatter goes here; shown only when the install fails
+echo "installing mmae-hf and its pinned stack into $(pwd)/.venv (a minute or two; log: $LOG)"
+if ! { python -m pip install --upgrade pip \
+       && { python -c "import torch" 2>/dev/null || python -m pip install "$TORCH_SPEC"; } \
+       && python -m pip install -e ".[dev]"; } > "$LOG" 2>&1; then
+    tail -n 40 "$LOG" >&2
+    echo "setup: pip failed (full log: $LOG)" >&2
+    exit 1
+fi
 echo "$WANT" > "$STAMP"
 echo "mmae-hf installed in $(pwd)/.venv"

@@ -71,3 +71,28 @@ def test_collection_and_fast_tests_pass_without_shared(clone):
     assert len(skip_lines) == 1 and "needs the development data in ../shared" in skip_lines[0], skip_lines
     # and temp files stayed inside the clone
     assert (clone / ".pytest_tmp").is_dir()
+
+
+def test_a_non_editable_install_carries_what_it_needs(clone, tmp_path):
+    """`pip install .` from a clone (the README's install line): the installed package, not the clone, renders
+    the model cards (their templates ship inside the package)."""
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(wheels), str(clone)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheel = next(wheels.glob("mmae_hf-*.whl"))
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+                                str(wheel)], capture_output=True, text=True, timeout=600)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    script = (
+        "import mmae_hf, json, pathlib\n"
+        "from mmae_hf.model_card import DEFAULT_TEMPLATE, PRETRAINING_TEMPLATE\n"
+        "print(pathlib.Path(mmae_hf.__file__).parent)\n"
+        "print(DEFAULT_TEMPLATE.is_file() and PRETRAINING_TEMPLATE.is_file())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MMAE_SHARED_DIR", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(site)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    package_dir, templates_found = done.stdout.strip().splitlines()[-2:]
+    assert Path(package_dir).resolve() == (site / "mmae_hf").resolve() and templates_found == "True"

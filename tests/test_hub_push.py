@@ -46,6 +46,7 @@ def test_push_to_hub_and_load_by_repo_id(tmp_path):
              "--push_to_hub", "--hub_model_id", REPO_ID, "--dataset_name", "tester/traffic-synthetic"],
             env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
         assert push.returncode == 0, push.stdout[-2000:] + push.stderr[-4000:]
+        assert "\r" not in push.stdout + push.stderr  # no progress bars in a log (stderr is no terminal)
         files = hub.files(REPO_ID)
         for name in ("config.json", "model.safetensors", "README.md", "modeling_mmae.py", "configuration_mmae.py",
                      "test_confusion.png", "test_metrics.json"):

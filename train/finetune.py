@@ -19,8 +19,8 @@ checkpoints/ and model/ (the self-contained save_pretrained folder with README.m
 Exit status: 0 on success, 2 on a bad argument or input (one line on stderr; --debug shows the traceback).
 """
 
-import json
 import sys
+from pathlib import Path
 
 # old option names (before the Trainer's names were adopted); dash forms of every option are accepted too
 RENAMED_OPTIONS = {"--epochs": "--num_train_epochs", "--batch_size": "--per_device_train_batch_size",
@@ -57,12 +57,12 @@ def _run(parser, argv) -> int:
     summary = run_finetuning(args)
     if "files" not in summary:  # a non-main process of a multi-process run: rank 0 reports
         return 0
-    test = summary["test"]
-    print(json.dumps({"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-                      "test_weighted_f1": test["weighted_f1"], "best_checkpoint": summary["best_checkpoint"],
-                      "ood_threshold": summary["ood_threshold"]}, indent=2))
-    for key in ("test_confusion_png", "model_card", "model"):
-        print(f"{key}: {summary['files'][key]}")
+    test, files, threshold = summary["test"], summary["files"], summary["ood_threshold"]
+    print(f"test: accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, weighted-F1 "
+          f"{test['weighted_f1']:.4f} (selected: {summary['best_checkpoint'] or 'final'}, OOD threshold "
+          f"{'none' if threshold is None else f'{threshold:.4f}'})")
+    print(f"model: {files['model']} (card: README.md; confusion matrix: {files['test_confusion_png']}; "
+          f"everything: {Path(args.output_dir) / 'results.json'})")
     return 0
 
 

@@ -227,6 +227,9 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     import mmae_hf  # noqa: F401
+    from mmae_hf.progress import progress_wanted, set_library_progress_bars
+
+    set_library_progress_bars(progress_wanted())  # the in-process baselines: bars only on a terminal
     from mmae_hf.evaluation import chance_levels
     from mmae_hf.training.finetuning import load_traffic_dataset
     from mmae_hf.training.study import now_utc, results_table, study_markdown, summarize_study
