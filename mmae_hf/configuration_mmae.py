@@ -127,6 +127,11 @@ class MMAEConfig(PreTrainedConfig):
     use_flowmix (`bool`, *optional*, defaults to `True`):
         Mix the tokens of paired flows (FlowMix) and decode both branches. `False` gives a plain random-masking MAE
         (the encoder sees only the kept tokens).
+    flowmix_pairing (`str`, *optional*, defaults to `"similar"`):
+        How `DataCollatorForFlowMix` pairs flows: `"similar"` (official: greedy most-similar flow statistics) or
+        `"random"` (a random partner, as MixMAE). Tokens are mixed position by position, so a look-alike partner
+        puts near-copies of a flow's own header bytes into its masked positions (measured in
+        `benchmarks/diagnose_pretraining.py`: reconstruction leans on them).
     use_teacher (`bool`, *optional*, defaults to `True`):
         Train with a mean teacher (read by the training script; the model adds the distillation loss whenever
         `teacher_features` are passed).
@@ -199,6 +204,7 @@ class MMAEConfig(PreTrainedConfig):
     rank_loss_weight: float | int = 0.1
     distillation_loss_weight: float | int = 1.0
     use_flowmix: bool = True
+    flowmix_pairing: str = "similar"
     use_teacher: bool = True
     use_loss_predictor: bool = True
     use_pmp: bool = True
@@ -241,6 +247,8 @@ class MMAEConfig(PreTrainedConfig):
                 f"distillation_cosine_dim must be 1 (token axis, official) or -1 (channel axis), "
                 f"got {self.distillation_cosine_dim}"
             )
+        if self.flowmix_pairing not in ("similar", "random"):
+            raise ValueError(f"flowmix_pairing must be 'similar' or 'random', got {self.flowmix_pairing!r}")
         if self.use_guided_masking and not self.use_loss_predictor:
             raise ValueError("use_guided_masking=True needs use_loss_predictor=True (the hard tokens are predicted)")
         if self.ood_threshold is not None and not 0.0 <= self.ood_threshold <= 1.0:

@@ -67,6 +67,16 @@ def greedy_symmetric_pairing(features: torch.Tensor) -> torch.Tensor:
     return partner
 
 
+def random_pairing(batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random involution: consecutive flows of a random order are partners (an odd one out is its own partner)."""
+    order = torch.randperm(batch, generator=generator)
+    partner = torch.arange(batch)
+    even = batch - batch % 2
+    partner[order[0:even:2]] = order[1:even:2]
+    partner[order[1:even:2]] = order[0:even:2]
+    return partner
+
+
 def _stack(values, dtype: torch.dtype, name: str) -> torch.Tensor:
     try:
         if isinstance(values[0], torch.Tensor):
@@ -130,7 +140,9 @@ class DataCollatorForFlowMix:
             batch["labels"] = torch.as_tensor([int(r[label_key]) for r in rows], dtype=torch.long)
         size = input_bytes.shape[0]
         if self.use_flowmix:
-            if "flow_stats" in batch:
+            if getattr(self.config, "flowmix_pairing", "similar") == "random":
+                batch["partner_index"] = random_pairing(size, self.generator)
+            elif "flow_stats" in batch:
                 batch["partner_index"] = greedy_symmetric_pairing(transform_flow_stats(batch["flow_stats"]))
             else:
                 raise ValueError("FlowMix pairing needs the 'flow_stats' column (or use_flowmix=False)")
@@ -138,4 +150,4 @@ class DataCollatorForFlowMix:
         return batch
 
 
-__all__ = ["DataCollatorForFlowMix", "greedy_symmetric_pairing", "transform_flow_stats"]
+__all__ = ["DataCollatorForFlowMix", "greedy_symmetric_pairing", "random_pairing", "transform_flow_stats"]

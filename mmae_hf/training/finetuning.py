@@ -60,7 +60,7 @@ class FinetuneArguments:
     output_dir: str = field(metadata={"help": "where checkpoints, metrics, plots, tensorboard logs and the model go"})
     pretrained: str | None = field(default=None, metadata={"help": "pre-trained MMAE folder or Hub repo id; omit to train from scratch"})
     base_model: str | None = field(default=None, metadata={"help": "Hub repo id of the pre-trained encoder, for the model card's base_model when --pretrained is a local folder (default: --pretrained when it is a repo id)"})
-    preset: str = field(default="mmae-tiny", metadata={"help": "config preset used when training from scratch"})
+    preset: str = field(default="mmae-tiny", metadata={"help": "config used when training from scratch: a preset name, or a config.json / model folder (the same architecture as a checkpoint, randomly initialised)"})
     num_train_epochs: float = field(default=10.0, metadata={"help": "training epochs"})
     max_steps: int = field(default=-1, metadata={"help": "if > 0, stop after this many optimizer steps (overrides the epochs)"})
     per_device_train_batch_size: int = field(default=64, metadata={"help": "flows per device per training step"})
@@ -88,6 +88,10 @@ class FinetuneArguments:
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard or none"})
     disable_tqdm: bool = field(default=False, metadata={"help": "no progress bars at all (--no_progress works too); without it bars are drawn only when stderr is a terminal"})
     max_train_samples: int | None = field(default=None, metadata={"help": "debug: cap on training rows"})
+    few_shot_k: int | None = field(default=None, metadata={"help": "train on k flows per class of the train split, drawn by --few_shot_seed (label-efficiency runs)"})
+    few_shot_seed: int | None = field(default=None, metadata={"help": "seed of the --few_shot_k subset (default: --seed)"})
+    head_warmup_steps: int = field(default=0, metadata={"help": "optimizer steps that train only the classifier head before the encoder joins (a pre-trained encoder is not disturbed by a random head's gradients)"})
+    eval_every_steps: int | None = field(default=None, metadata={"help": "with --max_steps: evaluate (and checkpoint) every N steps (default: max_steps / 4)"})
 
     def __post_init__(self):
         """Conflicts and impossible values are refused here, before any data or model is loaded."""
@@ -117,6 +121,11 @@ class FinetuneArguments:
             raise ValueError(f"--ood_percentile {self.ood_percentile:g}: must be in [0, 100]")
         if self.report_to not in ("tensorboard", "none"):
             raise ValueError(f"--report_to {self.report_to}: use tensorboard or none")
+        for name in ("few_shot_k", "eval_every_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} {getattr(self, name)}: must be >= 1")
+        if self.head_warmup_steps < 0:
+            raise ValueError(f"--head_warmup_steps {self.head_warmup_steps}: must be >= 0")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -222,10 +231,42 @@ def payload_matrix(ds) -> np.ndarray:
 class MMAEFinetuneTrainer(Trainer):
     """Trainer whose optimizer uses layer-wise learning-rate decay (see `layer_decay_parameter_groups`)."""
 
-    def __init__(self, *args, layer_decay: float = 0.75, **kwargs):
+    def __init__(self, *args, layer_decay: float = 0.75, head_warmup_steps: int = 0, **kwargs):
         self.layer_decay = layer_decay
+        self.head_warmup_steps = int(head_warmup_steps)
         self.parameter_group_summary = None
         super().__init__(*args, **kwargs)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """Linear warm-up then cosine decay for every group; with ``head_warmup_steps`` the encoder's groups stay at
+        lr 0 for that many steps and then run the same warm-up and cosine over the remaining steps."""
+        if self.lr_scheduler is not None or self.head_warmup_steps <= 0:
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = optimizer or self.optimizer
+        top = max(group.get("layer_depth", 0) for group in optimizer.param_groups)
+        head_steps = min(self.head_warmup_steps, max(0, num_training_steps - 1))
+        warmup = self.args.get_warmup_steps(num_training_steps)
+
+        def schedule(offset):
+            total = max(1, num_training_steps - offset)
+            ramp = min(warmup, total)
+
+            def factor(step):
+                if step < offset:
+                    return 0.0
+                step -= offset
+                if step < ramp:
+                    return (step + 1) / (ramp + 1)
+                progress = min(1.0, (step - ramp) / max(1, total - ramp))
+                return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+            return factor
+
+        lambdas = [schedule(0 if group.get("layer_depth", top) == top else head_steps)
+                   for group in optimizer.param_groups]
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -265,7 +306,11 @@ def build_model(args: FinetuneArguments, label_names: list[str]):
         except OSError as error:  # a Hub id that is not there, or no network
             raise hub_load_error(args.pretrained, error, "--pretrained") from error
     else:
-        config = MMAEConfig.from_preset(args.preset, id2label=id2label, label2id=label2id)
+        from .pretraining import load_model_config
+
+        # a preset name, or a config.json / model folder: "the same encoder from scratch" as a given checkpoint
+        config = load_model_config(args.preset, {"id2label": id2label, "label2id": label2id})
+        config.architectures = None
         model = MMAEForSequenceClassification(config)
     if args.freeze_encoder:
         for parameter in model.base_model.parameters():
@@ -289,9 +334,9 @@ def make_training_arguments(args: FinetuneArguments, output_dir: Path) -> Traini
         label_smoothing_factor=args.label_smoothing_factor,
         max_grad_norm=args.max_grad_norm,
         eval_strategy="epoch" if args.max_steps <= 0 else "steps",
-        eval_steps=None if args.max_steps <= 0 else max(1, args.max_steps // 4),
+        eval_steps=None if args.max_steps <= 0 else (args.eval_every_steps or max(1, args.max_steps // 4)),
         save_strategy="epoch" if args.max_steps <= 0 else "steps",
-        save_steps=500 if args.max_steps <= 0 else max(1, args.max_steps // 4),
+        save_steps=500 if args.max_steps <= 0 else (args.eval_every_steps or max(1, args.max_steps // 4)),
         save_total_limit=args.save_total_limit,
         load_best_model_at_end=True,
         metric_for_best_model="macro_f1",  # validation macro-F1, never a test number
@@ -328,6 +373,11 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
     dsd = load_traffic_dataset(dataset if dataset is not None else args.dataset)
     label_names = label_names_of(dsd)
     train_ds = dsd["train"]
+    if args.few_shot_k is not None:
+        from .diagnostics import few_shot_indices
+
+        seed = args.seed if args.few_shot_seed is None else args.few_shot_seed
+        train_ds = train_ds.select(few_shot_indices(train_ds["label"], args.few_shot_k, seed))
     if args.max_train_samples:
         train_ds = train_ds.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(train_ds))))
 
@@ -347,6 +397,7 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
             data_collator=FlowClassificationCollator(),
             compute_metrics=make_compute_metrics(label_names),
             layer_decay=args.layer_decay,
+            head_warmup_steps=args.head_warmup_steps,
         )
     finally:
         if previous_tb is None:
