@@ -84,12 +84,32 @@ def untrained_head_reason(model) -> str | None:
     bias: every head is created so, and any training step moves it). A model fine-tuned in this process from a
     pre-trained encoder therefore passes, and so does one built here and never saved (no ``architectures``).
     """
+    if isinstance(model, (str, os.PathLike)):  # a saved folder, judged before loading: its config.json says
+        return _architectures_reason(_saved_architectures(model))
     architectures = list(getattr(getattr(model, "config", None), "architectures", None) or [])
-    if not architectures or any(name.endswith("ForSequenceClassification") for name in architectures):
+    if _architectures_reason(architectures) is None:
         return None
     bias = getattr(getattr(model, "classifier", None), "bias", None)
     if bias is not None and bool(bias.detach().abs().sum() != 0):
         return None  # trained since it was loaded
+    return _architectures_reason(architectures)
+
+
+def _saved_architectures(folder) -> list:
+    """``architectures`` of a local model folder's config.json ([] for a Hub id or an unreadable config)."""
+    import json
+
+    path = os.path.join(os.fspath(folder), "config.json")
+    try:
+        with open(path) as handle:
+            return list(json.load(handle).get("architectures") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _architectures_reason(architectures) -> str | None:
+    if not architectures or any(name.endswith("ForSequenceClassification") for name in architectures):
+        return None
     return f"it was saved as {', '.join(architectures)}, without a classification head"
 
 
@@ -126,15 +146,11 @@ def run_main(prog: str, body: Callable[[], int], debug: bool = False, exit_code:
              user_errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
     """Run ``body``; print a user error as one ``prog: error: ...`` line and return ``exit_code``.
 
-    With ``debug`` the exception propagates (full traceback). Ctrl-C ends quietly with 130.
+    With ``debug`` the exception propagates (full traceback). Ctrl-C / SIGTERM are left to
+    `mmae_hf.traffic.atomic.run_interruptible`, which the entry points wrap around this.
     """
     try:
         return body()
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
     except user_errors as error:
         if debug:
             raise

@@ -45,18 +45,22 @@ def expand_captures(paths: list[str]) -> list[str]:
     return captures
 
 
-def load_pipeline(model: str, device: str | None = None, batch_size: int = 256, allow_untrained_head: bool = False):
+def load_pipeline(model: str, device: str | None = None, batch_size: int = 256, allow_untrained_head: bool = False,
+                  allow_mismatched_weights: bool = False):
     """The traffic-classification pipeline for a saved model folder or Hub id, with its feature extractor.
 
-    Raises `ModelSourceError` when ``model`` leads to no saved model and `UntrainedHeadError` when the model's
-    classification head was never trained (unless ``allow_untrained_head``).
+    Raises `ModelSourceError` when ``model`` leads to no saved model, `UntrainedHeadError` when the model's
+    classification head was never trained (unless ``allow_untrained_head``), and
+    `mmae_hf.weight_check.WeightsMismatchError` for a damaged weight file or a ``config.json`` that does not fit the
+    encoder weights (unless ``allow_mismatched_weights``).
     """
     import torch
 
     import mmae_hf  # noqa: F401  (registers the MMAE classes)
     from mmae_hf.pipeline_traffic import TrafficClassificationPipeline
 
-    classifier = load_classifier(model, allow_untrained_head=allow_untrained_head)
+    classifier = load_classifier(model, allow_untrained_head=allow_untrained_head,
+                                 allow_mismatched_weights=allow_mismatched_weights)
     feature_extractor = None
     try:
         from mmae_hf.feature_extraction_mmae import MMAEFeatureExtractor
@@ -72,28 +76,29 @@ def load_pipeline(model: str, device: str | None = None, batch_size: int = 256, 
         batch_size=batch_size,
         task="traffic-classification",
         allow_untrained_head=allow_untrained_head,
+        allow_mismatched_weights=allow_mismatched_weights,
     )
 
 
-def load_classifier(model: str, allow_untrained_head: bool = False, flag: str = "--allow-untrained-head"):
-    """``AutoModelForSequenceClassification`` from a folder or Hub id, with the checks of `mmae_hf.checks`."""
+def load_classifier(model: str, allow_untrained_head: bool = False, allow_mismatched_weights: bool = False):
+    """``AutoModelForSequenceClassification`` from a folder or Hub id, with the checks of `mmae_hf.checks` (the
+    source, the head: a local folder is judged by its config.json before anything loads) and of
+    `mmae_hf.weight_check` (weights that fit the config)."""
     import torch
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     import mmae_hf  # noqa: F401  (registers the MMAE classes)
     from mmae_hf.checks import check_model_source, hub_load_error, require_trained_head
+    from mmae_hf.weight_check import load_checked
 
     check_model_source(model, "--model")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # a head-less folder's LOAD REPORT: the check below says it in one line
+    require_trained_head(model, model, allow_untrained_head, override="--allow-untrained-head")
     try:
-        classifier = AutoModelForSequenceClassification.from_pretrained(model, dtype=torch.float32)
+        classifier = load_checked(AutoModelForSequenceClassification, model, dtype=torch.float32,
+                                  allow_mismatched_weights=allow_mismatched_weights)
     except OSError as error:  # a Hub id that is not there, no network, no access
         raise hub_load_error(model, error, "--model") from error
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    require_trained_head(classifier, model, allow_untrained_head, override=flag)
+    require_trained_head(classifier, model, allow_untrained_head, override="--allow-untrained-head")  # a Hub id
     return classifier
 
 
@@ -243,6 +248,8 @@ def build_classify_parser():
     parser.add_argument("--allow-untrained-head", action="store_true",
                         help="classify even with a model whose classification head was never trained (a pre-training "
                         "folder, a bare encoder): its labels are random")
+    parser.add_argument("--allow-mismatched-weights", action="store_true",
+                        help="load the model even when its config.json does not fit its encoder weights")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (bars are drawn only when stderr is a terminal anyway)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -279,8 +286,10 @@ def _classify(parser, args) -> int:
     check_device(args.device)
     if args.output:  # an unwritable output fails now, not after the model is loaded
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    # a missing model, an untrained head, damaged or mismatched weights: ValueError / OSError, one line, exit 2
     pipe = load_pipeline(args.model, device=args.device, batch_size=args.batch_size,
-                         allow_untrained_head=args.allow_untrained_head)
+                         allow_untrained_head=args.allow_untrained_head,
+                         allow_mismatched_weights=args.allow_mismatched_weights)
     writer = FlowWriter(args.output, args.top_k)
     per_file: list[dict[str, Any]] = []
     total = PacketAccounting()
@@ -310,7 +319,10 @@ def _classify(parser, args) -> int:
     def sources():
         for path in captures:
             if not os.path.isfile(path):
-                message = f"{path}: no such capture file"
+                from mmae_hf.traffic.pcapio import special_file_kind
+
+                kind = special_file_kind(path)  # a FIFO would block the reader forever: never opened
+                message = f"{path}: not a regular file ({kind}), not read" if kind else f"{path}: no such capture file"
                 per_file.append({"file": path, "flows": 0, "errors": [message]})
                 print(f"error: {message}", file=sys.stderr)
                 file_done()
@@ -431,6 +443,9 @@ def load_dataset_split(path: str, split: str):
         raise FileNotFoundError(f"--dataset {path}: no such dataset folder")
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         loaded = datasets.load_from_disk(str(folder))
+        from mmae_hf.traffic.dataset import verify_saved_splits
+
+        verify_saved_splits(folder, loaded)
     else:  # parquet files (e.g. a downloaded Hub dataset)
         loaded = datasets.load_dataset(str(folder))
     if isinstance(loaded, datasets.DatasetDict):

@@ -40,6 +40,7 @@ DEFAULT_FLOW_OPTIONS = {
     "min_packets": 1,
     "drop_service_chatter": False,
     "max_packets": 0,
+    "max_open_flows": 100_000,
 }
 NUM_FLOW_STATS = 27
 MODEL_INPUT_NAMES = ["input_bytes", "packet_lengths", "packet_iats", "packet_directions", "flow_stats"]

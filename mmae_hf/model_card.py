@@ -190,6 +190,7 @@ def build_finetuned_model_card(
         validation=validation,
         test=test,
         per_class=test.get("per_class", {}),
+        classes_missing_from_splits=summary.get("classes_missing_from_splits") or {},
         baselines=_baseline_rows(baselines),
         ood_threshold_text="None (no correct validation flow)" if threshold is None else f"{threshold:.4f}",
         ood_percentile=summary.get("ood_percentile", 5.0),

@@ -119,6 +119,15 @@ def _source_name(source: Any, default: str = "<bytes>") -> str:
     return default
 
 
+def _verify_weights(model, allow_mismatched_weights: bool) -> None:
+    """`mmae_hf.weight_check.verify_loaded_model` where mmae-hf is installed (this file also runs as remote code)."""
+    try:
+        from mmae_hf.weight_check import verify_loaded_model
+    except ImportError:
+        return
+    verify_loaded_model(model, allow_mismatched_weights=allow_mismatched_weights)
+
+
 class TrafficClassificationPipeline(ChunkPipeline):
     """Per-flow traffic classification of pcap / pcapng captures with an MMAE classifier.
 
@@ -151,8 +160,9 @@ class TrafficClassificationPipeline(ChunkPipeline):
     _load_tokenizer = False
     _load_feature_extractor = None
 
-    def __init__(self, *args, allow_untrained_head: bool = False, **kwargs):
+    def __init__(self, *args, allow_untrained_head: bool = False, allow_mismatched_weights: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        _verify_weights(self.model, allow_mismatched_weights)  # a config that does not fit the weights is refused
         _require_trained_head(self.model, allow_untrained_head)  # a head never trained gives random labels
         # `batch_size` counts flows and is applied in `preprocess`; the base class's own batching (padding
         # collate of tokenizer outputs) must stay at one input per step.

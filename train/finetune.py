@@ -67,4 +67,7 @@ def _run(parser, argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mmae_hf.traffic.atomic import run_interruptible
+
+    # Ctrl-C / SIGTERM: one line and exit 130 / 143; model/ and eval/ are renamed into place only when complete
+    sys.exit(run_interruptible(main, "finetune.py", "the previous model/, eval/ and results.json are unchanged"))

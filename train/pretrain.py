@@ -85,6 +85,7 @@ HELP = {
     "logging_steps": "log every N steps", "save_steps": "checkpoint every N steps (0: off)",
     "save_total_limit": "checkpoints kept",
     "resume_from_checkpoint": "checkpoint folder, or 'latest'",
+    "allow_inexact_resume": "continue even if the checkpoint's RNG / collator states cannot be restored (not exact)",
     "report_to": "tensorboard or none (metrics.jsonl is always written)",
     "ddp_find_unused_parameters": "auto, true or false",
     "save_teacher": "also save the EMA teacher in OUTPUT_DIR/teacher",
@@ -205,6 +206,10 @@ def guard_process_exit(code, grace_seconds=60.0):
 
 
 if __name__ == "__main__":
-    exit_code = main()
+    from mmae_hf.traffic.atomic import run_interruptible
+
+    # Ctrl-C / SIGTERM: one line and exit 130 / 143 (checkpoints are renamed into place only when complete)
+    exit_code = run_interruptible(main, "pretrain.py", "the checkpoints written so far are complete "
+                                  "(continue with --resume_from_checkpoint latest)")
     guard_process_exit(exit_code)  # only as a script: in-process callers (tests) keep their interpreter
     sys.exit(exit_code)

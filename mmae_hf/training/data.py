@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..traffic.dataset import verify_saved_splits
+
 # data-contract column -> (numpy dtype, values per row)
 CONTRACT_COLUMNS = {
     "payload": (np.uint8, 1600),
@@ -41,6 +43,10 @@ def _load_dataset_dict_or_split(source, split, cache_dir=None):
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             loaded = datasets.load_from_disk(str(path))  # save_to_disk output
+            try:
+                verify_saved_splits(path, loaded)  # a half-rewritten folder must not train silently
+            except ValueError as error:
+                raise DatasetLoadError(str(error)) from error
         else:
             try:
                 loaded = datasets.load_dataset(str(path), cache_dir=cache_dir)  # parquet/arrow/csv folder

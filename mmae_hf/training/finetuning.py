@@ -40,6 +40,8 @@ from ..argparsing import renamed_fields
 from ..checks import check_model_source, could_be_hub_id, error_line, hub_load_error
 from ..evaluation import calibrate_ood_threshold, classification_metrics, headline, write_evaluation
 from ..progress import evaluation_log_callback, progress_wanted
+from ..traffic.atomic import StagedFolder, atomic_write_text
+from ..traffic.dataset import verify_saved_splits
 from .layer_decay import format_parameter_groups, layer_decay_parameter_groups
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,8 @@ class FinetuneArguments:
     few_shot_seed: int | None = field(default=None, metadata={"help": "seed of the --few_shot_k subset (default: --seed)"})
     head_warmup_steps: int = field(default=0, metadata={"help": "optimizer steps that train only the classifier head before the encoder joins (a pre-trained encoder is not disturbed by a random head's gradients)"})
     eval_every_steps: int | None = field(default=None, metadata={"help": "with --max_steps: evaluate (and checkpoint) every N steps (default: max_steps / 4)"})
+    allow_mismatched_weights: bool = field(default=False, metadata={
+        "help": "load --pretrained even when its config.json does not fit its encoder weights (parts stay random)"})
 
     def __post_init__(self):
         """Conflicts and impossible values are refused here, before any data or model is loaded."""
@@ -147,6 +151,7 @@ def load_traffic_dataset(source):
         if path.is_dir():
             if (path / "dataset_dict.json").is_file():
                 dsd = datasets.load_from_disk(str(path))
+                verify_saved_splits(path, dsd)  # a half-rewritten folder must not train silently
             else:
                 data_files = _parquet_data_files(path)
                 if not data_files:
@@ -197,6 +202,37 @@ def _parquet_data_files(path: Path) -> dict[str, list[str]]:
 
 def label_names_of(dsd) -> list[str]:
     return list(dsd["train"].features["label"].names)
+
+
+def classes_missing_from_splits(dsd, label_names: list[str]) -> dict[str, list[str]]:
+    """``{class: [splits without any flow of it]}`` for the classes some split lacks (train, validation, test)."""
+    missing: dict[str, list[str]] = {}
+    for split in SPLIT_ALIASES:
+        labels = dsd[split].with_format("numpy", columns=["label"])["label"] if len(dsd[split]) else []
+        present = set(np.unique(np.asarray(labels, dtype=np.int64)).tolist())
+        for index, name in enumerate(label_names):
+            if index not in present:
+                missing.setdefault(name, []).append(split)
+    return missing
+
+
+def check_classes(dsd, label_names: list[str], source) -> dict[str, list[str]]:
+    """Refuse a dataset whose train split holds fewer than 2 classes; warn about classes missing from a split.
+
+    One class gives loss 0 and macro-F1 1.0 by construction: a number that means nothing. A class missing from
+    train cannot be learnt; one missing from validation or test is not measured (its F1 there is 0 or undefined).
+    Returns the missing classes (recorded in ``results.json`` and the model card)."""
+    missing = classes_missing_from_splits(dsd, label_names)
+    in_train = [name for name in label_names if "train" not in missing.get(name, [])]
+    if len(in_train) < 2:
+        raise ValueError(
+            f"{source}: fine-tuning needs at least 2 classes with training flows; train holds {len(in_train)} "
+            f"({', '.join(in_train) or 'none'}) of the {len(label_names)} label names. A one-class classifier is "
+            "right by construction (loss 0, macro-F1 1.0) and means nothing: add flows of other classes")
+    for name, splits in missing.items():
+        logger.warning("class %r has no flows in %s: %s", name, " and ".join(splits),
+                       "it cannot be learnt" if "train" in splits else "its scores there are not measured")
+    return missing
 
 
 def model_inputs_view(ds):
@@ -298,11 +334,13 @@ def build_model(args: FinetuneArguments, label_names: list[str]):
     id2label = {i: name for i, name in enumerate(label_names)}
     label2id = {name: i for i, name in enumerate(label_names)}
     if args.pretrained:
+        from ..weight_check import load_checked
+
         check_model_source(args.pretrained, "--pretrained")
         try:
-            model = MMAEForSequenceClassification.from_pretrained(
-                args.pretrained, num_labels=len(label_names), id2label=id2label, label2id=label2id,
-                dtype=torch.float32)
+            model = load_checked(  # refuses a config.json that does not fit the encoder weights, names a damaged file
+                MMAEForSequenceClassification, args.pretrained, allow_mismatched_weights=args.allow_mismatched_weights,
+                num_labels=len(label_names), id2label=id2label, label2id=label2id, dtype=torch.float32)
         except OSError as error:  # a Hub id that is not there, or no network
             raise hub_load_error(args.pretrained, error, "--pretrained") from error
     else:
@@ -380,6 +418,9 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
         train_ds = train_ds.select(few_shot_indices(train_ds["label"], args.few_shot_k, seed))
     if args.max_train_samples:
         train_ds = train_ds.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(train_ds))))
+    # on the training rows actually used (a few-shot or capped subset may lose classes)
+    missing_classes = check_classes({**dsd, "train": train_ds}, label_names,
+                                    "the dataset" if dataset is not None else args.dataset)
 
     hf_logging.set_verbosity_error()  # the v5 LOAD REPORT (unused decoder keys, new head) is expected here
     model = build_model(args, label_names)
@@ -431,65 +472,70 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
     if not trainer.is_world_process_zero():  # several processes (DDP): predictions were gathered; one writes
         return {"model_name": model_name, "validation": headline(val_metrics), "test": headline(test_metrics),
                 "ood_threshold": threshold}
-    eval_dir = out / "eval"
-    val_files = write_evaluation(val_metrics, eval_dir, stem="validation", title=f"{model_name} - validation")
-    test_files = write_evaluation(test_metrics, eval_dir, stem="test", title=f"{model_name} - test")
+    # eval/ and model/ are written beside their final place and renamed into it when complete; results.json,
+    # written last, is the mark of a finished run (an interrupted one leaves the previous outputs as they were)
+    eval_dir, model_dir = out / "eval", out / "model"
+    with StagedFolder(eval_dir, overwrite=True) as eval_stage, StagedFolder(model_dir, overwrite=True) as model_stage:
+        val_files = write_evaluation(val_metrics, eval_stage.path, stem="validation",
+                                     title=f"{model_name} - validation")
+        test_files = write_evaluation(test_metrics, eval_stage.path, stem="test", title=f"{model_name} - test")
+        final = {key: str(eval_dir / Path(path).name) for key, path in (
+            ("test_metrics", test_files["metrics"]), ("test_confusion_png", test_files["confusion_png"]),
+            ("test_confusion_json", test_files["confusion_json"]), ("validation_metrics", val_files["metrics"]))}
 
-    best_checkpoint = trainer.state.best_model_checkpoint
-    summary = {
-        "model_name": model_name,
-        "pretrained": args.pretrained,
-        "base_model": args.base_model,
-        "pretraining": describe_pretraining(args.pretrained),
-        "preset": None if args.pretrained else args.preset,
-        "seed": args.seed,
-        "label_names": label_names,
-        "num_rows": {split: len(dsd[split]) for split in dsd},
-        "num_train_rows_used": len(train_ds),
-        "best_checkpoint": Path(best_checkpoint).name if best_checkpoint else None,
-        "best_validation_macro_f1": trainer.state.best_metric,
-        "selection": "best validation macro-F1 over the evaluated checkpoints",
-        "validation": headline(val_metrics),
-        "test": {**headline(test_metrics), "per_class": test_metrics["per_class"]},
-        "ood_threshold": threshold,
-        "ood_percentile": args.ood_percentile,
-        "test_share_below_ood_threshold": ood_rate,
-        "train_runtime_s": float(train_output.metrics.get("train_runtime", math.nan)),
-        "global_steps": trainer.state.global_step,
-        "wall_time_s": None,
-        "hyperparameters": _recipe(args, training_args),
-        "files": {"test_metrics": str(test_files["metrics"]), "test_confusion_png": str(test_files["confusion_png"]),
-                  "test_confusion_json": str(test_files["confusion_json"]),
-                  "validation_metrics": str(val_files["metrics"]), "tensorboard": str(out / "tensorboard")},
-        "log_history": trainer.state.log_history,
-    }
+        best_checkpoint = trainer.state.best_model_checkpoint
+        summary = {
+            "model_name": model_name,
+            "pretrained": args.pretrained,
+            "base_model": args.base_model,
+            "pretraining": describe_pretraining(args.pretrained),
+            "preset": None if args.pretrained else args.preset,
+            "seed": args.seed,
+            "label_names": label_names,
+            "classes_missing_from_splits": missing_classes,
+            "num_rows": {split: len(dsd[split]) for split in dsd},
+            "num_train_rows_used": len(train_ds),
+            "best_checkpoint": Path(best_checkpoint).name if best_checkpoint else None,
+            "best_validation_macro_f1": trainer.state.best_metric,
+            "selection": "best validation macro-F1 over the evaluated checkpoints",
+            "validation": headline(val_metrics),
+            "test": {**headline(test_metrics), "per_class": test_metrics["per_class"]},
+            "ood_threshold": threshold,
+            "ood_percentile": args.ood_percentile,
+            "test_share_below_ood_threshold": ood_rate,
+            "train_runtime_s": float(train_output.metrics.get("train_runtime", math.nan)),
+            "global_steps": trainer.state.global_step,
+            "wall_time_s": None,
+            "hyperparameters": _recipe(args, training_args),
+            "files": {**final, "tensorboard": str(out / "tensorboard")},
+            "log_history": trainer.state.log_history,
+        }
 
-    # --- save the self-contained model folder -----------------------------------------------------------------
-    model_dir = out / "model"
-    save_model_folder(model, model_dir, dataset_source=None if dataset is not None else args.dataset,
-                      pretrained=args.pretrained)
-    shutil.copy(test_files["confusion_png"], model_dir / "test_confusion.png")
-    shutil.copy(test_files["metrics"], model_dir / "test_metrics.json")
-    summary["files"]["model"] = str(model_dir)
-    summary["wall_time_s"] = time.time() - started
+        # --- the self-contained model folder ----------------------------------------------------------------
+        save_model_folder(model, model_stage.path, dataset_source=None if dataset is not None else args.dataset,
+                          pretrained=args.pretrained)
+        shutil.copy(test_files["confusion_png"], model_stage.path / "test_confusion.png")
+        shutil.copy(test_files["metrics"], model_stage.path / "test_metrics.json")
+        summary["files"]["model"] = str(model_dir)
+        summary["wall_time_s"] = time.time() - started
 
-    from ..model_card import build_finetuned_model_card
+        from ..model_card import build_finetuned_model_card
 
-    fe_config = _read_json(model_dir / "preprocessor_config.json")
-    summary["flow_options"] = (fe_config or {}).get("flow_options") or _dataset_flow_options(
-        None if dataset is not None else args.dataset)
-    card = build_finetuned_model_card(summary, dataset_name=args.dataset_name or _dataset_display_name(args),
-                                      feature_extractor_config=fe_config, config=model.config,
-                                      repo_id=args.hub_model_id, base_model=args.base_model)
-    card.save(model_dir / "README.md")
-    summary["files"]["model_card"] = str(model_dir / "README.md")
-    (out / "results.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+        fe_config = _read_json(model_stage.path / "preprocessor_config.json")
+        summary["flow_options"] = (fe_config or {}).get("flow_options") or _dataset_flow_options(
+            None if dataset is not None else args.dataset)
+        card = build_finetuned_model_card(summary, dataset_name=args.dataset_name or _dataset_display_name(args),
+                                          feature_extractor_config=fe_config, config=model.config,
+                                          repo_id=args.hub_model_id, base_model=args.base_model)
+        card.save(model_stage.path / "README.md")
+        summary["files"]["model_card"] = str(model_dir / "README.md")
+        eval_stage.commit()
+        model_stage.commit()
+    atomic_write_text(out / "results.json", json.dumps(_jsonable(summary), indent=2) + "\n")
 
-    if args.push_to_hub:
-        if not args.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (e.g. me/mmae-tiny-traffic)")
+    if args.push_to_hub:  # the folder is complete by now: a push never publishes a half-written model
         summary["hub_url"] = push_model_folder(model_dir, args.hub_model_id, private=args.hub_private_repo)
-        (out / "results.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+        atomic_write_text(out / "results.json", json.dumps(_jsonable(summary), indent=2) + "\n")
     return summary
 
 
