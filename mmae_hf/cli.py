@@ -259,9 +259,13 @@ def build_classify_parser():
 def classify_main(argv: list[str] | None = None) -> int:
     from mmae_hf.checks import run_main
 
+    from mmae_hf.traffic.atomic import run_interruptible
+
     parser = build_classify_parser()
     args = parser.parse_args(argv)
-    return run_main("mmae-classify", lambda: _classify(parser, args), debug=args.debug)
+    # Ctrl-C / SIGTERM: one line, exit 130 / 143 (the output is closed on the way out)
+    return run_interruptible(lambda: run_main("mmae-classify", lambda: _classify(parser, args), debug=args.debug),
+                             "mmae-classify", "the flows classified so far are in the output")
 
 
 def _classify(parser, args) -> int:
@@ -499,7 +503,10 @@ def shortcut_report_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or (args.max_flows is not None and args.max_flows < 1):
         parser.error("--batch-size and --max-flows must be >= 1")
-    return run_main("mmae-shortcut-report", lambda: _shortcut_report(args), debug=args.debug)
+    from mmae_hf.traffic.atomic import run_interruptible
+
+    return run_interruptible(lambda: run_main("mmae-shortcut-report", lambda: _shortcut_report(args),
+                                              debug=args.debug), "mmae-shortcut-report", "no report was written")
 
 
 def _shortcut_report(args) -> int:

@@ -221,8 +221,11 @@ def _dataset_name(dataset: str) -> str:
 def main(argv=None) -> int:
     from mmae_hf.checks import run_main
 
+    from mmae_hf.traffic.atomic import run_interruptible
+
     args = parse_args(argv)
-    return run_main("run_study.py", lambda: _main(args), debug=args.debug)
+    return run_interruptible(lambda: run_main("run_study.py", lambda: _main(args), debug=args.debug), "run_study.py",
+                             "completed runs are kept and reused by the next call")
 
 
 def _main(args) -> int:
