@@ -280,6 +280,10 @@ class MMAEConfig(PreTrainedConfig):
         if self.ood_threshold is not None and not 0.0 <= self.ood_threshold <= 1.0:
             raise ValueError(f"ood_threshold must be a probability in [0, 1] or None, got {self.ood_threshold}")
         super().__post_init__(**kwargs)
+        if type(self).__module__.startswith("mmae_hf."):  # installed (not remote code): use the registered pipeline
+            from .custom_pipelines import mark_registered
+
+            mark_registered(self)
 
     @property
     def num_bytes(self) -> int:

@@ -30,7 +30,7 @@ model has no calibrated threshold.
 Remote code: this file is copied next to the weights by ``pipe.save_pretrained`` and may then be loaded with
 ``trust_remote_code=True`` in a process without mmae-hf. It therefore imports only numpy, torch and
 transformers at module level; the pcap reader (``mmae_hf.traffic``) is imported inside ``try`` blocks. Without
-mmae-hf installed the pipeline classifies pre-extracted flows; pcap input needs ``pip install mmae-hf``.
+mmae-hf installed the pipeline classifies pre-extracted flows; pcap input needs mmae-hf installed (``pip install .`` in a clone of its repository).
 """
 
 import inspect
@@ -99,6 +99,15 @@ def _feature_extractor_class():
     return MMAEFeatureExtractor
 
 
+def _require_trained_head(model, allow_untrained_head: bool) -> None:
+    """Refuse a model whose classification head was never trained (see `mmae_hf.checks.require_trained_head`)."""
+    try:
+        from mmae_hf.checks import require_trained_head
+    except ImportError:  # remote code without mmae-hf: not checked
+        return
+    require_trained_head(model, allow_untrained_head=allow_untrained_head, override="allow_untrained_head=True")
+
+
 def is_pcap_bytes(data: bytes) -> bool:
     """True when ``data`` starts with a pcap or pcapng magic number."""
     return bytes(data[:4]) in PCAP_MAGICS
@@ -127,6 +136,10 @@ class TrafficClassificationPipeline(ChunkPipeline):
     its 5-tuple, start and end time, packet and byte count, the top-k labels with probabilities and the
     out-of-distribution flag (see the module docstring).
 
+    Construction: ``allow_untrained_head=True`` (passed to ``pipeline(...)``) accepts a model whose classification
+    head was never trained (a pre-training folder, a bare encoder); without it such a model is refused, since its
+    labels would be random.
+
     Call parameters (also accepted by ``pipeline(...)``):
         top_k (`int`, defaults to 3): labels returned per flow (capped at the number of classes).
         batch_size (`int`, defaults to 64): flows per model call.
@@ -147,9 +160,10 @@ class TrafficClassificationPipeline(ChunkPipeline):
     _load_tokenizer = False
     _load_feature_extractor = None
 
-    def __init__(self, *args, allow_mismatched_weights: bool = False, **kwargs):
+    def __init__(self, *args, allow_untrained_head: bool = False, allow_mismatched_weights: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         _verify_weights(self.model, allow_mismatched_weights)  # a config that does not fit the weights is refused
+        _require_trained_head(self.model, allow_untrained_head)  # a head never trained gives random labels
         # `batch_size` counts flows and is applied in `preprocess`; the base class's own batching (padding
         # collate of tokenizer outputs) must stay at one input per step.
         self.flow_batch_size = int(self._batch_size or DEFAULT_FLOW_BATCH_SIZE)
@@ -367,7 +381,7 @@ class TrafficClassificationPipeline(ChunkPipeline):
         traffic = _traffic_module()
         if traffic is None:
             raise ImportError(
-                f"reading the capture {name} needs the mmae-hf package (pip install mmae-hf); without it this "
+                f"reading the capture {name} needs the mmae-hf package (pip install . in a clone of its repository); without it this "
                 "pipeline classifies already extracted flows only"
             )
         if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):

@@ -48,9 +48,9 @@ def finetuned(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(finetuning, "make_compute_metrics", spying_make_compute_metrics)
         script = _load_script("finetune")
-        rc = script.main(["--dataset", str(root / "dataset"), "--output-dir", str(root / "run"), "--epochs", "3",
-                          "--batch-size", "8", "--learning-rate", "2e-3", "--logging-steps", "1", "--seed", "0",
-                          "--model-name", "mmae-tiny-synthetic"])
+        rc = script.main(["--dataset", str(root / "dataset"), "--output_dir", str(root / "run"),
+                          "--num_train_epochs", "3", "--per_device_train_batch_size", "8", "--learning_rate", "2e-3",
+                          "--logging_steps", "1", "--seed", "0", "--model_name", "mmae-tiny-synthetic"])
     assert rc == 0
     results = json.loads((root / "run" / "results.json").read_text())
     return {"root": root, "run": root / "run", "dsd": dsd, "results": results, "scored_sizes": scored_sizes}
@@ -126,7 +126,7 @@ def test_classifier_starts_from_pretrained_encoder(tmp_path):
     reference = pretrained.mmae.state_dict()
     for name, tensor in model.mmae.state_dict().items():
         torch.testing.assert_close(tensor, reference[name], rtol=0, atol=0)
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(ValueError, match="--pretrained .*: not a saved model \\(no config.json"):
         finetuning.build_model(finetuning.FinetuneArguments(dataset="x", output_dir="y", pretrained=str(tmp_path)), ["a"])
 
 

@@ -19,8 +19,8 @@ from mmae_hf.weight_check import WeightsMismatchError, load_checked
 
 
 def _args(dataset, out, **extra):
-    values = dict(dataset=str(dataset), output_dir=str(out), max_steps=2, batch_size=8, eval_batch_size=16,
-                  logging_steps=1, report_to="none", seed=0)
+    values = dict(dataset=str(dataset), output_dir=str(out), max_steps=2, per_device_train_batch_size=8,
+                  per_device_eval_batch_size=16, logging_steps=1, report_to="none", seed=0)
     values.update(extra)
     return finetuning.FinetuneArguments(**values)
 

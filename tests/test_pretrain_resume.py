@@ -39,7 +39,7 @@ def test_damaged_rng_state_is_refused_unless_inexact_is_allowed(dataset_dir, sto
     rng.write_bytes(rng.read_bytes()[: rng.stat().st_size // 2])  # truncated
     # accelerate itself only logs "Could not load random states" at INFO and goes on with other random numbers
     with pytest.raises(CheckpointError, match=r"checkpoint-2: cannot resume exactly: random_states_0\.pkl cannot be "
-                                              r"read .*--allow-inexact-resume"):
+                                              r"read .*--allow_inexact_resume"):
         run_pretraining(tiny_args(dataset_dir, out, resume_from_checkpoint="latest", **COMMON))
     resumed = run_pretraining(tiny_args(dataset_dir, out, resume_from_checkpoint="latest", allow_inexact_resume=True,
                                         **COMMON))

@@ -36,7 +36,10 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
+from ..argparsing import renamed_fields
+from ..checks import check_model_source, could_be_hub_id, error_line, hub_load_error
 from ..evaluation import calibrate_ood_threshold, classification_metrics, headline, write_evaluation
+from ..progress import evaluation_log_callback, progress_wanted
 from ..traffic.atomic import StagedFolder, atomic_write_text
 from ..traffic.dataset import verify_saved_splits
 from .layer_decay import format_parameter_groups, layer_decay_parameter_groups
@@ -47,39 +50,45 @@ SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val
 
 
 
+@renamed_fields({"epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+                 "eval_batch_size": "per_device_eval_batch_size", "label_smoothing": "label_smoothing_factor"})
 @dataclass
 class FinetuneArguments:
-    """Arguments of ``train/finetune.py`` (parsed with ``HfArgumentParser``)."""
+    """Arguments of ``train/finetune.py`` (parsed with ``HfArgumentParser``); the Trainer's names where the meaning
+    is the Trainer's. The fields' old names (``epochs``, ``batch_size``, ``eval_batch_size``, ``label_smoothing``)
+    are still accepted, with a warning."""
 
     dataset: str = field(metadata={"help": "dataset folder (build_dataset.py output, save_to_disk or parquet) or Hub repo id"})
     output_dir: str = field(metadata={"help": "where checkpoints, metrics, plots, tensorboard logs and the model go"})
     pretrained: str | None = field(default=None, metadata={"help": "pre-trained MMAE folder or Hub repo id; omit to train from scratch"})
+    base_model: str | None = field(default=None, metadata={"help": "Hub repo id of the pre-trained encoder, for the model card's base_model when --pretrained is a local folder (default: --pretrained when it is a repo id)"})
     preset: str = field(default="mmae-tiny", metadata={"help": "config used when training from scratch: a preset name, or a config.json / model folder (the same architecture as a checkpoint, randomly initialised)"})
-    epochs: float = field(default=10.0, metadata={"help": "training epochs"})
-    max_steps: int = field(default=-1, metadata={"help": "if > 0, stop after this many optimizer steps (overrides epochs)"})
-    batch_size: int = field(default=64, metadata={"help": "per-device train batch size"})
-    eval_batch_size: int = field(default=128, metadata={"help": "per-device eval batch size"})
+    num_train_epochs: float = field(default=10.0, metadata={"help": "training epochs"})
+    max_steps: int = field(default=-1, metadata={"help": "if > 0, stop after this many optimizer steps (overrides the epochs)"})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "flows per device per training step"})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "flows per device per evaluation step"})
     learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate of the top (head) group"})
     layer_decay: float = field(default=0.75, metadata={"help": "layer-wise lr decay per depth level (1.0 = off)"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms, biases, pos-embed, cls)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of the steps used for linear warm-up"})
-    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing factor of the cross-entropy"})
-    gradient_accumulation_steps: int = field(default=1)
+    label_smoothing_factor: float = field(default=0.1, metadata={"help": "label smoothing of the cross-entropy"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_grad_norm: float = field(default=0.0, metadata={"help": "gradient clipping (0 = off, as in the official recipe)"})
     freeze_encoder: bool = field(default=False, metadata={"help": "train the classifier head only (linear probe with the Trainer)"})
     ood_percentile: float = field(default=5.0, metadata={"help": "percentile of correct validation max-softmax used as OOD threshold"})
-    seed: int = field(default=0)
+    seed: int = field(default=0, metadata={"help": "model init, data order and dropout"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (GPUs that support it)"})
     use_cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
-    dataloader_num_workers: int = field(default=0)
-    logging_steps: int = field(default=10)
-    save_total_limit: int = field(default=2)
-    push_to_hub: bool = field(default=False, metadata={"help": "upload the final model folder to the Hub"})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "background processes reading batches"})
+    logging_steps: int = field(default=10, metadata={"help": "log the training loss every N steps"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (the best one always is)"})
+    push_to_hub: bool = field(default=False, metadata={"help": "upload the final model folder to the Hub (needs --hub_model_id)"})
     hub_model_id: str | None = field(default=None, metadata={"help": "repo id for --push_to_hub, e.g. me/mmae-tiny-ndpi"})
-    hub_private_repo: bool = field(default=False)
-    model_name: str | None = field(default=None, metadata={"help": "name used in the model card (default: output folder name)"})
-    dataset_name: str | None = field(default=None, metadata={"help": "dataset name or repo id used in the model card"})
-    report_to: str = field(default="tensorboard", metadata={"help": "Trainer report_to: tensorboard or none"})
+    hub_private_repo: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
+    model_name: str | None = field(default=None, metadata={"help": "name used in the model card (default: the output folder's name)"})
+    dataset_name: str | None = field(default=None, metadata={"help": "dataset name or Hub repo id for the model card (default: the dataset folder's name)"})
+    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard or none"})
+    disable_tqdm: bool = field(default=False, metadata={"help": "no progress bars at all (--no_progress works too); without it bars are drawn only when stderr is a terminal"})
     max_train_samples: int | None = field(default=None, metadata={"help": "debug: cap on training rows"})
     few_shot_k: int | None = field(default=None, metadata={"help": "train on k flows per class of the train split, drawn by --few_shot_seed (label-efficiency runs)"})
     few_shot_seed: int | None = field(default=None, metadata={"help": "seed of the --few_shot_k subset (default: --seed)"})
@@ -87,6 +96,40 @@ class FinetuneArguments:
     eval_every_steps: int | None = field(default=None, metadata={"help": "with --max_steps: evaluate (and checkpoint) every N steps (default: max_steps / 4)"})
     allow_mismatched_weights: bool = field(default=False, metadata={
         "help": "load --pretrained even when its config.json does not fit its encoder weights (parts stay random)"})
+
+    def __post_init__(self):
+        """Conflicts and impossible values are refused here, before any data or model is loaded."""
+        from ..checks import is_hub_repo_id
+
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id (the repo to create, e.g. me/mmae-tiny-traffic)")
+        if self.hub_model_id and not is_hub_repo_id(self.hub_model_id):
+            raise ValueError(f"--hub_model_id {self.hub_model_id}: not a Hub repo id (owner/name)")
+        if self.base_model and not is_hub_repo_id(self.base_model):
+            raise ValueError(f"--base_model {self.base_model}: not a Hub repo id (owner/name); the model card can "
+                             "only name a published model")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError(f"--num_train_epochs {self.num_train_epochs:g}: must be > 0 (or give --max_steps)")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} {getattr(self, name)}: must be >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError(f"--learning_rate {self.learning_rate:g}: must be > 0")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"--layer_decay {self.layer_decay:g}: must be in (0, 1] (1.0 turns it off)")
+        for name in ("warmup_ratio", "label_smoothing_factor"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name} {getattr(self, name):g}: must be in [0, 1)")
+        if not 0 <= self.ood_percentile <= 100:
+            raise ValueError(f"--ood_percentile {self.ood_percentile:g}: must be in [0, 100]")
+        if self.report_to not in ("tensorboard", "none"):
+            raise ValueError(f"--report_to {self.report_to}: use tensorboard or none")
+        for name in ("few_shot_k", "eval_every_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} {getattr(self, name)}: must be >= 1")
+        if self.head_warmup_steps < 0:
+            raise ValueError(f"--head_warmup_steps {self.head_warmup_steps}: must be >= 0")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -117,8 +160,14 @@ def load_traffic_dataset(source):
                 dsd = datasets.load_dataset("parquet", data_files=data_files)
         elif path.exists():
             raise ValueError(f"{path}: a dataset must be a folder or a Hub repo id, not a file")
+        elif not could_be_hub_id(source):
+            raise FileNotFoundError(f"{source}: no such dataset folder, and not a Hub dataset id (owner/name)")
         else:
-            dsd = datasets.load_dataset(str(source))
+            try:
+                dsd = datasets.load_dataset(str(source))
+            except Exception as error:  # noqa: BLE001 - datasets raises many types; re-raised with the id named
+                raise ValueError(f"{source}: not a local folder, and it could not be loaded from the Hub "
+                                 f"({error_line(error)})") from error
     renamed = {}
     for canonical, aliases in SPLIT_ALIASES.items():
         for alias in aliases:
@@ -287,10 +336,13 @@ def build_model(args: FinetuneArguments, label_names: list[str]):
     if args.pretrained:
         from ..weight_check import load_checked
 
-        _check_pretrained(args.pretrained)
-        model = load_checked(  # refuses a config.json that does not fit the encoder weights, names a damaged file
-            MMAEForSequenceClassification, args.pretrained, allow_mismatched_weights=args.allow_mismatched_weights,
-            num_labels=len(label_names), id2label=id2label, label2id=label2id, dtype=torch.float32)
+        check_model_source(args.pretrained, "--pretrained")
+        try:
+            model = load_checked(  # refuses a config.json that does not fit the encoder weights, names a damaged file
+                MMAEForSequenceClassification, args.pretrained, allow_mismatched_weights=args.allow_mismatched_weights,
+                num_labels=len(label_names), id2label=id2label, label2id=label2id, dtype=torch.float32)
+        except OSError as error:  # a Hub id that is not there, or no network
+            raise hub_load_error(args.pretrained, error, "--pretrained") from error
     else:
         from .pretraining import load_model_config
 
@@ -304,29 +356,20 @@ def build_model(args: FinetuneArguments, label_names: list[str]):
     return model
 
 
-def _check_pretrained(pretrained: str) -> None:
-    path = Path(pretrained)
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: not a saved MMAE model (no config.json)")
-        if not list(path.glob("*.safetensors")):
-            raise FileNotFoundError(f"{path}: no .safetensors weights next to config.json")
-
-
 def make_training_arguments(args: FinetuneArguments, output_dir: Path) -> TrainingArguments:
     use_cpu = args.use_cpu or not torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(output_dir),
-        num_train_epochs=args.epochs,
+        num_train_epochs=args.num_train_epochs,
         max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.eval_batch_size,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
         lr_scheduler_type="cosine",
         warmup_steps=args.warmup_ratio,  # v5: a float < 1 is a ratio of the total steps (warmup_ratio is gone)
-        label_smoothing_factor=args.label_smoothing,
+        label_smoothing_factor=args.label_smoothing_factor,
         max_grad_norm=args.max_grad_norm,
         eval_strategy="epoch" if args.max_steps <= 0 else "steps",
         eval_steps=None if args.max_steps <= 0 else (args.eval_every_steps or max(1, args.max_steps // 4)),
@@ -347,7 +390,7 @@ def make_training_arguments(args: FinetuneArguments, output_dir: Path) -> Traini
         dataloader_num_workers=args.dataloader_num_workers,
         remove_unused_columns=False,  # the collator needs "payload", which is not a forward() argument
         label_names=["labels"],
-        disable_tqdm=False,
+        disable_tqdm=not progress_wanted(args.disable_tqdm),  # bars only on a terminal
     )
 
 
@@ -360,8 +403,8 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     started = time.time()
-    if args.push_to_hub and not args.hub_model_id:  # before hours of training, not after
-        raise ValueError("--push_to_hub needs --hub_model_id (e.g. me/mmae-tiny-traffic)")
+    if args.pretrained:
+        check_model_source(args.pretrained, "--pretrained")  # before any data is read
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)
@@ -402,6 +445,11 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
             os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
         else:
             os.environ["TENSORBOARD_LOGGING_DIR"] = previous_tb
+    if training_args.disable_tqdm:  # no bars: one line per evaluation instead of the Trainer's dict per log step
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(evaluation_log_callback())
     train_output = trainer.train()
     model = trainer.model
     model.eval()
@@ -439,6 +487,7 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
         summary = {
             "model_name": model_name,
             "pretrained": args.pretrained,
+            "base_model": args.base_model,
             "pretraining": describe_pretraining(args.pretrained),
             "preset": None if args.pretrained else args.preset,
             "seed": args.seed,
@@ -477,7 +526,7 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
             None if dataset is not None else args.dataset)
         card = build_finetuned_model_card(summary, dataset_name=args.dataset_name or _dataset_display_name(args),
                                           feature_extractor_config=fe_config, config=model.config,
-                                          repo_id=args.hub_model_id)
+                                          repo_id=args.hub_model_id, base_model=args.base_model)
         card.save(model_stage.path / "README.md")
         summary["files"]["model_card"] = str(model_dir / "README.md")
         eval_stage.commit()
@@ -491,13 +540,21 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
 
 
 def save_model_folder(model, model_dir: Path, dataset_source: str | None = None, pretrained: str | None = None) -> Path:
-    """``save_pretrained`` with the full ``auto_map`` plus the feature extractor of the dataset or pre-trained model."""
+    """``save_pretrained`` with the full ``auto_map`` and the pipeline (``custom_pipelines`` + its code, so that
+    ``pipeline(model=folder, trust_remote_code=True)`` finds the task), plus the feature extractor of the dataset
+    or pre-trained model."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     from ..modeling_mmae import set_auto_map
 
     set_auto_map(model.config)  # every Auto class, not only the saved one (trust_remote_code loading)
+    from ..custom_pipelines import name_pipeline
+
+    name_pipeline(model.config)
     model.save_pretrained(model_dir)
+    from .. import pipeline_traffic
+
+    shutil.copy(pipeline_traffic.__file__, model_dir / "pipeline_traffic.py")
     _carry_feature_extractor(model_dir, [dataset_source, pretrained])
     return model_dir
 
@@ -563,13 +620,13 @@ def describe_pretraining(pretrained: str | None) -> dict[str, Any] | None:
 
 
 def _recipe(args: FinetuneArguments, training_args: TrainingArguments) -> dict[str, Any]:
-    length = {"max_steps": args.max_steps} if args.max_steps > 0 else {"epochs": args.epochs}
+    length = {"max_steps": args.max_steps} if args.max_steps > 0 else {"epochs": args.num_train_epochs}
     return {
-        **length, "batch_size": args.batch_size,
+        **length, "batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "learning_rate": args.learning_rate, "layer_decay": args.layer_decay, "weight_decay": args.weight_decay,
         "warmup_ratio": args.warmup_ratio, "lr_scheduler": "linear warm-up then cosine",
-        "label_smoothing": args.label_smoothing, "optimizer": "AdamW (betas %.3g, %.3g)" % (
+        "label_smoothing": args.label_smoothing_factor, "optimizer": "AdamW (betas %.3g, %.3g)" % (
             training_args.adam_beta1, training_args.adam_beta2),
         "max_grad_norm": args.max_grad_norm, "freeze_encoder": args.freeze_encoder, "seed": args.seed,
         "precision": "bf16" if args.bf16 else "fp32",

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..argparsing import renamed_fields
 from .data import (
     EpochBatchSampler,
     FlowBatchReader,
@@ -73,6 +74,7 @@ class CheckpointError(ValueError):
     """A checkpoint folder that is missing, incomplete or does not fit the current run."""
 
 
+@renamed_fields({"cpu": "use_cpu", "num_workers": "dataloader_num_workers"})  # the Trainer's names
 @dataclass
 class PretrainingArguments:
     """Everything one pre-training run depends on (saved as ``pretraining_args.json`` beside the model).
@@ -108,10 +110,10 @@ class PretrainingArguments:
     Runtime:
         mixed_precision (`str`, *optional*): ``no``, ``bf16`` or ``fp16``. Default: what the launcher says
             (``accelerate launch --mixed_precision`` / an accelerate config file), else ``no``.
-        cpu (`bool`): force the CPU even when a GPU is present.
+        use_cpu (`bool`): force the CPU even when a GPU is present (old name: ``cpu``).
         seed (`int`, defaults to 0): model init, data order, FlowMix pairing / mask noise, drop path.
-        num_workers (`int`, defaults to 0): background threads reading batches (the arrow read is fast;
-            keep 0 on small machines).
+        dataloader_num_workers (`int`, defaults to 0): background threads reading batches (the arrow read is fast;
+            keep 0 on small machines; old name: ``num_workers``).
         logging_steps (`int`, defaults to 10), save_steps (`int`, defaults to 5000), save_total_limit
             (`int`, defaults to 2): logging and checkpoint cadence; 0 disables periodic checkpoints.
         resume_from_checkpoint (`str`, *optional*): a checkpoint folder, or ``"latest"`` (newest one in
@@ -155,9 +157,9 @@ class PretrainingArguments:
     ema_momentum_start: float = 0.96
     ema_momentum_end: float = 0.99
     mixed_precision: str | None = None
-    cpu: bool = False
+    use_cpu: bool = False
     seed: int = 0
-    num_workers: int = 0
+    dataloader_num_workers: int = 0
     logging_steps: int = 10
     save_steps: int = 5000
     save_total_limit: int = 2
@@ -409,7 +411,7 @@ def resolve_checkpoint(resume_from_checkpoint, output_dir):
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(output_dir)
         if not checkpoints:
-            raise CheckpointError(f"--resume-from-checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINT_DIR}")
+            raise CheckpointError(f"--resume_from_checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINT_DIR}")
         return checkpoints[-1]
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
@@ -631,7 +633,7 @@ def _setup_run(args, dataset, model_cls) -> _Run:
     from ..teacher import MeanTeacher
 
     started = time.perf_counter()
-    # ACCELERATE_USE_CPU=1 (the CPU multi-process launch) means --cpu: an explicit cpu=False would override it
+    # ACCELERATE_USE_CPU=1 (the CPU multi-process launch) means --use_cpu: an explicit use_cpu=False would override it
     use_cpu = args.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     if args.torch_threads:
         torch.set_num_threads(int(args.torch_threads))
@@ -690,13 +692,13 @@ def _setup_run(args, dataset, model_cls) -> _Run:
             f"launched as {world_size_env} processes (WORLD_SIZE) but accelerate set up {world_size} "
             f"({accelerator.distributed_type}): refusing to run independent copies into {output_dir}. "
             "On a machine without GPUs launch with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
-            "--num_processes N ... --cpu` (see docs/training.md)."
+            "--num_processes N ... --use_cpu` (see docs/training.md)."
         )
     if accelerator.distributed_type == DistributedType.DEEPSPEED and args.gradient_accumulation_steps != 1:
         # DeepSpeed steps its engine (and scales the loss) inside accelerator.backward: the loop's own
         # accumulation would step every micro-batch and divide the loss twice
-        raise LaunchError("with DeepSpeed use --gradient-accumulation-steps 1 (and gradient_accumulation_steps: 1 "
-                          "in its config); raise --per-device-train-batch-size or the number of processes instead")
+        raise LaunchError("with DeepSpeed use --gradient_accumulation_steps 1 (and gradient_accumulation_steps: 1 "
+                          "in its config); raise --per_device_train_batch_size or the number of processes instead")
     output_dir.mkdir(parents=True, exist_ok=True)
 
     sampler = EpochBatchSampler(len(reader), args.per_device_train_batch_size, world_size, rank, seed=args.seed)
@@ -770,7 +772,7 @@ def _resume(run: _Run, checkpoint: Path) -> None:
     """Load every file of ``checkpoint`` and check it, then set the run's position.
 
     A checkpoint that cannot give an *exact* continuation (RNG states or collator state unreadable or not applied)
-    is a `CheckpointError` unless ``--allow-inexact-resume``; weights, optimizer, scheduler or teacher that cannot
+    is a `CheckpointError` unless ``--allow_inexact_resume``; weights, optimizer, scheduler or teacher that cannot
     be loaded are always an error."""
     args, accelerator, rank = run.args, run.accelerator, run.rank
     state = _read_trainer_state(checkpoint)
@@ -804,7 +806,7 @@ def _resume(run: _Run, checkpoint: Path) -> None:
     if inexact and not args.allow_inexact_resume:
         raise CheckpointError(
             f"{checkpoint}: cannot resume exactly: {'; '.join(inexact)}. Resume from an earlier checkpoint, or pass "
-            "--allow-inexact-resume to continue with fresh random states (the run will then differ from an "
+            "--allow_inexact_resume to continue with fresh random states (the run will then differ from an "
             "uninterrupted one)")
     try:
         accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG (weights_only loading)
@@ -822,15 +824,15 @@ def _resume(run: _Run, checkpoint: Path) -> None:
         except Exception as error:  # noqa: BLE001
             if not args.allow_inexact_resume:
                 raise CheckpointError(f"{collator_file}: could not be applied ({_brief(error)}); "
-                                      "pass --allow-inexact-resume to continue without it") from error
+                                      "pass --allow_inexact_resume to continue without it") from error
             inexact.append(f"{collator_file.name} cannot be applied ({_brief(error)})")
     if rng_states is not None and not _rng_states_applied(rng_states):
         if not args.allow_inexact_resume:
             raise CheckpointError(f"{rng_file}: the random states were read but not restored; pass "
-                                  "--allow-inexact-resume to continue without them")
+                                  "--allow_inexact_resume to continue without them")
         inexact.append(f"{rng_file.name} was not restored")
     if inexact:
-        logger.warning("resuming from %s INEXACTLY (--allow-inexact-resume): %s", checkpoint, "; ".join(inexact))
+        logger.warning("resuming from %s INEXACTLY (--allow_inexact_resume): %s", checkpoint, "; ".join(inexact))
         accelerator.print(f"warning: resuming from {checkpoint} inexactly: {'; '.join(inexact)}")
     run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
     run.checkpoint, run.last_checkpoint = checkpoint, str(checkpoint)
@@ -841,7 +843,7 @@ def _resume(run: _Run, checkpoint: Path) -> None:
 
 def _save_checkpoint(run: _Run) -> str:
     """Write ``checkpoints/checkpoint-<step>`` through a temp folder renamed at the end, so that an interrupted or
-    failed write never leaves a half-written folder that ``--resume-from-checkpoint latest`` would pick up."""
+    failed write never leaves a half-written folder that ``--resume_from_checkpoint latest`` would pick up."""
     from ..traffic.atomic import describe_os_error
 
     accelerator, args = run.accelerator, run.args
@@ -1051,7 +1053,7 @@ def _finish(run: _Run, last_metrics: dict, throughput: float) -> "PretrainingRes
         f"pre-training {'finished' if finished else 'stopped'} at step {run.step}: samples/s per process "
         + ", ".join(f"{v:.1f}" for v in per_process)
         + (f"; model saved to {output_dir}" if finished
-           else f"; continue with --resume-from-checkpoint {run.last_checkpoint}")
+           else f"; continue with --resume_from_checkpoint {run.last_checkpoint}")
     )
     # Every rank tears the process group down at the same moment: a rank that is still saving or plotting while
     # its peer has already destroyed the group and exited is the one window where gloo teardown can stall.
@@ -1094,7 +1096,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
         if not args.overwrite_output_dir:
             raise CheckpointError(
                 f"{output_dir / CHECKPOINT_DIR} holds checkpoints of an earlier run: continue it with "
-                "--resume-from-checkpoint latest, or pass --overwrite-output-dir to start over"
+                "--resume_from_checkpoint latest, or pass --overwrite_output_dir to start over"
             )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
