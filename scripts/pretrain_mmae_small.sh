@@ -19,7 +19,7 @@ fi
 # benchmarks/results/pretrain_throughput.json), and stay fast when another job shares the machine.
 ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
     --mixed_precision no --dynamo_backend no --main_process_port 29561 \
-    train/pretrain.py --dataset "$OUT/corpus" --config mmae-small --output-dir "$OUT/pretrain/mmae-small" \
-    --max-steps "$STEPS" --per-device-train-batch-size 32 --learning-rate 1e-3 --warmup-ratio 0.05 \
-    --save-steps 500 --save-total-limit 0 --logging-steps 20 --seed 0 --torch-threads 1 --report-to tensorboard \
-    --overwrite-output-dir ${RESUME:+--resume-from-checkpoint latest}
+    train/pretrain.py --dataset "$OUT/corpus" --config mmae-small --output_dir "$OUT/pretrain/mmae-small" \
+    --max_steps "$STEPS" --per_device_train_batch_size 32 --learning_rate 1e-3 --warmup_ratio 0.05 \
+    --save_steps 500 --save_total_limit 0 --logging_steps 20 --seed 0 --torch_threads 1 --report_to tensorboard \
+    --overwrite_output_dir ${RESUME:+--resume_from_checkpoint latest}

@@ -160,3 +160,26 @@ def test_freeze_encoder_trains_the_head_only(tmp_path):
     model = finetuning.build_model(args, ["a", "b", "c"])
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"classifier.weight", "classifier.bias"}
+
+
+def test_the_recipe_fills_only_what_the_user_left_out():
+    from mmae_hf.training.finetuning import SMALL_DATA_MAX_ROWS, FinetuneArguments, resolve_recipe
+
+    small = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o"), 90)
+    assert small.recipe == "small_data"
+    assert (small.max_steps, small.per_device_train_batch_size, small.learning_rate, small.layer_decay,
+            small.head_warmup_steps, small.eval_every_steps) == (300, 32, 1e-3, 1.0, 50, 30)
+    # 10 epochs when they are more than 300 steps: 1,283 flows / 32 per step
+    assert resolve_recipe(FinetuneArguments(dataset="d", output_dir="o"), 1283).max_steps == 401
+    big = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o"), SMALL_DATA_MAX_ROWS + 1)
+    assert big.recipe == "epochs" and big.max_steps == -1 and big.num_train_epochs == 10
+    assert (big.per_device_train_batch_size, big.learning_rate, big.layer_decay, big.head_warmup_steps) == (
+        64, 5e-4, 0.75, 0)
+    given = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o", learning_rate=3e-4, num_train_epochs=2), 90)
+    assert given.learning_rate == 3e-4 and given.num_train_epochs == 2 and given.max_steps == -1  # the user's length
+    short = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o", max_steps=12), 90)
+    assert short.max_steps == 12 and short.head_warmup_steps == 2 and short.eval_every_steps == 1
+    forced = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o", recipe="epochs"), 90)
+    assert forced.recipe == "epochs" and forced.per_device_train_batch_size == 64
+    with pytest.raises(ValueError, match="--recipe fast"):
+        FinetuneArguments(dataset="d", output_dir="o", recipe="fast")

@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,13 @@ class FinetuneArguments:
     pretrained: str | None = field(default=None, metadata={"help": "pre-trained MMAE folder or Hub repo id; omit to train from scratch"})
     base_model: str | None = field(default=None, metadata={"help": "Hub repo id of the pre-trained encoder, for the model card's base_model when --pretrained is a local folder (default: --pretrained when it is a repo id)"})
     preset: str = field(default="mmae-tiny", metadata={"help": "config used when training from scratch: a preset name, or a config.json / model folder (the same architecture as a checkpoint, randomly initialised)"})
-    num_train_epochs: float = field(default=10.0, metadata={"help": "training epochs"})
-    max_steps: int = field(default=-1, metadata={"help": "if > 0, stop after this many optimizer steps (overrides the epochs)"})
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "flows per device per training step"})
+    recipe: str = field(default="auto", metadata={"help": "auto | small_data | epochs: the defaults of the options below that are not given. small_data (chosen on validation, benchmarks/results/finetune_recipe_search*.md): batch 32, lr 1e-3, no layer decay, 50 head warm-up steps, max(300 steps, 10 epochs), evaluated 10 times; epochs: 10 epochs, batch 64, lr 5e-4, layer decay 0.75. auto: small_data up to 2,000 training flows, else epochs"})
+    num_train_epochs: float | None = field(default=None, metadata={"help": "training epochs (default: the recipe's)"})
+    max_steps: int | None = field(default=None, metadata={"help": "if > 0, stop after this many optimizer steps, overriding the epochs (default: the recipe's)"})
+    per_device_train_batch_size: int | None = field(default=None, metadata={"help": "flows per device per training step (default: the recipe's)"})
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "flows per device per evaluation step"})
-    learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate of the top (head) group"})
-    layer_decay: float = field(default=0.75, metadata={"help": "layer-wise lr decay per depth level (1.0 = off)"})
+    learning_rate: float | None = field(default=None, metadata={"help": "peak learning rate of the top (head) group (default: the recipe's)"})
+    layer_decay: float | None = field(default=None, metadata={"help": "layer-wise lr decay per depth level, 1.0 = off (default: the recipe's)"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms, biases, pos-embed, cls)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of the steps used for linear warm-up"})
     label_smoothing_factor: float = field(default=0.1, metadata={"help": "label smoothing of the cross-entropy"})
@@ -92,8 +94,8 @@ class FinetuneArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "debug: cap on training rows"})
     few_shot_k: int | None = field(default=None, metadata={"help": "train on k flows per class of the train split, drawn by --few_shot_seed (label-efficiency runs)"})
     few_shot_seed: int | None = field(default=None, metadata={"help": "seed of the --few_shot_k subset (default: --seed)"})
-    head_warmup_steps: int = field(default=0, metadata={"help": "optimizer steps that train only the classifier head before the encoder joins (a pre-trained encoder is not disturbed by a random head's gradients)"})
-    eval_every_steps: int | None = field(default=None, metadata={"help": "with --max_steps: evaluate (and checkpoint) every N steps (default: max_steps / 4)"})
+    head_warmup_steps: int | None = field(default=None, metadata={"help": "optimizer steps that train only the classifier head before the encoder joins, so a pre-trained encoder is not disturbed by a random head's gradients (default: the recipe's)"})
+    eval_every_steps: int | None = field(default=None, metadata={"help": "with a step budget: evaluate (and checkpoint) every N steps (default: a tenth of the budget with small_data, a quarter otherwise)"})
     allow_mismatched_weights: bool = field(default=False, metadata={
         "help": "load --pretrained even when its config.json does not fit its encoder weights (parts stay random)"})
 
@@ -108,15 +110,18 @@ class FinetuneArguments:
         if self.base_model and not is_hub_repo_id(self.base_model):
             raise ValueError(f"--base_model {self.base_model}: not a Hub repo id (owner/name); the model card can "
                              "only name a published model")
-        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+        if self.recipe not in RECIPES and self.recipe != "auto":
+            raise ValueError(f"--recipe {self.recipe}: choose auto, {' or '.join(RECIPES)}")
+        if (self.max_steps is None or self.max_steps <= 0) and self.num_train_epochs is not None \
+                and self.num_train_epochs <= 0:
             raise ValueError(f"--num_train_epochs {self.num_train_epochs:g}: must be > 0 (or give --max_steps)")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                      "logging_steps"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} {getattr(self, name)}: must be >= 1")
-        if self.learning_rate <= 0:
+        if self.learning_rate is not None and self.learning_rate <= 0:
             raise ValueError(f"--learning_rate {self.learning_rate:g}: must be > 0")
-        if not 0 < self.layer_decay <= 1:
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ValueError(f"--layer_decay {self.layer_decay:g}: must be in (0, 1] (1.0 turns it off)")
         for name in ("warmup_ratio", "label_smoothing_factor"):
             if not 0 <= getattr(self, name) < 1:
@@ -128,8 +133,50 @@ class FinetuneArguments:
         for name in ("few_shot_k", "eval_every_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} {getattr(self, name)}: must be >= 1")
-        if self.head_warmup_steps < 0:
+        if self.head_warmup_steps is not None and self.head_warmup_steps < 0:
             raise ValueError(f"--head_warmup_steps {self.head_warmup_steps}: must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------- recipes
+
+# The defaults of the options a user leaves out. "small_data" was chosen on validation macro-F1 only
+# (benchmarks/finetune_recipe_search.py, k = 10 and 25 flows per class of two development sets, pre-trained and
+# from-scratch encoders): a fixed budget of optimizer steps, because a budget in epochs gives a 60-flow train split
+# a handful of steps (the epoch recipe scored 0.22 validation macro-F1 there, this one 0.47).
+RECIPES = {
+    "small_data": {"per_device_train_batch_size": 32, "learning_rate": 1e-3, "layer_decay": 1.0,
+                   "head_warmup_steps": 50, "min_steps": 300, "min_epochs": 10, "evaluations": 10},
+    "epochs": {"num_train_epochs": 10.0, "per_device_train_batch_size": 64, "learning_rate": 5e-4,
+               "layer_decay": 0.75, "head_warmup_steps": 0},
+}
+SMALL_DATA_MAX_ROWS = 2000  # auto: small_data up to this many training flows
+
+
+def resolve_recipe(args: FinetuneArguments, num_train_rows: int) -> FinetuneArguments:
+    """``args`` with every option left at None filled from the recipe (``auto`` picks ``small_data`` for up to
+    `SMALL_DATA_MAX_ROWS` training flows, else ``epochs``); options the user gave are kept. The returned copy's
+    ``recipe`` names the recipe used."""
+    name = args.recipe if args.recipe != "auto" else (
+        "small_data" if num_train_rows <= SMALL_DATA_MAX_ROWS else "epochs")
+    recipe = RECIPES[name]
+    values = {key: recipe[key] for key in ("per_device_train_batch_size", "learning_rate", "layer_decay",
+                                           "head_warmup_steps") if getattr(args, key) is None}
+    values["recipe"] = name
+    batch = values.get("per_device_train_batch_size", args.per_device_train_batch_size)
+    length_given = (args.max_steps is not None and args.max_steps > 0) or args.num_train_epochs is not None
+    if name == "small_data" and not length_given:
+        epoch_steps = math.ceil(recipe["min_epochs"] * num_train_rows / (batch * args.gradient_accumulation_steps))
+        values["max_steps"] = max(recipe["min_steps"], epoch_steps)
+    if args.num_train_epochs is None:  # (ignored by the Trainer when a step budget is set)
+        values["num_train_epochs"] = RECIPES["epochs"]["num_train_epochs"]
+    if args.max_steps is None and "max_steps" not in values:
+        values["max_steps"] = -1
+    steps = values.get("max_steps", args.max_steps)
+    if args.eval_every_steps is None and steps and steps > 0:
+        values["eval_every_steps"] = max(1, steps // recipe.get("evaluations", 4))
+    if "head_warmup_steps" in values and steps and steps > 0:
+        values["head_warmup_steps"] = min(values["head_warmup_steps"], steps // 6)  # a short run keeps most steps
+    return dataclasses.replace(args, **values)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -356,7 +403,13 @@ def build_model(args: FinetuneArguments, label_names: list[str]):
     return model
 
 
-def make_training_arguments(args: FinetuneArguments, output_dir: Path) -> TrainingArguments:
+def make_training_arguments(args: FinetuneArguments, output_dir: Path,
+                            num_train_rows: int | None = None) -> TrainingArguments:
+    """The Trainer's arguments; options still left to the recipe are resolved first (`resolve_recipe`; with an unknown
+    number of training flows ``auto`` means the epoch recipe)."""
+    if None in (args.max_steps, args.num_train_epochs, args.per_device_train_batch_size, args.learning_rate,
+                args.layer_decay, args.head_warmup_steps):
+        args = resolve_recipe(args, SMALL_DATA_MAX_ROWS + 1 if num_train_rows is None else num_train_rows)
     use_cpu = args.use_cpu or not torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -421,6 +474,8 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
     # on the training rows actually used (a few-shot or capped subset may lose classes)
     missing_classes = check_classes({**dsd, "train": train_ds}, label_names,
                                     "the dataset" if dataset is not None else args.dataset)
+    args = resolve_recipe(args, len(train_ds))
+    logger.info("fine-tuning recipe %s: %s", args.recipe, _recipe_summary(args))
 
     hf_logging.set_verbosity_error()  # the v5 LOAD REPORT (unused decoder keys, new head) is expected here
     model = build_model(args, label_names)
@@ -619,10 +674,18 @@ def describe_pretraining(pretrained: str | None) -> dict[str, Any] | None:
     return {k: v for k, v in info.items() if v not in (None, {})} or None
 
 
+def _recipe_summary(args: FinetuneArguments) -> str:
+    length = f"{args.max_steps} steps" if args.max_steps and args.max_steps > 0 else f"{args.num_train_epochs:g} epochs"
+    return (f"{length}, batch {args.per_device_train_batch_size}, lr {args.learning_rate:g}, layer decay "
+            f"{args.layer_decay:g}, head warm-up {args.head_warmup_steps} steps")
+
+
 def _recipe(args: FinetuneArguments, training_args: TrainingArguments) -> dict[str, Any]:
     length = {"max_steps": args.max_steps} if args.max_steps > 0 else {"epochs": args.num_train_epochs}
+    evaluated = f"every {args.eval_every_steps} steps" if args.max_steps > 0 else "every epoch"
     return {
-        **length, "batch_size": args.per_device_train_batch_size,
+        "recipe": args.recipe, **length, "head_warmup_steps": args.head_warmup_steps,
+        "batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "learning_rate": args.learning_rate, "layer_decay": args.layer_decay, "weight_decay": args.weight_decay,
         "warmup_ratio": args.warmup_ratio, "lr_scheduler": "linear warm-up then cosine",
@@ -630,7 +693,7 @@ def _recipe(args: FinetuneArguments, training_args: TrainingArguments) -> dict[s
             training_args.adam_beta1, training_args.adam_beta2),
         "max_grad_norm": args.max_grad_norm, "freeze_encoder": args.freeze_encoder, "seed": args.seed,
         "precision": "bf16" if args.bf16 else "fp32",
-        "selection": "best validation macro-F1 (evaluated every epoch)",
+        "selection": f"best validation macro-F1 (evaluated {evaluated})",
     }
 
 
