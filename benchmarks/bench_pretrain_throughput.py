@@ -37,12 +37,12 @@ def free_port():
 def run_one(config, processes, steps, batch_size, data_dir, work_dir, use_gpu, threads):
     out = work_dir / f"{config}-{processes}p-{threads}t"
     script_args = [str(REPO / "train" / "pretrain.py"), "--dataset", str(data_dir), "--config", config,
-                   "--output-dir", str(out), "--max-steps", str(steps), "--per-device-train-batch-size", str(batch_size),
-                   "--save-steps", "0", "--logging-steps", str(steps), "--report-to", "none", "--no-progress-bar"]
+                   "--output_dir", str(out), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch_size),
+                   "--save_steps", "0", "--logging_steps", str(steps), "--report_to", "none", "--disable_tqdm"]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HOME=str(work_dir / "hf_home"),
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     if not use_gpu:
-        script_args.append("--cpu")
+        script_args.append("--use_cpu")
     if processes == 1:
         command = [sys.executable] + script_args
     else:

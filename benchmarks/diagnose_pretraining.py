@@ -169,8 +169,8 @@ def main(argv=None):
             flush=True)
 
     out = {"name": name, "run": str(run), "config": {k: getattr(config, k) for k in (
-               "hidden_size", "num_hidden_layers", "bytes_per_token", "mask_ratio", "use_flowmix", "use_teacher",
-               "use_pmp", "use_guided_masking")},
+               "hidden_size", "num_hidden_layers", "bytes_per_token", "mask_ratio", "use_flowmix", "flowmix_pairing",
+               "use_teacher", "use_pmp", "use_guided_masking", "reconstruction_loss_on")},
            "ks": args.ks, "seeds": args.seeds, "points": results, "field_names": list(FIELD_NAMES),
            "seconds": round(time.time() - started, 1)}
     results_dir = Path(args.results_dir)

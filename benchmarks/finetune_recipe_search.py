@@ -22,21 +22,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 # name -> FinetuneArguments overrides; every candidate trains for a fixed budget of optimizer steps
 CANDIDATES = {
-    "epochs10-official": {"epochs": 10.0, "learning_rate": 5e-4, "batch_size": 64, "layer_decay": 0.75},
-    "steps300-lr3e-4": {"max_steps": 300, "learning_rate": 3e-4, "batch_size": 32, "layer_decay": 1.0,
-                        "eval_every_steps": 30},
-    "steps300-lr1e-3": {"max_steps": 300, "learning_rate": 1e-3, "batch_size": 32, "layer_decay": 1.0,
-                        "eval_every_steps": 30},
-    "steps300-lr3e-3": {"max_steps": 300, "learning_rate": 3e-3, "batch_size": 32, "layer_decay": 1.0,
-                        "eval_every_steps": 30},
-    "steps300-lr1e-3-ld075": {"max_steps": 300, "learning_rate": 1e-3, "batch_size": 32, "layer_decay": 0.75,
-                              "eval_every_steps": 30},
-    "steps300-lr1e-3-head50": {"max_steps": 300, "learning_rate": 1e-3, "batch_size": 32, "layer_decay": 1.0,
-                               "head_warmup_steps": 50, "eval_every_steps": 30},
-    "steps600-lr1e-3": {"max_steps": 600, "learning_rate": 1e-3, "batch_size": 32, "layer_decay": 1.0,
-                        "eval_every_steps": 60},
-    "steps300-lr1e-3-nols": {"max_steps": 300, "learning_rate": 1e-3, "batch_size": 32, "layer_decay": 1.0,
-                             "label_smoothing": 0.0, "eval_every_steps": 30},
+    "epochs10-official": {"num_train_epochs": 10.0, "learning_rate": 5e-4, "per_device_train_batch_size": 64,
+                          "layer_decay": 0.75},
+    "steps300-lr3e-4": {"max_steps": 300, "learning_rate": 3e-4, "per_device_train_batch_size": 32,
+                        "layer_decay": 1.0, "eval_every_steps": 30},
+    "steps300-lr1e-3": {"max_steps": 300, "learning_rate": 1e-3, "per_device_train_batch_size": 32,
+                        "layer_decay": 1.0, "eval_every_steps": 30},
+    "steps300-lr3e-3": {"max_steps": 300, "learning_rate": 3e-3, "per_device_train_batch_size": 32,
+                        "layer_decay": 1.0, "eval_every_steps": 30},
+    "steps300-lr1e-3-ld075": {"max_steps": 300, "learning_rate": 1e-3, "per_device_train_batch_size": 32,
+                              "layer_decay": 0.75, "eval_every_steps": 30},
+    "steps300-lr1e-3-head50": {"max_steps": 300, "learning_rate": 1e-3, "per_device_train_batch_size": 32,
+                               "layer_decay": 1.0, "head_warmup_steps": 50, "eval_every_steps": 30},
+    "steps600-lr1e-3": {"max_steps": 600, "learning_rate": 1e-3, "per_device_train_batch_size": 32,
+                        "layer_decay": 1.0, "eval_every_steps": 60},
+    "steps300-lr1e-3-nols": {"max_steps": 300, "learning_rate": 1e-3, "per_device_train_batch_size": 32,
+                             "layer_decay": 1.0, "label_smoothing_factor": 0.0, "eval_every_steps": 30},
 }
 
 

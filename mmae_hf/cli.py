@@ -7,13 +7,14 @@ packets skipped and why, per-file errors) goes to stdout and to ``<output>.summa
 ``--output`` the flows are written to stdout as JSON lines and the summary to stderr.
 
 Exit status: 0 when every capture was read completely (also when it held no IP flow), 1 when a capture was
-missing or damaged (the flows read before the damage are still written), 2 on bad arguments.
+missing or damaged (the flows read before the damage are still written), 2 on a bad argument or input (a model
+path or Hub id that leads to no model, a model without a trained classification head, an unwritable output): one
+``mmae-classify: error: ...`` line on stderr, the traceback only with ``--debug``.
 
 ``mmae-shortcut-report --model M --dataset DIR [--split test]`` re-evaluates a classifier with the headers,
 the addresses, the ports or the payload zeroed and prints how much accuracy and macro-F1 drop.
 """
 
-import argparse
 import csv
 import json
 import os
@@ -46,16 +47,21 @@ def expand_captures(paths: list[str]) -> list[str]:
     return captures
 
 
-def load_pipeline(model: str, device: str | None = None, batch_size: int = 256):
-    """The traffic-classification pipeline for a saved model folder or Hub id, with its feature extractor."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
+def load_pipeline(model: str, device: str | None = None, batch_size: int = 256, allow_untrained_head: bool = False,
+                  allow_mismatched_weights: bool = False):
+    """The traffic-classification pipeline for a saved model folder or Hub id, with its feature extractor.
 
-    from mmae_hf import register_auto_classes
+    Raises `ModelSourceError` when ``model`` leads to no saved model, `UntrainedHeadError` when the model's
+    classification head was never trained (unless ``allow_untrained_head``), and
+    `mmae_hf.weight_check.WeightsMismatchError` for a damaged weight file or a ``config.json`` that does not fit the
+    encoder weights (unless ``allow_mismatched_weights``).
+    """
+    import torch
+
     from mmae_hf.pipeline_traffic import TrafficClassificationPipeline
 
-    register_auto_classes()
-
+    classifier = load_classifier(model, allow_untrained_head=allow_untrained_head,
+                                 allow_mismatched_weights=allow_mismatched_weights)
     feature_extractor = None
     try:
         from mmae_hf.feature_extraction_mmae import MMAEFeatureExtractor
@@ -64,14 +70,59 @@ def load_pipeline(model: str, device: str | None = None, batch_size: int = 256):
             feature_extractor = MMAEFeatureExtractor.from_pretrained(model)
     except (OSError, ImportError) as error:
         print(f"warning: no feature extractor for {model} ({error}); using the default flow options", file=sys.stderr)
-    classifier = AutoModelForSequenceClassification.from_pretrained(model, dtype=torch.float32)
     return TrafficClassificationPipeline(
         model=classifier,
         feature_extractor=feature_extractor,
         device=torch.device(device) if device else torch.device("cpu"),
         batch_size=batch_size,
         task="traffic-classification",
+        allow_untrained_head=allow_untrained_head,
+        allow_mismatched_weights=allow_mismatched_weights,
     )
+
+
+def load_classifier(model: str, allow_untrained_head: bool = False, allow_mismatched_weights: bool = False):
+    """``AutoModelForSequenceClassification`` from a folder or Hub id, with the checks of `mmae_hf.checks` (the
+    source, the head: a local folder is judged by its config.json before anything loads) and of
+    `mmae_hf.weight_check` (weights that fit the config)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from mmae_hf import register_auto_classes
+    from mmae_hf.checks import check_model_source, hub_load_error, require_trained_head
+    from mmae_hf.weight_check import load_checked
+
+    register_auto_classes()
+    check_model_source(model, "--model")
+    require_trained_head(model, model, allow_untrained_head, override="--allow-untrained-head")
+    try:
+        classifier = load_checked(AutoModelForSequenceClassification, model, dtype=torch.float32,
+                                  allow_mismatched_weights=allow_mismatched_weights)
+    except OSError as error:  # a Hub id that is not there, no network, no access
+        raise hub_load_error(model, error, "--model") from error
+    require_trained_head(classifier, model, allow_untrained_head, override="--allow-untrained-head")  # a Hub id
+    return classifier
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch can use it here, else ValueError (before any model is loaded)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {device}: {error_line_of(error)}; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def error_line_of(error) -> str:
+    from mmae_hf.checks import error_line
+
+    return error_line(error)
 
 
 # ---------------------------------------------------------------------- outputs
@@ -161,33 +212,54 @@ _EMPTY_RECORD = {"label": None, "score": None, "ood": None, "ood_score": None, "
 # ---------------------------------------------------------------------- mmae-classify
 
 
-def build_classify_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_classify_parser():
+    from mmae_hf.argparsing import ArgumentParser
+
+    parser = ArgumentParser(
         prog="mmae-classify",
         description="Classify every flow of pcap/pcapng captures with an MMAE model (streaming, bounded memory).",
     )
     parser.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files or folders of captures")
     parser.add_argument("--model", required=True, help="saved model folder or Hub id (with preprocessor_config.json)")
     parser.add_argument("--output", help="flows.csv | flows.jsonl | flows.parquet (default: JSON lines on stdout)")
-    parser.add_argument("--batch-size", type=int, default=256, help="flows per model call (default 256)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--top-k", type=int, default=3, help="labels reported per flow (default 3)")
+    parser.add_argument("--batch-size", type=int, default=256, help="flows per model call")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--top-k", type=int, default=3, help="labels reported per flow")
     parser.add_argument("--ood-threshold", type=float, help="override the model's calibrated config.ood_threshold")
     parser.add_argument("--explain", metavar="DIR", help="write byte attributions (.npy/.json/.png) of flows to DIR")
-    parser.add_argument("--explain-limit", type=int, default=20, help="explain at most this many flows (default 20)")
-    parser.add_argument("--explain-steps", type=int, default=32, help="integrated-gradients steps (default 32)")
+    parser.add_argument("--explain-limit", type=int, default=20, help="explain at most this many flows")
+    parser.add_argument("--explain-steps", type=int, default=32, help="integrated-gradients steps")
     parser.add_argument("--explain-method", choices=("ig", "rollout"), default="ig",
                         help="ig: integrated gradients of the predicted class per byte (default); rollout: attention "
                         "rollout of the CLS token (class-agnostic, token resolution, one forward pass)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-untrained-head", action="store_true",
+                        help="classify even with a model whose classification head was never trained (a pre-training "
+                        "folder, a bare encoder): its labels are random")
+    parser.add_argument("--allow-mismatched-weights", action="store_true",
+                        help="load the model even when its config.json does not fit its encoder weights")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (bars are drawn only when stderr is a terminal anyway)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
 def classify_main(argv: list[str] | None = None) -> int:
+    from mmae_hf.checks import run_main
+
+    from mmae_hf.traffic.atomic import run_interruptible
+
     parser = build_classify_parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.top_k < 1 or args.explain_limit < 0:
-        parser.error("--batch-size and --top-k must be >= 1, --explain-limit >= 0")
+    # Ctrl-C / SIGTERM: one line, exit 130 / 143 (the output is closed on the way out)
+    return run_interruptible(lambda: run_main("mmae-classify", lambda: _classify(parser, args), debug=args.debug),
+                             "mmae-classify", "the flows classified so far are in the output")
+
+
+def _classify(parser, args) -> int:
+    if args.batch_size < 1 or args.top_k < 1 or args.explain_limit < 0 or args.explain_steps < 1:
+        parser.error("--batch-size, --top-k and --explain-steps must be >= 1, --explain-limit >= 0")
+    if args.ood_threshold is not None and not 0.0 <= args.ood_threshold <= 1.0:
+        parser.error(f"--ood-threshold {args.ood_threshold}: must be a probability in [0, 1]")
     if args.output is not None and Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
         parser.error(f"--output must end in one of {sorted(OUTPUT_FORMATS)}")
     log = sys.stdout if args.output else sys.stderr  # keep stdout clean when it carries the flows
@@ -197,9 +269,18 @@ def classify_main(argv: list[str] | None = None) -> int:
         parser.error("no capture files found in " + ", ".join(args.captures))
     from tqdm.auto import tqdm
 
+    from mmae_hf.progress import progress_wanted, set_library_progress_bars
     from mmae_hf.traffic import PacketAccounting
 
-    pipe = load_pipeline(args.model, device=args.device, batch_size=args.batch_size)
+    show_progress = progress_wanted(args.no_progress)
+    set_library_progress_bars(show_progress)
+    check_device(args.device)
+    if args.output:  # an unwritable output fails now, not after the model is loaded
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    # a missing model, an untrained head, damaged or mismatched weights: ValueError / OSError, one line, exit 2
+    pipe = load_pipeline(args.model, device=args.device, batch_size=args.batch_size,
+                         allow_untrained_head=args.allow_untrained_head,
+                         allow_mismatched_weights=args.allow_mismatched_weights)
     writer = FlowWriter(args.output, args.top_k)
     per_file: list[dict[str, Any]] = []
     total = PacketAccounting()
@@ -208,7 +289,7 @@ def classify_main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
     explained = 0
     # counts flows (a single huge capture still shows movement); files done go in the postfix
-    progress = tqdm(unit=" flows", desc="classifying", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+    progress = tqdm(unit=" flows", desc="classifying", disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
     files_done = [0]
 
     def file_done():
@@ -229,7 +310,10 @@ def classify_main(argv: list[str] | None = None) -> int:
     def sources():
         for path in captures:
             if not os.path.isfile(path):
-                message = f"{path}: no such capture file"
+                from mmae_hf.traffic.pcapio import special_file_kind
+
+                kind = special_file_kind(path)  # a FIFO would block the reader forever: never opened
+                message = f"{path}: not a regular file ({kind}), not read" if kind else f"{path}: no such capture file"
                 per_file.append({"file": path, "flows": 0, "errors": [message]})
                 print(f"error: {message}", file=sys.stderr)
                 file_done()
@@ -345,7 +429,14 @@ def load_dataset_split(path: str, split: str):
     """A split of a dataset folder (``save_to_disk`` output or parquet files) or Hub id."""
     from .traffic.loading import load_traffic_dataset
 
-    return load_traffic_dataset(path, split)
+    if not Path(path).exists():
+        raise FileNotFoundError(f"--dataset {path}: no such dataset folder")
+    loaded = load_traffic_dataset(path)  # the one opener: legacy columns renamed, splits checked against the report
+    if hasattr(loaded, "keys"):  # a DatasetDict
+        if split not in loaded:
+            raise ValueError(f"--split {split}: dataset {path} has no such split; it has {', '.join(sorted(loaded))}")
+        return loaded[split]
+    return loaded
 
 
 def preprocessing_mismatch(model: str, dataset: str) -> dict[str, Any]:
@@ -370,35 +461,46 @@ def preprocessing_mismatch(model: str, dataset: str) -> dict[str, Any]:
 
 
 def shortcut_report_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    from mmae_hf.argparsing import ArgumentParser
+    from mmae_hf.checks import run_main
+
+    parser = ArgumentParser(
         prog="mmae-shortcut-report",
         description="Re-evaluate a classifier with headers, addresses, ports or payload zeroed, to see what it "
         "relies on.",
     )
     parser.add_argument("--model", required=True, help="saved model folder or Hub id")
     parser.add_argument("--dataset", required=True, metavar="DIR", help="dataset folder (save_to_disk or parquet)")
-    parser.add_argument("--split", default="test", help="split to evaluate (default test)")
+    parser.add_argument("--split", default="test", help="split to evaluate")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-flows", type=int, help="evaluate only the first N flows of the split")
     parser.add_argument("--output", help="report JSON (default: shortcut_report_<split>.json)")
+    parser.add_argument("--allow-untrained-head", action="store_true",
+                        help="report on a model whose classification head was never trained (meaningless scores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
+    if args.batch_size < 1 or (args.max_flows is not None and args.max_flows < 1):
+        parser.error("--batch-size and --max-flows must be >= 1")
+    from mmae_hf.traffic.atomic import run_interruptible
 
-    import torch
-    from transformers import AutoModelForSequenceClassification
+    return run_interruptible(lambda: run_main("mmae-shortcut-report", lambda: _shortcut_report(args),
+                                              debug=args.debug), "mmae-shortcut-report", "no report was written")
 
-    from mmae_hf import register_auto_classes
+
+def _shortcut_report(args) -> int:
     from mmae_hf.explain import format_shortcut_report, shortcut_report
+    from mmae_hf.progress import progress_wanted, set_library_progress_bars
 
-    register_auto_classes()
-
+    set_library_progress_bars(progress_wanted(args.no_progress))
+    check_device(args.device)
+    model = load_classifier(args.model, allow_untrained_head=args.allow_untrained_head).to(args.device)
     split = load_dataset_split(args.dataset, args.split)
     if args.max_flows is not None:
         split = split.select(range(min(args.max_flows, len(split))))
     if len(split) == 0:
-        print(f"error: split {args.split!r} of {args.dataset} is empty", file=sys.stderr)
-        return 1
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, dtype=torch.float32).to(args.device)
+        raise ValueError(f"--split {args.split}: the split of {args.dataset} is empty")
     mismatch = preprocessing_mismatch(args.model, args.dataset)
     if mismatch:
         print(f"warning: the dataset was built with other flow options than the model's preprocessor_config.json: "

@@ -44,6 +44,7 @@ DEFAULT_FLOW_OPTIONS: dict[str, Any] = {
     "min_packets": 1,
     "drop_service_chatter": False,
     "max_packets": 0,
+    "max_open_flows": 100_000,
 }
 """How flows are cut by default: the defaults of `mmae_hf.traffic.FlowOptions` (which documents each option), also
 what `MMAEFeatureExtractor` assumes for a key its saved config lacks."""

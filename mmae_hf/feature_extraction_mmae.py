@@ -15,7 +15,7 @@ inputs = extractor(dataset[:32], return_tensors="pt")                  # dataset
 Remote code: with ``register_for_auto_class`` this file is copied next to the weights and may be loaded with
 ``trust_remote_code=True`` where mmae-hf is not installed. It therefore imports only numpy, transformers and its
 single-dot sibling `data_contract` (copied with it) at module level. Converting rows and records works everywhere; reading pcaps needs the torch-free ``mmae_hf.traffic``
-package (imported lazily), so pcap input without ``pip install mmae-hf`` raises a clear ``ImportError``.
+package (imported lazily), so pcap input without mmae-hf installed raises a clear ``ImportError``.
 """
 
 import os
@@ -47,7 +47,7 @@ def _traffic():
         import mmae_hf.traffic as traffic
     except ImportError as error:
         raise ImportError(
-            "reading pcap/pcapng captures needs the mmae-hf package (pip install mmae-hf); without it this feature "
+            "reading pcap/pcapng captures needs the mmae-hf package (pip install . in a clone of its repository); without it this feature "
             "extractor converts already extracted flows (dataset rows or dicts with 'input_bytes') only"
         ) from error
     return traffic

@@ -32,7 +32,7 @@ Remote code: this file is copied next to the weights by ``pipe.save_pretrained``
 ``trust_remote_code=True`` in a process without mmae-hf. It therefore imports only numpy, torch, transformers and
 its single-dot siblings (`feature_extraction_mmae`, `data_contract`) at module level; the pcap reader
 (``mmae_hf.traffic``) is imported inside ``try`` blocks. Without mmae-hf installed the pipeline classifies
-pre-extracted flows; pcap input needs ``pip install mmae-hf``.
+pre-extracted flows; pcap input needs mmae-hf installed (``pip install .`` in a clone of its repository).
 """
 
 import inspect
@@ -68,6 +68,15 @@ def _traffic_module():
     return traffic
 
 
+def _require_trained_head(model, allow_untrained_head: bool) -> None:
+    """Refuse a model whose classification head was never trained (see `mmae_hf.checks.require_trained_head`)."""
+    try:
+        from mmae_hf.checks import require_trained_head
+    except ImportError:  # remote code without mmae-hf: not checked
+        return
+    require_trained_head(model, allow_untrained_head=allow_untrained_head, override="allow_untrained_head=True")
+
+
 def is_pcap_bytes(data: bytes) -> bool:
     """True when ``data`` starts with a pcap or pcapng magic number."""
     return is_capture_bytes(data)
@@ -94,6 +103,15 @@ def _flow_metadata(flow, source_name: str | None = None) -> dict:
     return meta
 
 
+def _verify_weights(model, allow_mismatched_weights: bool) -> None:
+    """`mmae_hf.weight_check.verify_loaded_model` where mmae-hf is installed (this file also runs as remote code)."""
+    try:
+        from mmae_hf.weight_check import verify_loaded_model
+    except ImportError:
+        return
+    verify_loaded_model(model, allow_mismatched_weights=allow_mismatched_weights)
+
+
 class TrafficClassificationPipeline(ChunkPipeline):
     """Per-flow traffic classification of pcap / pcapng captures with an MMAE classifier.
 
@@ -101,6 +119,10 @@ class TrafficClassificationPipeline(ChunkPipeline):
     flows are encoded and classified in batches of ``batch_size`` flows; each flow becomes one dict holding
     its 5-tuple, start and end time, packet and byte count, the top-k labels with probabilities and the
     out-of-distribution flag (see the module docstring).
+
+    Construction: ``allow_untrained_head=True`` (passed to ``pipeline(...)``) accepts a model whose classification
+    head was never trained (a pre-training folder, a bare encoder); without it such a model is refused, since its
+    labels would be random.
 
     Call parameters (also accepted by ``pipeline(...)``):
         top_k (`int`, defaults to 3): labels returned per flow (capped at the number of classes).
@@ -122,8 +144,10 @@ class TrafficClassificationPipeline(ChunkPipeline):
     _load_tokenizer = False  # type: ignore[assignment]
     _load_feature_extractor = None
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, allow_untrained_head: bool = False, allow_mismatched_weights: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        _verify_weights(self.model, allow_mismatched_weights)  # a config that does not fit the weights is refused
+        _require_trained_head(self.model, allow_untrained_head)  # a head never trained gives random labels
         # `batch_size` counts flows and is applied in `preprocess`; the base class's own batching (padding
         # collate of tokenizer outputs) must stay at one input per step.
         self.flow_batch_size = int(self._batch_size or DEFAULT_FLOW_BATCH_SIZE)
@@ -348,7 +372,7 @@ class TrafficClassificationPipeline(ChunkPipeline):
         traffic = _traffic_module()
         if traffic is None:
             raise ImportError(
-                f"reading the capture {name} needs the mmae-hf package (pip install mmae-hf); without it this "
+                f"reading the capture {name} needs the mmae-hf package (pip install . in a clone of its repository); without it this "
                 "pipeline classifies already extracted flows only"
             )
         if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):

@@ -1,4 +1,4 @@
-"""mmae-classify and mmae-shortcut-report, run in-process on crafted and real captures."""
+"""mmae-classify and mmae-shortcut-report, run in-process on crafted and real (committed sample) captures."""
 
 import csv
 import json
@@ -11,7 +11,7 @@ import torch
 from mmae_hf import MMAEForSequenceClassification
 from mmae_hf.cli import classify_main, shortcut_report_main
 from mmae_hf.pipeline_traffic import TrafficClassificationPipeline
-from test_pipeline_traffic import CRAFTED_FLOWS, LABELS, NDPI, save_model, tiny_config, write_capture
+from test_pipeline_traffic import CRAFTED_FLOWS, LABELS, SINGLE_FLOW_CAPTURES, save_model, tiny_config, write_capture
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +23,14 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def capture_dir(tmp_path_factory):
-    """Six real nDPI flows in a folder tree plus one crafted capture with three flows and ARP noise."""
+    """Six real single-flow captures in a folder tree plus one crafted capture with three flows and ARP noise."""
     root = tmp_path_factory.mktemp("captures")
-    for label in ("Chat", "Web"):
-        for path in sorted((NDPI / label).glob("*.pcap"))[:3]:
-            (root / label).mkdir(exist_ok=True)
-            shutil.copy(path, root / label / path.name)
+    folders = {"Chat": ("tls-chat-00", "smtp-starttls-00", "dtls-messaging-00"),
+               "Web": ("https-api-00", "https-bulk-00", "udp-stream-00")}
+    for label, names in folders.items():
+        (root / label).mkdir()
+        for name in names:
+            shutil.copy(SINGLE_FLOW_CAPTURES / f"{name}.pcap", root / label / f"{name}.pcap")
     write_capture(root / "crafted.pcap", CRAFTED_FLOWS, arp=2)
     return root
 
@@ -175,9 +177,10 @@ def test_shortcut_report_cli(model_dir, tmp_path, capsys):
     assert report["preprocessing_mismatch"] == {"anonymize": {"model": "default", "dataset": "strict"}}
     assert report["num_flows"] == 4
     assert "other flow options" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="no split 'nope'"):
-        shortcut_report_main(["--model", str(model_dir), "--dataset", str(tmp_path / "dataset"), "--split", "nope",
-                              "--output", str(output)])
+    assert shortcut_report_main(["--model", str(model_dir), "--dataset", str(tmp_path / "dataset"), "--split", "nope",
+                                 "--output", str(output)]) == 2
+    assert capsys.readouterr().err == (f"mmae-shortcut-report: error: --split nope: dataset {tmp_path / 'dataset'} has "
+                                       "no such split; it has test, train, validation\n")
 
 
 def test_without_output_flows_go_to_stdout_as_json_lines(model_dir, tmp_path, capsys):

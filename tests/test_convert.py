@@ -2,36 +2,23 @@
 forward (written here from method.md §3 over the official state-dict key names; the official code is not used)."""
 
 import argparse
-import os
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from official_layout import ENCODER_BLOCKS, official_layout, read_key_table
 
 from mmae_hf import MMAEForPreTraining, MMAEForSequenceClassification, MMAEModel
 from mmae_hf.convert_original_checkpoint import CheckpointConversionError, convert, main
 
 
-SHARED = Path(os.environ.get("MMAE_SHARED_DIR", Path(__file__).resolve().parents[1] / ".." / "shared"))
-KEYS_TSV = SHARED / "reference" / "official_checkpoint_keys.tsv"
-ENCODER_BLOCKS = [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]  # MMAE_Core depths [1, 2, 2, 2]
-
-
-def official_layout(model: str, num_classes: int = 8) -> dict:
-    """{key: shape} of an official checkpoint, read from the reference key table."""
-    layout = {}
-    for line in KEYS_TSV.read_text().splitlines():
-        if line.startswith("#") or line.startswith("model\t"):
-            continue
-        which, key, shape = line.split("\t")
-        if which == model:
-            dims = tuple(int(d) for d in shape.strip("()").split(",") if d.strip())
-            if key.startswith("head.") and dims:
-                dims = (num_classes,) + dims[1:]
-            layout[key] = dims
-    assert layout, f"no keys for {model} in {KEYS_TSV}"
-    return layout
+@pytest.mark.shared_data
+def test_official_layout_is_the_real_checkpoints_key_table(shared_dir):
+    """The layout the tests build checkpoints from == the keys and shapes of the real official checkpoints."""
+    table = read_key_table(shared_dir / "reference" / "official_checkpoint_keys.tsv")
+    assert set(table) == {"mmae_pretrain", "mmae_classifier"}
+    for model, keys in table.items():
+        assert official_layout(model) == keys, model
 
 
 def random_official_state_dict(model: str, seed: int = 0, num_classes: int = 8) -> dict:

@@ -93,7 +93,7 @@ def test_corpus_excludes_held_out_captures_and_payloads(corpus_setup):
     assert saved["removed_held_out_payloads"] == 2 and saved["flows"]["train"] == len(corpus["train"])
     assert "MMAE pre-training corpus" in (out / "README.md").read_text()
     assert (out / "preprocessor_config.json").is_file()
-    assert not [p for p in out.parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
 def test_corpus_refuses_an_evaluation_set_anonymised_differently(corpus_setup, tmp_path):

@@ -227,46 +227,66 @@ def test_cli_push_to_hub_and_load_back(tree, tmp_path):
         assert report["split"]["seed"] == 3
 
 
-def _shared_data():
-    root = os.environ.get("MMAE_SHARED_DIR")
-    return (Path(root) if root else Path(__file__).resolve().parents[1] / ".." / "shared") / "data"
+NDPI_LAYOUT = {"Chat": {"Alpha": 4, "Bravo": 1, "Charlie": 3}, "VPN": {"Delta": 5, "Echo": 2},
+               "Web": {"Foxtrot": 4, "Golf": 3, "Hotel": 1}}  # {class: {app: source captures}}
 
 
-def test_ndpi_recipe_splits_by_source_capture_not_by_file():
-    """Real captures: one file per flow, grouped by the manifest's source capture; no capture on two sides."""
+@pytest.fixture(scope="module")
+def ndpi_like(tmp_path_factory):
+    """A tree laid out like the nDPI development set: one pcap per flow, and a manifest.csv naming each file's
+    class, app (``ndpi_app``) and the capture it was cut from (``source_pcap``); several flows per capture."""
     import csv
 
-    data = _shared_data() / "ndpi-encrypted-services"
-    res = build_dataset(data, None, recipe="ndpi-encrypted-services", seed=0, progress=False, num_proc=2)
+    root = tmp_path_factory.mktemp("ndpi-like")
+    rows = []
+    for li, (label, apps) in enumerate(NDPI_LAYOUT.items()):
+        for app, captures in apps.items():
+            for c in range(captures):
+                for f in range(3):
+                    name = f"{label}/{app}__cap{c}__f{f:04d}.pcap"
+                    write_pcap(root / name, [flow(name, packets=4, sport=41000 + f, dport=443 + li,
+                                                  start=T0 + 60 * c + f)])
+                    rows.append({"file": name, "label": label, "ndpi_app": app, "source_pcap": f"{app}-{c}.pcap"})
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def manifest_column(data, column):
+    import csv
+
     with open(data / "manifest.csv", newline="") as fh:
-        source_of = {row["file"]: row["source_pcap"] for row in csv.DictReader(fh)}
+        return {row["file"]: row[column] for row in csv.DictReader(fh)}
+
+
+def check_split_by_source_capture(data, num_classes, min_groups):
+    """The nDPI recipe: one file per flow, grouped by the manifest's source capture; no capture on two sides."""
+    res = build_dataset(data, None, recipe="ndpi-encrypted-services", seed=0, progress=False, num_proc=2)
+    source_of = manifest_column(data, "source_pcap")
     seen = {}
     for split in res.dataset:
         for name, group in zip(res.dataset[split]["source_file"], res.dataset[split]["group"]):
             assert group == source_of[name]
             seen.setdefault(group, set()).add(split)
     assert all(len(splits) == 1 for splits in seen.values())
-    assert len(seen) > 100 and res.report["split"]["groups_on_several_splits"] == []
-    assert len(res.dataset["train"].features["label"].names) == 9
+    assert len(seen) >= min_groups and res.report["split"]["groups_on_several_splits"] == []
+    assert len(res.dataset["train"].features["label"].names) == num_classes
     assert res.report["split"]["classes_missing_from_splits"] == {}
     assert res.report["errors"] == []
 
 
-def test_ndpi_seen_apps_split_tests_known_services_in_new_captures():
+def check_seen_apps_split(data, **sizes):
     """--seen-column ndpi_app: still no capture on two sides, and every held-out app is also in train."""
-    import csv
-
-    data = _shared_data() / "ndpi-encrypted-services"
     res = build_dataset(data, None, recipe="ndpi-encrypted-services", seen_column="ndpi_app", seed=0,
-                        progress=False, num_proc=2)
-    with open(data / "manifest.csv", newline="") as fh:
-        app_of = {row["file"]: row["ndpi_app"] for row in csv.DictReader(fh)}
+                        progress=False, num_proc=2, **sizes)
+    app_of = manifest_column(data, "ndpi_app")
     apps = {s: [app_of[name] for name in res.dataset[s]["source_file"]] for s in res.dataset}
     groups = {s: set(res.dataset[s]["group"]) for s in res.dataset}
     assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["validation"])
     assert not (groups["validation"] & groups["test"])
     assert set(apps["test"]) | set(apps["validation"]) <= set(apps["train"])
-    assert len(res.dataset["test"]) > 80 and len(set(apps["test"])) > 10
     split = res.report["split"]
     assert split["held_out_flows_with_keys_unseen_in_train"] == 0
     assert split["seen_column_keys_per_split"]["train"] == len(set(apps["train"]))
@@ -276,6 +296,30 @@ def test_ndpi_seen_apps_split_tests_known_services_in_new_captures():
     with pytest.raises(ValueError, match="seen_column 'ndpi_app' needs a group split .* not 'flow'"):
         build_dataset(data, None, recipe="ndpi-encrypted-services", seen_column="ndpi_app", split_by="flow",
                       progress=False)
+    return res, apps
+
+
+def test_ndpi_recipe_splits_by_source_capture_not_by_file(ndpi_like):
+    check_split_by_source_capture(ndpi_like, num_classes=3, min_groups=20)
+
+
+def test_ndpi_seen_apps_split_tests_known_services_in_new_captures(ndpi_like):
+    res, apps = check_seen_apps_split(ndpi_like, validation_size=0.2, test_size=0.2)
+    single_capture_apps = {"Bravo", "Hotel"}  # only one capture: they can only be in train
+    assert single_capture_apps <= set(apps["train"])
+    assert not single_capture_apps & (set(apps["test"]) | set(apps["validation"]))
+    assert len(res.dataset["test"]) >= 6
+
+
+@pytest.mark.shared_data
+def test_ndpi_recipe_splits_the_real_set_by_source_capture(shared_dir):
+    check_split_by_source_capture(shared_dir / "data" / "ndpi-encrypted-services", num_classes=9, min_groups=100)
+
+
+@pytest.mark.shared_data
+def test_ndpi_seen_apps_split_on_the_real_set(shared_dir):
+    res, apps = check_seen_apps_split(shared_dir / "data" / "ndpi-encrypted-services")
+    assert len(res.dataset["test"]) > 80 and len(set(apps["test"])) > 10
 
 
 def test_seen_column_without_a_manifest_is_refused(tree):

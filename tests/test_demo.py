@@ -74,7 +74,7 @@ def test_pipeline_pretrain_finetune_table_on_synthetic(tmp_path):
     argv = ["--dataset", str(tmp_path / "dataset"), "--study", "demo-test", "--variants", "mmae", "linear_probe",
             "random_probe", "extra_trees", "--seeds", "0", "--output-dir", str(tmp_path / "out"), "--results-dir", str(tmp_path / "out"),
             "--pretrain-steps", "2", "--pretrain-batch-size", "4", "--epochs", "1", "--batch-size", "4",
-            "--tree-estimators", "10", "--pretrain-args", "--report-to none", "--finetune-args", "--report-to none",
+            "--tree-estimators", "10", "--pretrain-args", "--report_to none", "--finetune-args", "--report_to none",
             "--quiet"]
     assert run_study.main(argv) == 0
     study = json.loads((tmp_path / "out" / "demo-test.json").read_text())

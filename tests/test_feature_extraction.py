@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from traffic_pcaps import ether, handshake, pcap_bytes, shared_dir
+from traffic_pcaps import ether, handshake, pcap_bytes
 
 import mmae_hf  # noqa: F401  (registers the Auto classes)
 from mmae_hf.feature_extraction_mmae import DEFAULT_FLOW_OPTIONS, MMAEFeatureExtractor
@@ -61,14 +61,25 @@ def test_pcap_rows_and_records_give_the_same_inputs():
         fe({"payload": np.zeros((2, 100), dtype=np.uint8)})
 
 
-def test_extraction_uses_the_stored_options():
-    path = shared_dir() / "data" / "ndpi-encrypted-services" / "Chat" / "WeChat__wechat__f0015.pcap"
+def extraction_uses_the_stored_options(path, expected_flows):
     fe = MMAEFeatureExtractor(flow_options={"bidirectional": False, "anonymize": "netmamba", "tcp_close": False})
     got = sorted(fe.extract_flows(path), key=lambda f: f.start_time)
     want = sorted(iter_flows(path, FlowOptions(bidirectional=False, anonymize="netmamba", tcp_close=False)),
                   key=lambda f: f.start_time)  # fmt: skip
-    assert len(got) == len(want) == 2
+    default = list(iter_flows(path))  # bidirectional: half as many flows, so the options really applied
+    assert len(got) == len(want) == expected_flows == 2 * len(default)
     assert all(np.array_equal(a.payload, b.payload) for a, b in zip(got, want))
+
+
+def test_extraction_uses_the_stored_options():
+    path = Path(__file__).resolve().parent / "data" / "netmamba_golden" / "flows" / "tls-chat-00.pcap"
+    extraction_uses_the_stored_options(path, expected_flows=2)
+
+
+@pytest.mark.shared_data
+def test_extraction_uses_the_stored_options_on_ndpi(shared_dir):
+    path = shared_dir / "data" / "ndpi-encrypted-services" / "Chat" / "WeChat__wechat__f0015.pcap"
+    extraction_uses_the_stored_options(path, expected_flows=2)
 
 
 def test_remote_code_without_mmae_hf(tmp_path):

@@ -48,9 +48,9 @@ def finetuned(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(finetuning, "make_compute_metrics", spying_make_compute_metrics)
         script = _load_script("finetune")
-        rc = script.main(["--dataset", str(root / "dataset"), "--output-dir", str(root / "run"), "--epochs", "3",
-                          "--batch-size", "8", "--learning-rate", "2e-3", "--logging-steps", "1", "--seed", "0",
-                          "--model-name", "mmae-tiny-synthetic"])
+        rc = script.main(["--dataset", str(root / "dataset"), "--output_dir", str(root / "run"),
+                          "--num_train_epochs", "3", "--per_device_train_batch_size", "8", "--learning_rate", "2e-3",
+                          "--logging_steps", "1", "--seed", "0", "--model_name", "mmae-tiny-synthetic"])
     assert rc == 0
     results = json.loads((root / "run" / "results.json").read_text())
     return {"root": root, "run": root / "run", "dsd": dsd, "results": results, "scored_sizes": scored_sizes}
@@ -126,7 +126,7 @@ def test_classifier_starts_from_pretrained_encoder(tmp_path):
     reference = pretrained.mmae.state_dict()
     for name, tensor in model.mmae.state_dict().items():
         torch.testing.assert_close(tensor, reference[name], rtol=0, atol=0)
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(ValueError, match="--pretrained .*: not a saved model \\(no config.json"):
         finetuning.build_model(finetuning.FinetuneArguments(dataset="x", output_dir="y", pretrained=str(tmp_path)), ["a"])
 
 
@@ -160,3 +160,26 @@ def test_freeze_encoder_trains_the_head_only(tmp_path):
     model = finetuning.build_model(args, ["a", "b", "c"])
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"classifier.weight", "classifier.bias"}
+
+
+def test_the_recipe_fills_only_what_the_user_left_out():
+    from mmae_hf.training.finetuning import SMALL_DATA_MAX_ROWS, FinetuneArguments, resolve_recipe
+
+    small = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o"), 90)
+    assert small.recipe == "small_data"
+    assert (small.max_steps, small.per_device_train_batch_size, small.learning_rate, small.layer_decay,
+            small.head_warmup_steps, small.eval_every_steps) == (300, 32, 1e-3, 1.0, 50, 30)
+    # 10 epochs when they are more than 300 steps: 1,283 flows / 32 per step
+    assert resolve_recipe(FinetuneArguments(dataset="d", output_dir="o"), 1283).max_steps == 401
+    big = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o"), SMALL_DATA_MAX_ROWS + 1)
+    assert big.recipe == "epochs" and big.max_steps == -1 and big.num_train_epochs == 10
+    assert (big.per_device_train_batch_size, big.learning_rate, big.layer_decay, big.head_warmup_steps) == (
+        64, 5e-4, 0.75, 0)
+    given = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o", learning_rate=3e-4, num_train_epochs=2), 90)
+    assert given.learning_rate == 3e-4 and given.num_train_epochs == 2 and given.max_steps == -1  # the user's length
+    short = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o", max_steps=12), 90)
+    assert short.max_steps == 12 and short.head_warmup_steps == 2 and short.eval_every_steps == 1
+    forced = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o", recipe="epochs"), 90)
+    assert forced.recipe == "epochs" and forced.per_device_train_batch_size == 64
+    with pytest.raises(ValueError, match="--recipe fast"):
+        FinetuneArguments(dataset="d", output_dir="o", recipe="fast")

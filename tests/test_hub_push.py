@@ -1,4 +1,4 @@
-"""train/finetune.py --push-to-hub against the offline FakeHub, then load by repo id in a fresh process."""
+"""train/finetune.py --push_to_hub against the offline FakeHub, then load by repo id in a fresh process."""
 
 import json
 import subprocess
@@ -42,10 +42,11 @@ def test_push_to_hub_and_load_by_repo_id(tmp_path):
         env = hub.env()
         push = subprocess.run(
             [sys.executable, str(REPO / "train" / "finetune.py"), "--dataset", str(tmp_path / "data"),
-             "--output-dir", str(out), "--max-steps", "2", "--batch-size", "4", "--report-to", "none",
-             "--push-to-hub", "--hub-model-id", REPO_ID, "--dataset-name", "tester/traffic-synthetic"],
+             "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none",
+             "--push_to_hub", "--hub_model_id", REPO_ID, "--dataset_name", "tester/traffic-synthetic"],
             env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
         assert push.returncode == 0, push.stdout[-2000:] + push.stderr[-4000:]
+        assert "\r" not in push.stdout + push.stderr  # no progress bars in a log (stderr is no terminal)
         files = hub.files(REPO_ID)
         for name in ("config.json", "model.safetensors", "README.md", "modeling_mmae.py", "configuration_mmae.py",
                      "test_confusion.png", "test_metrics.json"):

@@ -42,7 +42,7 @@ def tiny_study(tmp_path_factory):
     settings = LabelEfficiencySettings(
         checkpoint=str(root / "ckpt"), datasets=[str(root / "synth")], output_dir=str(root / "out"), ks=[2, None],
         seeds=[0, 1], models=list(MODELS), tree_estimators=5,
-        finetune_overrides={"max_steps": 2, "batch_size": 4, "eval_every_steps": 1, "logging_steps": 1})
+        finetune_overrides={"max_steps": 2, "per_device_train_batch_size": 4, "eval_every_steps": 1, "logging_steps": 1})
     study = run_study(settings, progress=lambda line: None)
     return root, settings, study
 

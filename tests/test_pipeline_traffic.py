@@ -20,8 +20,9 @@ from mmae_hf.pipeline_traffic import TrafficClassificationPipeline, calibrate_oo
 from mmae_hf.traffic import FlowOptions, PcapFormatError, iter_flows
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MMAE_SHARED_DIR", REPO / ".." / "shared"))
-NDPI = SHARED / "data" / "ndpi-encrypted-services"
+SAMPLE_TRAFFIC = REPO / "examples" / "sample_traffic"
+# real single-flow captures: the first records of one flow of each sample-traffic class (+ one IPv6 flow)
+SINGLE_FLOW_CAPTURES = REPO / "tests" / "data" / "netmamba_golden" / "flows"
 LABELS = ["Chat", "VPN", "Web"]
 T0 = 1_700_000_000.0
 
@@ -106,10 +107,10 @@ def crafted(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_captures():
-    files = []
-    for label in ("Chat", "VPN", "Web"):
-        files += sorted((NDPI / label).glob("*.pcap"))[:3]
-    assert len(files) == 9, f"expected the nDPI development set under {NDPI}"
+    """Three real captures of the committed sample traffic (about ten flows each; the second one is IPv6)."""
+    files = [SAMPLE_TRAFFIC / "tls-chat" / "tls-chat-00.pcap", SAMPLE_TRAFFIC / "udp-stream" / "udp-stream-03.pcap",
+             SAMPLE_TRAFFIC / "dtls-messaging" / "dtls-messaging-01.pcap"]
+    assert all(path.is_file() for path in files)
     return files
 
 
@@ -321,7 +322,7 @@ def test_saved_pipeline_runs_in_a_fresh_process(classifier, crafted, tmp_path):
             classify({str(crafted)!r})
             raise SystemExit("pcap input without mmae-hf should fail")
         except ImportError as error:
-            assert "pip install mmae-hf" in str(error)
+            assert "mmae-hf package (pip install . in a clone" in str(error)
         del sys.modules["mmae_hf"]  # now the package is importable: pcap input works through the remote code
         from_pcap = classify({str(crafted)!r})
         print(json.dumps({{"arrays": [r["score"] for r in arrays], "pcap": [r["score"] for r in from_pcap]}}))

@@ -155,10 +155,10 @@ def test_cli_run_writes_a_loadable_model_and_logs(dataset_dir, tmp_path):
     import mmae_hf  # noqa: F401  (registers the Auto classes)
 
     out = tmp_path / "run"
-    code = pretrain.main(["--dataset", str(dataset_dir), "--config", "mmae-tiny", "--output-dir", str(out),
-                          "--max-steps", "3", "--per-device-train-batch-size", "4", "--logging-steps", "1",
-                          "--save-steps", "2", "--gradient-accumulation-steps", "2", "--no-progress-bar",
-                          "--config-override", "mask_ratio=0.75"])
+    code = pretrain.main(["--dataset", str(dataset_dir), "--config", "mmae-tiny", "--output_dir", str(out),
+                          "--max_steps", "3", "--per_device_train_batch_size", "4", "--logging_steps", "1",
+                          "--save_steps", "2", "--gradient_accumulation_steps", "2", "--disable_tqdm",
+                          "--config_overrides", "mask_ratio=0.75"])
     assert code == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
@@ -279,9 +279,9 @@ def test_pretrain_on_a_dataset_built_from_pcaps(tmp_path):
     num_train = built.dataset["train"].num_rows
     assert 4 <= num_train < sum(ds.num_rows for ds in built.dataset.values())
     out = tmp_path / "run"
-    assert pretrain.main(["--dataset", str(tmp_path / "dataset"), "--config", "mmae-tiny", "--output-dir", str(out),
-                          "--max-steps", "2", "--per-device-train-batch-size", "4", "--save-steps", "0",
-                          "--report-to", "none", "--no-progress-bar"]) == 0
+    assert pretrain.main(["--dataset", str(tmp_path / "dataset"), "--config", "mmae-tiny", "--output_dir", str(out),
+                          "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_steps", "0",
+                          "--report_to", "none", "--disable_tqdm"]) == 0
     summary = json.loads((out / "pretraining_summary.json").read_text())
     assert summary["finished"] and summary["num_training_flows"] == num_train and summary["split"] == "train"
     assert (out / "model.safetensors").is_file()

@@ -37,9 +37,9 @@ def test_two_process_cpu_launch(tmp_path):
             "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", str(free_port()),
             "--mixed_precision", "no", "--dynamo_backend", "no",
             str(REPO / "train" / "pretrain.py"),
-            "--dataset", str(data), "--config", "mmae-tiny", "--output-dir", str(output_dir),  # no --cpu: ACCELERATE_USE_CPU=1 suffices
-            "--max-steps", "2", "--per-device-train-batch-size", "4", "--logging-steps", "1", "--save-steps", "1",
-            "--report-to", "none", "--no-progress-bar", *extra,
+            "--dataset", str(data), "--config", "mmae-tiny", "--output_dir", str(output_dir),  # no --use_cpu: ACCELERATE_USE_CPU=1 suffices
+            "--max_steps", "2", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "1",
+            "--report_to", "none", "--disable_tqdm", *extra,
         ]
         done = subprocess.run(command, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=280)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -77,7 +77,7 @@ def test_two_process_cpu_launch(tmp_path):
 
     resumed = tmp_path / "resumed"
     shutil.copytree(checkpoint, resumed / "checkpoints" / "checkpoint-1")
-    assert "resumed from" in launch(resumed, "--resume-from-checkpoint", "latest").stdout
+    assert "resumed from" in launch(resumed, "--resume_from_checkpoint", "latest").stdout
     a, b = load_file(str(out / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
@@ -95,9 +95,9 @@ make_synthetic_traffic_dataset(num_classes=3, flows_per_class=16, seed=2).push_t
 HfApi().upload_file(path_or_fileobj=json.dumps({"feature_extractor_type": "MMAEFeatureExtractor"}).encode(),
                     path_in_repo="preprocessor_config.json", repo_id="tester/traffic-tiny", repo_type="dataset")
 out = sys.argv[1]
-code = pretrain.main(["--dataset", "tester/traffic-tiny", "--config", "mmae-tiny", "--output-dir", out,
-                      "--max-steps", "1", "--per-device-train-batch-size", "4", "--save-steps", "0",
-                      "--report-to", "none", "--no-progress-bar"])
+code = pretrain.main(["--dataset", "tester/traffic-tiny", "--config", "mmae-tiny", "--output_dir", out,
+                      "--max_steps", "1", "--per_device_train_batch_size", "4", "--save_steps", "0",
+                      "--report_to", "none", "--disable_tqdm"])
 sys.exit(code)
 """
 

@@ -1,8 +1,10 @@
 """Flow rules: timeouts, TCP close, unidirectional mode, statistics, engines agree, memory bound."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from traffic_pcaps import ether, handshake, pcap_bytes, raw_tcp, shared_dir, tcp, udp
+from traffic_pcaps import ether, handshake, pcap_bytes, raw_tcp, tcp, udp
 
 from mmae_hf.traffic import FLOW_STAT_NAMES, FlowOptions, PacketAccounting, iter_flows
 
@@ -156,16 +158,26 @@ def test_engines_agree_on_many_interleaved_flows():
             assert (x.src_ip, x.src_port, x.packet_count) == (y.src_ip, y.src_port, y.packet_count)
 
 
-def test_engines_agree_on_real_captures():
-    root = shared_dir() / "data" / "ndpi-encrypted-services"
-    files = sorted(root.rglob("*.pcap"))[::5]
-    assert len(files) > 200
+def engines_agree(files):
     for path in files:
         a = list(iter_flows(path, engine="reference"))
         b = list(iter_flows(path, engine="fast"))
         assert len(a) == len(b)
         for x, y in zip(sorted(a, key=lambda f: f.start_time), sorted(b, key=lambda f: f.start_time)):
             assert np.array_equal(x.payload, y.payload) and np.allclose(x.flow_stats, y.flow_stats, rtol=1e-5, atol=1e-6)
+
+
+def test_engines_agree_on_the_sample_traffic():
+    files = sorted((Path(__file__).resolve().parents[1] / "examples" / "sample_traffic").rglob("*.pcap"))
+    assert len(files) == 48
+    engines_agree(files)
+
+
+@pytest.mark.shared_data
+def test_engines_agree_on_real_captures(shared_dir):
+    files = sorted((shared_dir / "data" / "ndpi-encrypted-services").rglob("*.pcap"))[::5]
+    assert len(files) > 200
+    engines_agree(files)
 
 
 def test_memory_bounded_by_active_flows(monkeypatch):

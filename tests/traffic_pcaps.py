@@ -1,20 +1,10 @@
 """Helpers for the traffic tests: craft packets with scapy and write them as pcap / pcapng of any flavour."""
 
 import struct
-from pathlib import Path
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
-
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-
-
-def shared_dir() -> Path:
-    import os
-
-    return Path(os.environ["MMAE_SHARED_DIR"]) if os.environ.get("MMAE_SHARED_DIR") else SHARED
-
 
 def tcp(src="10.0.0.1", dst="10.0.0.2", sport=40000, dport=443, flags="A", seq=1000, ack=0, payload=b"", v6=False, **ip):
     l3 = IPv6(src=src, dst=dst, **ip) if v6 else IP(src=src, dst=dst, **ip)

@@ -29,11 +29,20 @@ def main(argv=None) -> int:
         p.add_argument("--dataset", required=True, help="dataset folder or Hub repo id (train/validation/test)")
         p.add_argument("--output-dir", required=True)
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
+    from mmae_hf.checks import run_main
 
+    return run_main("baselines.py", lambda: _run(args), debug=args.debug)  # bad input: one line, exit 2
+
+
+def _run(args) -> int:
+    from mmae_hf.checks import check_model_source
     from mmae_hf.training.baselines import run_linear_probe, run_tree_baseline
     from mmae_hf.training.finetuning import load_traffic_dataset
 
+    if args.baseline == "linear-probe":
+        check_model_source(args.pretrained, "--pretrained")
     dsd = load_traffic_dataset(args.dataset)
     if args.baseline == "tree":
         summary = run_tree_baseline(dsd, args.output_dir, kind=args.kind, seed=args.seed,

@@ -5,16 +5,17 @@
         --variants mmae scratch linear_probe extra_trees no_flowmix no_teacher no_pmp
 
 Every variant uses the same splits and the same metric code; selection is on validation only. Pre-training
-runs (train/pretrain.py, with the ablation's --config-override switches) are shared between the variants
+runs (train/pretrain.py, with the ablation's --config_overrides switches) are shared between the variants
 that start from them (mmae and linear_probe) and fine-tuned identically (train/finetune.py).
 
 Outputs: OUTPUT_DIR/pretrain/<name>/seed<k>/, OUTPUT_DIR/runs/<variant>/seed<k>/ (each with results.json,
 eval/test_confusion.png, logs), and RESULTS_DIR/<study>.json + .md (mean ± std over seeds of test macro-F1,
 accuracy and weighted-F1). Completed runs are reused when the study is run again (--force redoes them).
 Variants: python train/run_study.py --list-variants
+Exit status: 0 on success, 2 on a bad argument or input (one line on stderr; --debug shows the traceback), 1 when
+a run fails (the tail of its log is printed).
 """
 
-import argparse
 import json
 import os
 import shlex
@@ -29,8 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 def parse_args(argv=None):
     from mmae_hf.training.study import DEFAULT_VARIANTS, VARIANTS
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    from mmae_hf.argparsing import ArgumentParser
+
+    p = ArgumentParser(prog="run_study.py", description=__doc__.split("\n\n")[0], epilog=__doc__)
     p.add_argument("--dataset", help="dataset folder or Hub repo id with train/validation/test splits")
     p.add_argument("--study", default="study", help="name of the study (file names of the results)")
     p.add_argument("--dataset-name", help="name (or Hub repo id) of the dataset in tables and model cards "
@@ -54,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--force", action="store_true", help="redo runs whose results already exist")
     p.add_argument("--quiet", action="store_true", help="send the runs' progress output to their log files only")
     p.add_argument("--list-variants", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = p.parse_args(argv)
     if args.list_variants:
         for name, variant in VARIANTS.items():
@@ -61,7 +64,13 @@ def parse_args(argv=None):
         sys.exit(0)
     if not args.dataset:
         p.error("--dataset is required")
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed is given twice")
     return args
+
+
+class StudyRunError(RuntimeError):
+    """One of the study's runs (a pre-training or fine-tuning subprocess) failed."""
 
 
 def run_logged(cmd: list[str], log_path: Path, quiet: bool) -> float:
@@ -83,7 +92,7 @@ def run_logged(cmd: list[str], log_path: Path, quiet: bool) -> float:
         code = proc.wait()
     if code != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
-        raise RuntimeError(f"command failed with exit code {code} (log: {log_path}):\n  {shlex.join(cmd)}\n" + "\n".join(tail))
+        raise StudyRunError(f"command failed with exit code {code} (log: {log_path}):\n  {shlex.join(cmd)}\n" + "\n".join(tail))
     return time.time() - started
 
 
@@ -96,11 +105,11 @@ def ensure_pretraining(name: str, seed: int, args, out: Path) -> tuple[Path, flo
         print(f"[study] reusing pre-training {name} seed {seed}: {run_dir}", flush=True)
         return run_dir, float(json.loads(summary_path.read_text()).get("wall_time_s") or 0.0)
     cmd = [sys.executable, str(REPO / "train" / "pretrain.py"), "--dataset", args.dataset, "--config", args.preset,
-           "--output-dir", str(run_dir), "--max-steps", str(args.pretrain_steps),
-           "--per-device-train-batch-size", str(args.pretrain_batch_size), "--learning-rate", str(args.pretrain_lr),
-           "--seed", str(seed), "--save-steps", "0", "--logging-steps", "10"]
-    for key, value in PRETRAININGS[name].items():
-        cmd += ["--config-override", f"{key}={json.dumps(value)}"]
+           "--output_dir", str(run_dir), "--max_steps", str(args.pretrain_steps),
+           "--per_device_train_batch_size", str(args.pretrain_batch_size), "--learning_rate", str(args.pretrain_lr),
+           "--seed", str(seed), "--save_steps", "0", "--logging_steps", "10"]
+    if PRETRAININGS[name]:
+        cmd += ["--config_overrides", *(f"{key}={json.dumps(value)}" for key, value in PRETRAININGS[name].items())]
     cmd += shlex.split(args.pretrain_args)
     print(f"[study] pre-training {name} seed {seed} ({args.pretrain_steps} steps) -> {run_dir}", flush=True)
     seconds = run_logged(cmd, out / "logs" / f"pretrain-{name}-seed{seed}.log", args.quiet)
@@ -139,10 +148,11 @@ def run_variant(name: str, seed: int, args, out: Path, dsd) -> dict:
         print(f"[study] {name} seed {seed}: {variant.description}", flush=True)
         if variant.kind == "finetune":
             cmd = [sys.executable, str(REPO / "train" / "finetune.py"), "--dataset", args.dataset,
-                   "--output-dir", str(run_dir), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-                   "--learning-rate", str(args.learning_rate), "--layer-decay", str(args.layer_decay),
-                   "--seed", str(seed), "--model-name", f"{args.study}-{name}-seed{seed}",
-                   "--dataset-name", args.dataset_name or _dataset_name(args.dataset)]
+                   "--output_dir", str(run_dir), "--num_train_epochs", str(args.epochs),
+                   "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
+                   "--layer_decay", str(args.layer_decay), "--seed", str(seed),
+                   "--model_name", f"{args.study}-{name}-seed{seed}",
+                   "--dataset_name", args.dataset_name or _dataset_name(args.dataset)]
             cmd += ["--pretrained", str(pretrain_dir)] if pretrain_dir else ["--preset", args.preset]
             cmd += shlex.split(args.finetune_args)
             run_logged(cmd, out / "logs" / f"{name}-seed{seed}.log", args.quiet)
@@ -209,8 +219,20 @@ def _dataset_name(dataset: str) -> str:
 
 
 def main(argv=None) -> int:
+    from mmae_hf.checks import run_main
+
+    from mmae_hf.traffic.atomic import run_interruptible
+
     args = parse_args(argv)
+    return run_interruptible(lambda: run_main("run_study.py", lambda: _main(args), debug=args.debug), "run_study.py",
+                             "completed runs are kept and reused by the next call")
+
+
+def _main(args) -> int:
     import mmae_hf  # noqa: F401
+    from mmae_hf.progress import progress_wanted, set_library_progress_bars
+
+    set_library_progress_bars(progress_wanted())  # the in-process baselines: bars only on a terminal
     from mmae_hf.evaluation import chance_levels
     from mmae_hf.training.finetuning import load_traffic_dataset
     from mmae_hf.training.study import now_utc, results_table, study_markdown, summarize_study
@@ -220,9 +242,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     dsd = load_traffic_dataset(args.dataset)
     runs = []
-    for seed in args.seeds:
-        for name in args.variants:
-            runs.append(run_variant(name, seed, args, out, dsd))
+    try:
+        for seed in args.seeds:
+            for name in args.variants:
+                runs.append(run_variant(name, seed, args, out, dsd))
+    except StudyRunError as error:  # a run failed: its command and the tail of its log, no traceback
+        print(f"run_study.py: {error}", file=sys.stderr)
+        return 1
     rows = summarize_study(runs, args.variants)
     dataset_name = args.dataset_name or _dataset_name(args.dataset)
     refresh_model_cards(runs, dataset_name)

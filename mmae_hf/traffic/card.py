@@ -1,5 +1,7 @@
 """The dataset card (README.md with YAML metadata) of a built flow dataset, generated from its build report."""
 
+from pathlib import Path
+
 from ..data_contract import (
     BYTE_COLUMN,
     COLUMN_DESCRIPTIONS,
@@ -100,7 +102,11 @@ def header_fields_table() -> str:
 
 def make_dataset_card(report: dict, *, pretty_name=None, license=None):
     """A `huggingface_hub.DatasetCard` describing a built dataset (class counts per split, how it was split and
-    anonymised, what was dropped and why, the statistics' definitions)."""
+    anonymised, what was dropped and why, the statistics' definitions).
+
+    ``license``: the captures' license as a Hub license id (``cc0-1.0``, ``cc-by-4.0``, ``other``, ...); default
+    ``unknown``, with a line in the card saying that the builder cannot know it.
+    """
     from huggingface_hub import DatasetCard, DatasetCardData
 
     opts = report["flow_options"]
@@ -110,10 +116,12 @@ def make_dataset_card(report: dict, *, pretty_name=None, license=None):
     packets = report["packets"]
     total = flows["final"]
     data = DatasetCardData(
-        pretty_name=pretty_name or f"{report['input'].get('recipe') or report['input'].get('root')} flows",
-        license=license,
-        task_categories=["other"],
-        tags=["network-traffic", "encrypted-traffic", "pcap", "flow-classification", "mmae"],
+        # a folder's name, never a path of the building machine
+        pretty_name=pretty_name or f"{report['input'].get('recipe') or Path(str(report['input'].get('root'))).name} flows",
+        license=license or "unknown",
+        task_categories=["other"],  # the Hub has no traffic task; the models' task is traffic-classification
+        tags=["network-traffic", "encrypted-traffic", "pcap", "flow-classification", "traffic-classification",
+              "mmae"],
         size_categories=[_size_category(total)],
     )
     # our own metadata, under one key so that it cannot clash with the Hub's
@@ -154,6 +162,8 @@ def make_dataset_card(report: dict, *, pretty_name=None, license=None):
         if report["packet_caps"]["source"] == "recipe":
             caps_text += (" The caps depend on the class, so `preprocessor_config.json` holds none: flows read at "
                           "inference are not capped.")
+    license_text = (f"`{license}`." if license else "`unknown`: the flows come from captures whose terms the builder "
+                    "cannot know; set `license:` above to the captures' license before publishing.")
     body = f"""
 # {data.pretty_name}
 
@@ -167,6 +177,8 @@ the first {opts['num_packets']} packets x ({opts['header_bytes']} header bytes f
 from datasets import load_dataset   # or datasets.load_from_disk(folder) for a local build
 ds = load_dataset("<this repo>")
 ```
+
+License: {license_text}
 {recipe_section}
 ## Classes and splits
 

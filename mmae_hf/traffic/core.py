@@ -46,11 +46,11 @@ SKIP_REASONS = (
 class PcapFormatError(ValueError):
     """A capture file is not a valid pcap/pcapng file or is damaged; the message names the file and byte offset."""
 
-    def __init__(self, source: str, offset: int, problem: str):
+    def __init__(self, source: str, offset: int | None, problem: str):
         self.source = source
         self.offset = offset
         self.problem = problem
-        super().__init__(f"{source}: {problem} at byte offset {offset}")
+        super().__init__(f"{source}: {problem}" + ("" if offset is None else f" at byte offset {offset}"))
 
 
 @dataclass
@@ -61,7 +61,10 @@ class FlowOptions:
         bidirectional: one flow per connection (canonical 5-tuple; the initiator is the sender of the first packet).
             ``False`` keys flows on the 5-tuple as seen, so each direction is its own flow (NetMamba's splitter).
         idle_timeout: a flow ends when the capture clock (largest timestamp read so far) passes its last packet by
-            more than this many seconds.
+            more than this many seconds. A packet more than ``idle_timeout`` seconds *before* the clock (time going
+            backwards: merged captures, a clock step, a multi-interface pcapng) ends every open flow and restarts
+            the clock at that packet (counted as ``time_jumps_back``), so merged captures give the flows of their
+            parts instead of one flow per packet.
         active_timeout: a flow ends when the capture clock passes its first packet by more than this many seconds;
             the next packet of the same 5-tuple starts a new flow.
         tcp_close: a TCP flow is closed by an RST from either side, or once a FIN was seen from both sides. Packets
@@ -80,6 +83,11 @@ class FlowOptions:
             describe the kept packets only. Dropped packets still belong to their flow: they do not start a new
             flow, they keep it alive for ``idle_timeout`` and their FIN/RST close it, so flow boundaries are the
             same as without the cap. Must be 0 or >= ``min_packets``.
+        max_open_flows: at most this many flows are kept open (memory bound: a port scan or a crafted capture opens
+            one flow per packet). At the end of each read block (4 MiB of capture) the flows over the cap whose last
+            packet is oldest are ended as they are (counted as ``flows_evicted_by_cap``); a later packet of such a
+            flow starts a new flow. So open flows never exceed this number plus the new flows of one block.
+            0: no cap (memory then grows with the number of concurrent flows).
     """
 
     bidirectional: bool = DEFAULT_FLOW_OPTIONS["bidirectional"]
@@ -93,6 +101,7 @@ class FlowOptions:
     min_packets: int = DEFAULT_FLOW_OPTIONS["min_packets"]
     drop_service_chatter: bool = DEFAULT_FLOW_OPTIONS["drop_service_chatter"]
     max_packets: int = DEFAULT_FLOW_OPTIONS["max_packets"]
+    max_open_flows: int = DEFAULT_FLOW_OPTIONS["max_open_flows"]
 
     def __post_init__(self):
         if self.anonymize not in ANONYMIZATION_PROFILES:
@@ -107,6 +116,10 @@ class FlowOptions:
                 or self.max_packets < 0:
             raise ValueError(f"max_packets must be an integer >= 0 (0 = no cap), got {self.max_packets!r}")
         self.max_packets = int(self.max_packets)
+        if isinstance(self.max_open_flows, bool) or not isinstance(self.max_open_flows, (int, np.integer)) \
+                or self.max_open_flows < 0:
+            raise ValueError(f"max_open_flows must be an integer >= 0 (0 = no cap), got {self.max_open_flows!r}")
+        self.max_open_flows = int(self.max_open_flows)
         if self.max_packets and self.max_packets < self.min_packets:
             raise ValueError(f"max_packets={self.max_packets} is below min_packets={self.min_packets}: every flow "
                              "would be dropped")
@@ -137,6 +150,9 @@ class PacketAccounting:
 
     ``packets_read == packets_in_flows + sum(skipped.values())`` once a capture has been read completely.
     ``errors`` holds one message per damaged file (file name and byte offset) in non-strict mode.
+    ``flows_evicted_by_cap`` counts flows ended early because ``FlowOptions.max_open_flows`` flows were open;
+    ``time_jumps_back`` counts the times the capture time went back by more than the idle timeout (every open flow
+    ended there and the clock restarted). Both are 0 for an ordinary capture.
     """
 
     packets_read: int = 0
@@ -144,6 +160,8 @@ class PacketAccounting:
     flows: int = 0
     skipped: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)
+    flows_evicted_by_cap: int = 0
+    time_jumps_back: int = 0
 
     def skip(self, reason: str, count: int = 1) -> None:
         if count:
@@ -157,6 +175,8 @@ class PacketAccounting:
         self.packets_read += other.packets_read
         self.packets_in_flows += other.packets_in_flows
         self.flows += other.flows
+        self.flows_evicted_by_cap += other.flows_evicted_by_cap
+        self.time_jumps_back += other.time_jumps_back
         for reason, count in other.skipped.items():
             self.skip(reason, count)
         self.errors.extend(other.errors)
@@ -169,6 +189,8 @@ class PacketAccounting:
             "flows": self.flows,
             "skipped": dict(sorted(self.skipped.items())),
             "errors": list(self.errors),
+            "flows_evicted_by_cap": self.flows_evicted_by_cap,
+            "time_jumps_back": self.time_jumps_back,
         }
 
     @classmethod
@@ -179,6 +201,8 @@ class PacketAccounting:
             flows=values.get("flows", 0),
             skipped=dict(values.get("skipped", {})),
             errors=list(values.get("errors", [])),
+            flows_evicted_by_cap=values.get("flows_evicted_by_cap", 0),
+            time_jumps_back=values.get("time_jumps_back", 0),
         )
 
 

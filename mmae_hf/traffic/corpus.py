@@ -24,8 +24,6 @@ This module imports no torch (like all of `mmae_hf.traffic`).
 
 import csv
 import json
-import os
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -285,30 +283,18 @@ def _cap_per_source(ds, limit: int, seed: int):
 
 
 def _save_atomically(dsd, output_dir: Path, report: dict, *, overwrite: bool, anonymize: str) -> None:
-    """save_to_disk into a temp sibling, add report, card and preprocessor config, then swap it into place."""
-    from .dataset import _save_preprocessor
+    """save_to_disk into a staging folder beside ``output_dir``, add report, card and preprocessor config, then put it
+    in place (`StagedFolder`: an interrupt or a full disk leaves the old corpus or none)."""
     from . import FlowOptions
+    from .atomic import StagedFolder
+    from .dataset import _save_preprocessor
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the finished corpus is an ordinary folder
-        dsd.save_to_disk(str(staging))
-        (staging / CORPUS_REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-        (staging / CORPUS_CARD_NAME).write_text(corpus_card(report))
-        _save_preprocessor(staging, FlowOptions.from_dict({**FlowOptions().to_dict(), "anonymize": anonymize}))
-        old = None
-        if output_dir.exists():
-            if not overwrite and any(output_dir.iterdir()):
-                raise FileExistsError(f"{output_dir}: output folder is not empty (pass --overwrite)")
-            old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-            os.replace(output_dir, old)
-        os.replace(staging, output_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    with StagedFolder(output_dir, overwrite=overwrite) as staged:
+        dsd.save_to_disk(str(staged.path))
+        (staged.path / CORPUS_REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        (staged.path / CORPUS_CARD_NAME).write_text(corpus_card(report))
+        _save_preprocessor(staged.path, FlowOptions.from_dict({**FlowOptions().to_dict(), "anonymize": anonymize}))
+        staged.commit()
 
 
 def corpus_card(report: dict) -> str:

@@ -19,8 +19,10 @@ Every step is deterministic for a given seed. The columns are built as numpy arr
 (`pyarrow.FixedSizeListArray`), which avoids the slow per-row list encoding of ``Dataset.from_generator``.
 """
 
+import contextlib
 import csv
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -29,6 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +44,10 @@ from ..data_contract import (
     PREPROCESSOR_CONFIG_NAME,
     preprocessor_config_json,
 )
+from .atomic import OutputWriteError, StagedFolder, describe_os_error, free_bytes
 from .dedup import deduplicate
 from .loading import load_traffic_dataset
+from .pcapio import special_file_kind
 from .splits import SPLIT_NAMES, split_flows
 
 PCAP_SUFFIXES = CAPTURE_SUFFIXES
@@ -81,8 +86,12 @@ def _is_capture(name: str, suffixes) -> bool:
     return name.lower().endswith(tuple(s.lower() for s in suffixes)) and not name.startswith(".")
 
 
-def walk_captures(root, suffixes=PCAP_SUFFIXES) -> list:
-    """All capture files under ``root`` (following symlinked folders, once each), as sorted POSIX relative names."""
+def walk_captures(root, suffixes=PCAP_SUFFIXES, special_files=None) -> list:
+    """All capture files under ``root`` (following symlinked folders, once each), as sorted POSIX relative names.
+
+    FIFOs, sockets and devices with a capture name are left out without being opened (a FIFO without a writer
+    blocks its reader forever) and appended to ``special_files`` (when given) as ``{"file": name, "kind": kind}``.
+    """
     root = Path(root)
     found, seen_dirs = [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -99,17 +108,24 @@ def walk_captures(root, suffixes=PCAP_SUFFIXES) -> list:
             full = Path(dirpath) / filename
             if not full.exists():
                 raise FileNotFoundError(f"{full}: broken symlink (its target does not exist)")
-            found.append(PurePosixPath(*rel_dir.parts, filename).as_posix())
+            name = PurePosixPath(*rel_dir.parts, filename).as_posix()
+            kind = special_file_kind(full)
+            if kind is not None:
+                if special_files is not None:
+                    special_files.append({"file": name, "kind": kind})
+                continue
+            found.append(name)
     return sorted(found)
 
 
-def discover_tree(root, suffixes=PCAP_SUFFIXES) -> list:
-    """Captures of a tree ``root/<label>/**/<capture>``: the first folder level names the class."""
+def discover_tree(root, suffixes=PCAP_SUFFIXES, special_files=None) -> list:
+    """Captures of a tree ``root/<label>/**/<capture>``: the first folder level names the class (FIFOs, sockets
+    and devices: see `walk_captures`)."""
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: input folder does not exist")
     files = []
-    for rel in walk_captures(root, suffixes):
+    for rel in walk_captures(root, suffixes, special_files):
         parts = PurePosixPath(rel).parts
         if len(parts) < 2:
             continue  # a capture at the top level has no class folder
@@ -120,13 +136,14 @@ def discover_tree(root, suffixes=PCAP_SUFFIXES) -> list:
 
 
 def read_manifest(manifest, *, file_column: str = "file", label_column: str = "label", group_column=None,
-                  root=None, seen_column=None) -> list:
+                  root=None, seen_column=None, special_files=None) -> list:
     """Captures listed in a CSV manifest with a header row (``file,label[,group]``).
 
     File paths are relative to ``root`` (default: the manifest's folder) unless absolute. ``group_column`` names
     the column holding the split group (default: ``group`` if present, else the file itself); ``seen_column``
     the column whose values held-out splits may only hold when train holds them too (see `split_by_group`).
-    Every problem raises ``ValueError`` naming the manifest and the line.
+    Every problem raises ``ValueError`` naming the manifest and the line. A listed FIFO, socket or device is left
+    out unopened and appended to ``special_files`` (when given), as in `walk_captures`.
     """
     manifest = Path(manifest)
     root = Path(root) if root is not None else manifest.parent
@@ -158,6 +175,11 @@ def read_manifest(manifest, *, file_column: str = "file", label_column: str = "l
             if not label:
                 raise ValueError(f"{manifest}:{line}: empty {label_column!r} for file {name!r}")
             path = Path(name) if Path(name).is_absolute() else root / name
+            kind = special_file_kind(path)
+            if kind is not None:
+                if special_files is not None:
+                    special_files.append({"file": PurePosixPath(name).as_posix(), "kind": kind})
+                continue
             if not path.is_file():
                 raise ValueError(f"{manifest}:{line}: file {name!r} does not exist (looked for {path})")
             if name in first_line_of:
@@ -210,6 +232,16 @@ def _init_worker(options_dict: dict, keep_addresses: bool, strict: bool, flow_re
 
     _WORKER.update(options=FlowOptions.from_dict(options_dict), keep_addresses=keep_addresses, strict=strict,
                    reader=flow_reader, num_stats=len(FLOW_STAT_NAMES), spill_dir=spill_dir)
+
+
+def _init_pool_worker(*args) -> None:
+    """`_init_worker` in a pool process: Ctrl-C is the parent's to handle (it stops the pool); SIGTERM, which the
+    pool sends when it stops, ends the worker quietly (a forked worker inherits the parent's Python handlers)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _init_worker(*args)
 
 
 def payload_digests(payload: np.ndarray) -> np.ndarray:
@@ -280,6 +312,8 @@ def iter_extract_captures(files: list, options, *, keep_addresses: bool = False,
     from tqdm.auto import tqdm
 
     packet_caps = packet_caps or {}
+    if isinstance(num_proc, bool) or not isinstance(num_proc, (int, np.integer)) or num_proc < 1:
+        raise ValueError(f"num_proc must be an integer >= 1, got {num_proc!r}")
     tasks = [(i, f.path, f.name, packet_caps.get(f.label)) for i, f in enumerate(files)]
     init_args = (options.to_dict(), keep_addresses, strict, flow_reader, None if spill_dir is None else str(spill_dir))
     bar = tqdm(total=len(tasks), desc="Reading captures", unit="file", disable=not progress)
@@ -294,7 +328,7 @@ def iter_extract_captures(files: list, options, *, keep_addresses: bool = False,
 
             # fork: workers inherit the (possibly injected) reader without pickling it and start instantly
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(num_proc, initializer=_init_worker, initargs=init_args) as pool:
+            with ctx.Pool(num_proc, initializer=_init_pool_worker, initargs=init_args) as pool:
                 # imap keeps the input order, so the result never depends on worker scheduling; chunks of a few
                 # files cut the per-task overhead on many small captures, and stay small enough to balance the load
                 chunksize = max(1, min(32, len(tasks) // (num_proc * 16)))
@@ -479,14 +513,16 @@ def _resolve_options(flow_options, overrides: dict):
     return FlowOptions.from_dict(values)
 
 
-def _collect(input_path, *, recipe, manifest, file_column, label_column, group_column, seen_column=None):
-    """(files, input description, excluded names) for any kind of input."""
+def _collect(input_path, *, recipe, manifest, file_column, label_column, group_column, seen_column=None,
+             special_files=None):
+    """(files, input description, excluded names) for any kind of input; FIFOs, sockets and devices found on the
+    way are appended to ``special_files`` as ``{"file": name, "kind": kind}`` (never opened)."""
     input_path = Path(input_path)
     if recipe is not None:
         if seen_column is not None:
             raise ValueError(f"{input_path}: seen_column {seen_column!r} needs a CSV manifest that holds that column; "
                              f"recipe {recipe.name!r} labels captures by their paths")
-        files, excluded = recipe.collect(input_path)
+        files, excluded = recipe.collect(input_path, special_files=special_files)
         return files, {"kind": "recipe", "recipe": recipe.name, "root": input_path.name}, excluded
     if manifest is None and input_path.is_file() and input_path.suffix.lower() == ".csv":
         manifest = input_path
@@ -496,30 +532,21 @@ def _collect(input_path, *, recipe, manifest, file_column, label_column, group_c
         manifest = Path(manifest)
         root = input_path if input_path.is_dir() else manifest.parent
         files = read_manifest(manifest, file_column=file_column, label_column=label_column,
-                              group_column=group_column, root=root, seen_column=seen_column)
+                              group_column=group_column, root=root, seen_column=seen_column,
+                              special_files=special_files)
         return files, {"kind": "manifest", "manifest": manifest.name, "root": root.name,
                        "group_column": group_column, "seen_column": seen_column}, []
-    return discover_tree(input_path), {"kind": "tree", "root": input_path.name}, []
+    return discover_tree(input_path, special_files=special_files), {"kind": "tree", "root": input_path.name}, []
 
 
-def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, file_column: str = "file",
-                  label_column: str = "label", group_column=None, seen_column=None, split_by: str = None,
-                  validation_size: float = 0.1,
-                  test_size: float = 0.1, seed: int = 0, flow_options=None, anonymize=None, min_packets=None,
-                  drop_service_chatter=None, max_packets=None, min_flows_per_class=None, max_flows_per_class=None,
-                  dedup: bool = True, drop_label_conflicts: bool = False, keep_addresses: bool = False,
-                  num_proc: int = 1, strict: bool = False, progress: bool = True, overwrite: bool = False,
-                  push_to_hub=None,
-                  private: bool = False, flow_reader=None, command=None, tmp_dir=None,
-                  max_memory_mb: int = 2048) -> BuildResult:
-    """Build a train / validation / test `DatasetDict` of flows from captures (see the module docstring).
+@dataclass
+class BuildOptions:
+    """How `build_dataset` reads, splits, filters and writes (everything but the input and the output folder).
 
     Args:
-        input_path: a folder ``<label>/**/*.pcap[ng]``, a CSV manifest, or the raw folder of a recipe.
-        output_dir: where to ``save_to_disk`` (with README.md, build_report.json, preprocessor_config.json); None: keep in memory.
-        manifest: a CSV manifest (``file,label[,group]``) whose paths are relative to ``input_path`` if that is a folder.
+        manifest: a CSV manifest (``file,label[,group]``) whose paths are relative to the input if that is a folder.
         recipe: a `mmae_hf.traffic.recipes.Recipe` or its name; sets the labels, caps and flow options
-            (explicit arguments still win).
+            (explicit options still win).
         file_column / label_column / group_column: manifest column names (``group_column``: the split group).
         seen_column: manifest column (e.g. the application) for a group split whose validation and test captures
             only hold values that train captures hold too: "known services in new captures"
@@ -532,55 +559,107 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
             ``max_packets`` override it.
         max_packets: keep only the first N packets of each flow (``FlowOptions.max_packets``; 0: no cap). A recipe
             with per-class ``packet_caps`` (ISCX-Tor) reads each capture with its class's cap unless a cap is given
-            explicitly: this argument, a ``max_packets`` key in a ``flow_options`` dict, or a `FlowOptions` whose
+            explicitly: this option, a ``max_packets`` key in a ``flow_options`` dict, or a `FlowOptions` whose
             ``max_packets`` is not 0. The report's ``packet_caps`` lists the caps used per class.
         min_flows_per_class / max_flows_per_class: class filter and cap (after de-duplication).
         dedup: remove exact duplicate payloads (keeping the copy in the earliest split).
         drop_label_conflicts: also remove every flow of a duplicate cluster whose labels disagree.
         keep_addresses: add ``src_ip``, ``dst_ip``, ``src_port``, ``dst_port`` columns.
-        num_proc: worker processes for reading captures.
+        num_proc: worker processes for reading captures (>= 1; capped at the number of captures and of CPUs).
         strict: stop at the first damaged capture instead of reporting it and keeping what was read.
-        overwrite: allow writing into a non-empty ``output_dir``.
-        push_to_hub: a repo id to publish the DatasetDict, card, report and preprocessor config to.
+        overwrite: replace a non-empty output folder. The old content stays in place until the new dataset is
+            complete (it is then swapped in); an interrupted or failed build leaves it untouched.
+        push_to_hub: a repo id to publish the DatasetDict, card, report and preprocessor config to (after the local
+            folder, if any, is complete).
+        private: create the Hub repo private.
         flow_reader: replaces `iter_flows` (same signature); for tests.
         command: the command line to record in the report.
-        tmp_dir: where the work folder (spilled flows, split files; removed at the end) goes; default: inside
-            ``output_dir``, else the system temp folder.
+        tmp_dir: where the work folder (spilled flows, split files; removed at the end) goes; default: inside the
+            staging folder beside the output, else the system temp folder.
         max_memory_mb: flow columns held in memory before they are spilled to the work folder; memory stays
             bounded by this plus ~60 bytes of metadata per flow.
     """
+
+    manifest: Any = None
+    recipe: Any = None
+    file_column: str = "file"
+    label_column: str = "label"
+    group_column: str | None = None
+    seen_column: str | None = None
+    split_by: str | None = None
+    validation_size: float = 0.1
+    test_size: float = 0.1
+    seed: int = 0
+    flow_options: Any = None
+    anonymize: str | None = None
+    min_packets: int | None = None
+    drop_service_chatter: bool | None = None
+    max_packets: int | None = None
+    min_flows_per_class: int | None = None
+    max_flows_per_class: int | None = None
+    dedup: bool = True
+    drop_label_conflicts: bool = False
+    keep_addresses: bool = False
+    num_proc: int = 1
+    strict: bool = False
+    progress: bool = True
+    overwrite: bool = False
+    push_to_hub: str | None = None
+    private: bool = False
+    flow_reader: Any = None
+    command: str | None = None
+    tmp_dir: Any = None
+    max_memory_mb: int = 2048
+
+
+@dataclass
+class _Plan:
+    """A build's resolved settings and inputs (what `_plan` decided before any capture is read)."""
+
+    files: list
+    options: Any  # FlowOptions
+    recipe: Any
+    split_by: str
+    min_flows: int
+    max_flows: int | None
+    packet_caps: dict
+    caps_source: str | None
+    source: dict
+    excluded: list
+    num_proc: int
+
+
+def _plan(input_path, build: BuildOptions) -> _Plan:
+    """Resolve the settings (explicit option > recipe > default) and collect the captures."""
     from .recipes import get_recipe
 
-    started = time.perf_counter()
-    if recipe is not None and not hasattr(recipe, "collect"):
-        recipe = get_recipe(recipe)
-    if output_dir is not None:
-        output_dir = Path(output_dir)
-        if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-            raise FileExistsError(f"{output_dir}: output folder is not empty (pass overwrite=True / --overwrite)")
-
-    # settings: explicit argument > recipe > default
-    rec = recipe
-    explicit_cap = max_packets is not None or (
+    rec = build.recipe
+    if rec is not None and not hasattr(rec, "collect"):
+        rec = get_recipe(rec)
+    if isinstance(build.num_proc, bool) or not isinstance(build.num_proc, (int, np.integer)) or build.num_proc < 1:
+        raise ValueError(f"num_proc must be an integer >= 1, got {build.num_proc!r}")
+    flow_options, manifest, group_column = build.flow_options, build.manifest, build.group_column
+    explicit_cap = build.max_packets is not None or (
         "max_packets" in flow_options if isinstance(flow_options, dict) else
         bool(flow_options is not None and flow_options.max_packets))
-    split_by = split_by or (rec.split_by if rec else None) or "file"
-    if seen_column is not None and split_by not in ("file", "group"):
-        raise ValueError(f"seen_column {seen_column!r} needs a group split (split_by 'file' or 'group'), "
+    split_by = build.split_by or (rec.split_by if rec else None) or "file"
+    if build.seen_column is not None and split_by not in ("file", "group"):
+        raise ValueError(f"seen_column {build.seen_column!r} needs a group split (split_by 'file' or 'group'), "
                          f"not {split_by!r}")
-    min_flows = min_flows_per_class if min_flows_per_class is not None else (rec.min_flows_per_class if rec else 0)
-    max_flows = max_flows_per_class if max_flows_per_class is not None else (rec.max_flows_per_class if rec else None)
+    min_flows = build.min_flows_per_class if build.min_flows_per_class is not None else (
+        rec.min_flows_per_class if rec else 0)
+    max_flows = build.max_flows_per_class if build.max_flows_per_class is not None else (
+        rec.max_flows_per_class if rec else None)
     if rec is not None:
-        manifest = manifest if manifest is not None else (
-            Path(input_path) / rec.manifest if rec.manifest else None)
+        manifest = manifest if manifest is not None else (Path(input_path) / rec.manifest if rec.manifest else None)
         group_column = group_column or rec.group_column
         base = {**rec.flow_options, **(flow_options if isinstance(flow_options, dict) else {})}
         if flow_options is not None and not isinstance(flow_options, dict):
             base = flow_options.to_dict()
         flow_options = base
-    options = _resolve_options(flow_options, {"anonymize": anonymize, "min_packets": min_packets,
-                                              "drop_service_chatter": drop_service_chatter,
-                                              "max_packets": max_packets})
+    options = _resolve_options(flow_options, {"anonymize": build.anonymize, "min_packets": build.min_packets,
+                                              "drop_service_chatter": build.drop_service_chatter,
+                                              "max_packets": build.max_packets})
     # the recipe's per-class packet caps (ISCX-Tor): each capture is read with its class's cap
     packet_caps = {} if rec is None or explicit_cap else {k: int(v) for k, v in rec.packet_caps.items()}
     for label, cap in packet_caps.items():  # a cap that FlowOptions rejects fails here, before any reading
@@ -591,34 +670,88 @@ def build_dataset(input_path, output_dir=None, *, manifest=None, recipe=None, fi
     caps_source = "recipe" if packet_caps else ("max_packets" if options.max_packets else None)
     if rec is not None and rec.packet_caps and explicit_cap:
         caps_source = f"max_packets={options.max_packets} (overrides the recipe's packet_caps)"
+    special = []
+    columns = dict(file_column=build.file_column, label_column=build.label_column, group_column=group_column,
+                   seen_column=build.seen_column, special_files=special)
     if rec is not None and rec.manifest:
-        files, source, excluded = _collect(input_path, recipe=None, manifest=manifest, file_column=file_column,
-                                           label_column=label_column, group_column=group_column,
-                                           seen_column=seen_column)
+        files, source, excluded = _collect(input_path, recipe=None, manifest=manifest, **columns)
         source.update(kind="recipe", recipe=rec.name)
     else:
-        files, source, excluded = _collect(input_path, recipe=rec, manifest=manifest, file_column=file_column,
-                                           label_column=label_column, group_column=group_column,
-                                           seen_column=seen_column)
+        files, source, excluded = _collect(input_path, recipe=rec, manifest=manifest, **columns)
+    if special:  # FIFOs, sockets, devices: skipped unopened (a FIFO without a writer blocks a reader forever)
+        source["special_files_skipped"] = special
+    # more workers than captures or CPUs only costs memory and start-up time
+    num_proc = int(max(1, min(build.num_proc, len(files), _available_cpus())))
+    return _Plan(files=files, options=options, recipe=rec, split_by=split_by, min_flows=min_flows,
+                 max_flows=max_flows, packet_caps=packet_caps, caps_source=caps_source, source=source,
+                 excluded=excluded, num_proc=num_proc)
 
-    # Work folder: spilled flow columns and the split arrow files, removed at the end.
-    # On the output's file system by default, since that one must hold the data anyway.
-    if tmp_dir is None and output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        tmp_dir = output_dir
-    work = Path(tempfile.mkdtemp(prefix=".mmae_build_", dir=None if tmp_dir is None else str(tmp_dir)))
+
+def _available_cpus() -> int:
     try:
-        result = _build(files, options, work, packet_caps=packet_caps, caps_source=caps_source, source=source,
-                        excluded=excluded, rec=rec, output_dir=output_dir, split_by=split_by,
-                        validation_size=validation_size, test_size=test_size, seed=seed,
-                        min_flows=min_flows, max_flows=max_flows, dedup=dedup,
-                        drop_label_conflicts=drop_label_conflicts, keep_addresses=keep_addresses, num_proc=num_proc,
-                        strict=strict, progress=progress, flow_reader=flow_reader, command=command, started=started,
-                        max_memory_mb=max_memory_mb)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if push_to_hub:
-        push_dataset(result.dataset, push_to_hub, report=result.report, card=result.card, private=private,
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# errno values that mean "the output could not be written" (rather than "an input could not be read")
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
+def build_dataset(input_path, output_dir=None, options: BuildOptions | None = None, **overrides) -> BuildResult:
+    """Build a train / validation / test `DatasetDict` of flows from captures (see the module docstring).
+
+    Args:
+        input_path: a folder ``<label>/**/*.pcap[ng]``, a CSV manifest, or the raw folder of a recipe.
+        output_dir: where to ``save_to_disk`` (with README.md, build_report.json, preprocessor_config.json); None:
+            keep in memory. The folder appears complete or not at all: it is written beside ``output_dir`` under a
+            hidden name and renamed into place at the end.
+        options: a `BuildOptions`; keyword arguments (any `BuildOptions` field, e.g. ``split_by="flow"``)
+            override its fields.
+
+    Raises:
+        ValueError: bad input or settings (named in the message); FileExistsError: a non-empty output without
+        ``overwrite``; `mmae_hf.traffic.atomic.OutputWriteError` (an ``OSError``): the output could not be written
+        (a full disk is named ENOSPC); the output folder is then unchanged.
+    """
+    started = time.perf_counter()
+    build = dataclasses.replace(options or BuildOptions(), **overrides)
+    staged = None
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        # work folders of older versions lived inside the output folder; a killed build left one behind
+        staged = StagedFolder(output_dir, overwrite=build.overwrite, ignore=(".mmae_build_*",))
+        staged.check()  # before any capture is read
+        if build.overwrite and staged.existing_content() and not any(
+                (output_dir / marker).exists() for marker in ("dataset_dict.json", REPORT_NAME)):
+            # --overwrite replaces the whole folder: never a folder that holds something else than a dataset
+            raise FileExistsError(f"{output_dir}: --overwrite replaces the whole folder, but this one is not a dataset "
+                                  f"folder (no dataset_dict.json or {REPORT_NAME}); choose another --output")
+    plan = _plan(input_path, build)
+    with contextlib.ExitStack() as stack:
+        dataset_dir = stack.enter_context(staged).path if staged is not None else None
+        work_parent = build.tmp_dir if build.tmp_dir is not None else dataset_dir
+        work = Path(tempfile.mkdtemp(prefix=".mmae_build_", dir=None if work_parent is None else str(work_parent)))
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        try:
+            result = _build(plan, build, work, dataset_dir, started)
+            if staged is not None:
+                shutil.rmtree(work, ignore_errors=True)
+                staged.commit()
+        except OSError as error:
+            if error.errno not in _WRITE_ERRNOS and (free_bytes(work) or 0) >= (1 << 20):
+                raise
+            where = output_dir if output_dir is not None else work  # (the staging folder is its sibling)
+            raise OutputWriteError(
+                f"{output_dir or 'dataset'}: the dataset could not be written: {describe_os_error(error, where)}; "
+                + ("the output folder is unchanged" if output_dir is not None else "nothing was kept")) from error
+    if staged is not None:
+        from datasets import load_from_disk
+
+        result.dataset = load_from_disk(str(output_dir))  # the staged copy was renamed: serve the final one
+        result.output_dir = output_dir
+    if build.push_to_hub:
+        push_dataset(result.dataset, build.push_to_hub, report=result.report, card=result.card, private=build.private,
                      output_dir=output_dir)
     return result
 
@@ -633,9 +766,8 @@ class _RowNames:
         return self.files[int(self.row_file[row])].name
 
 
-def _build(files, options, work: Path, *, packet_caps, caps_source, source, excluded, rec, output_dir, split_by,
-           validation_size, test_size, seed, min_flows, max_flows, dedup, drop_label_conflicts, keep_addresses,
-           num_proc, strict, progress, flow_reader, command, started, max_memory_mb) -> BuildResult:
+def _build(plan: _Plan, build: BuildOptions, work: Path, output_dir, started: float) -> BuildResult:
+    """Extract, split, de-duplicate, cap and write (into ``output_dir``, the staging folder, when given)."""
     from datasets import Dataset, DatasetDict, DatasetInfo, NamedSplit, load_from_disk
     from tqdm.auto import tqdm
 
@@ -643,12 +775,16 @@ def _build(files, options, work: Path, *, packet_caps, caps_source, source, excl
     from . import FLOW_STAT_NAMES, PacketAccounting
     from .card import make_dataset_card
 
+    files, options, rec, packet_caps, source = plan.files, plan.options, plan.recipe, plan.packet_caps, plan.source
+    min_flows, max_flows, keep_addresses = plan.min_flows, plan.max_flows, build.keep_addresses
+    validation_size, test_size, seed = build.validation_size, build.test_size, build.seed
+
     # 1. extract; the columns go to the store (memory, then disk), light per-flow metadata stays here
     t0 = time.perf_counter()
-    store = _FlowStore(work / "flows", int(max_memory_mb) << 20)
+    store = _FlowStore(work / "flows", int(build.max_memory_mb) << 20)
     results = []
-    for res in iter_extract_captures(files, options, keep_addresses=keep_addresses, strict=strict,
-                                     num_proc=num_proc, progress=progress, flow_reader=flow_reader,
+    for res in iter_extract_captures(files, options, keep_addresses=keep_addresses, strict=build.strict,
+                                     num_proc=plan.num_proc, progress=build.progress, flow_reader=build.flow_reader,
                                      packet_caps=packet_caps):
         store.put(res["index"], res.pop("columns"))
         results.append(res)
@@ -683,12 +819,12 @@ def _build(files, options, work: Path, *, packet_caps, caps_source, source, excl
     seen_keys = None
     if any(f.seen_key for f in files):
         seen_keys = np.array([f.seen_key for f in files], dtype=str)[row_file]
-    assignment, split_report = split_flows(split_by, labels, groups=groups, start_times=start_times,
+    assignment, split_report = split_flows(plan.split_by, labels, groups=groups, start_times=start_times,
                                            validation_size=validation_size, test_size=test_size, seed=seed,
                                            seen_keys=seen_keys)
-    if dedup:
+    if build.dedup:
         keep, dedup_report = deduplicate(digests, labels, assignment, sources=_RowNames(row_file, files),
-                                         drop_label_conflicts=drop_label_conflicts)
+                                         drop_label_conflicts=build.drop_label_conflicts)
     else:
         keep, dedup_report = assignment >= 0, None
     keep, dropped_classes, capped = cap_classes(labels, assignment, keep, min_flows=min_flows, max_flows=max_flows,
@@ -698,9 +834,14 @@ def _build(files, options, work: Path, *, packet_caps, caps_source, source, excl
     class_names = sorted({label_names_all[c] for c in np.unique(labels[keep])})
     if not class_names:
         below = {label_names_all[c]: n for c, n in dropped_classes.items()}
+        unreadable = ""
+        if errors:
+            shown = [e["error"] if e["file"] in e["error"] else f"{e['file']}: {e['error']}" for e in errors[:10]]
+            unreadable = (f"; {len(errors)} capture(s) could not be read: " + "; ".join(shown)
+                          + (f"; ... and {len(errors) - 10} more" if len(errors) > 10 else ""))
         raise ValueError(f"no flows left to write: {num_flows} flows extracted from {len(files)} captures "
-                         f"(packets skipped: {dict(accounting.skipped)}; errors: {len(errors)}; "
-                         f"classes under the minimum of {min_flows} flows: {below})")
+                         f"(packets skipped: {dict(accounting.skipped)}; "
+                         f"classes under the minimum of {min_flows} flows: {below}){unreadable}")
     remap = np.full(len(label_names_all), -1, dtype=np.int64)
     for new, name in enumerate(class_names):
         remap[label_index[name]] = new
@@ -710,7 +851,7 @@ def _build(files, options, work: Path, *, packet_caps, caps_source, source, excl
     writers = [_SplitWriter(work / f"{name}.arrow", features) for name in SPLIT_NAMES]
     kept_rows = np.flatnonzero(keep)
     file_bounds = np.searchsorted(row_file[kept_rows], np.arange(len(files) + 1))
-    for i in tqdm(range(len(files)), desc="Writing splits", unit="file", disable=not progress):
+    for i in tqdm(range(len(files)), desc="Writing splits", unit="file", disable=not build.progress):
         rows = kept_rows[file_bounds[i]:file_bounds[i + 1]]
         if not len(rows):
             continue
@@ -764,12 +905,12 @@ def _build(files, options, work: Path, *, packet_caps, caps_source, source, excl
     report = {
         "format": "mmae_hf.build_report/1",
         "mmae_hf_version": __version__,
-        "command": command,
-        "input": {**source, "files": len(files), "files_excluded": len(excluded),
-                  "excluded_examples": list(excluded[:20])},
+        "command": build.command,
+        "input": {**source, "files": len(files), "files_excluded": len(plan.excluded),
+                  "excluded_examples": list(plan.excluded[:20]), "num_proc": plan.num_proc},
         "flow_options": options.to_dict(),
         # packets kept per flow, by class (0 = all): the recipe's per-class caps or flow_options' max_packets
-        "packet_caps": {"source": caps_source,
+        "packet_caps": {"source": plan.caps_source,
                         "max_packets_by_class": {name: int(packet_caps.get(name, options.max_packets))
                                                  for name in label_names_all}},
         "keep_addresses": keep_addresses,
@@ -856,7 +997,38 @@ def push_dataset(dataset, repo_id: str, *, report: dict, card=None, private: boo
     return repo_id
 
 
+def verify_saved_splits(path, dataset) -> None:
+    """Refuse a dataset folder whose splits disagree with its ``build_report.json`` (a folder half rewritten by an
+    interrupted build of an older version, or edited afterwards). Folders without a report are not checked.
+
+    Args:
+        path: the dataset folder.
+        dataset: what was loaded from it: a `DatasetDict`, or one split's `Dataset` (only that split is checked).
+    """
+    report_path = Path(path) / REPORT_NAME
+    if not report_path.is_file():
+        return
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{report_path}: unreadable build report ({error})") from error
+    expected = (report.get("split") or {}).get("rows_per_split") if isinstance(report, dict) else None
+    if not isinstance(expected, dict):
+        return
+    if hasattr(dataset, "keys"):
+        found = {name: len(dataset[name]) for name in dataset.keys()}
+    else:
+        name = str(getattr(dataset, "split", None) or "")
+        found, expected = {name: len(dataset)}, {k: v for k, v in expected.items() if k == name}
+    wrong = [f"{name}: {found.get(name, 'missing')} rows (report: {rows})" for name, rows in expected.items()
+             if found.get(name) != rows]
+    if wrong:
+        raise ValueError(f"{path}: the saved splits do not match {REPORT_NAME} ({'; '.join(wrong)}): the folder is "
+                         "incomplete or was changed after the build; rebuild it")
+
+
 __all__ = [
-    "BuildResult", "CaptureFile", "PCAP_SUFFIXES", "build_dataset", "cap_classes", "contract_features",
-    "discover_tree", "extract_captures", "iter_extract_captures", "load_traffic_dataset", "push_dataset", "read_manifest", "walk_captures",
+    "BuildOptions", "BuildResult", "CaptureFile", "PCAP_SUFFIXES", "build_dataset", "cap_classes", "contract_features",
+    "discover_tree", "extract_captures", "iter_extract_captures", "load_traffic_dataset", "push_dataset", "read_manifest", "verify_saved_splits",
+    "walk_captures",
 ]

@@ -20,25 +20,63 @@ import numpy as np
 from .core import NUM_FLOW_STATS, SKIP_REASONS, FlowOptions, FlowRecord, PacketAccounting
 from .dissect import OK, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, PacketBatch
 from .anonymize import mask_cleartext_names
-from .flows import packet_slot
+from .flows import STEP_PACKETS, packet_slot
 
-_INT_COLS = (
-    "n", "bytes", "sumsq", "lmin", "lmax", "fwd_n", "fwd_bytes", "bwd_max", "pay_sum", "pay_max", "zero_pay",
-    "syn", "fin", "rst", "psh", "dir_changes", "last_dir", "order", "ipv", "proto", "sport", "dport", "nslots",
-)  # fmt: skip
-_FLOAT_COLS = ("start", "last", "tmax", "iat_sum", "iat_sumsq", "iat_min", "iat_max", "fwd_iat_sum", "last_fwd")
-_BOOL_COLS = ("init_lo", "closed", "fin_fwd", "fin_bwd", "used")
+# Accumulator columns of the flow table and their dtypes: only what the 27 statistics and the kept packets need,
+# in the narrowest type that holds it (counters and sums that can grow stay 64-bit).
+_COLUMNS = {
+    **dict.fromkeys(("n", "bytes", "sumsq", "fwd_n", "fwd_bytes", "pay_sum", "zero_pay", "syn", "fin", "rst", "psh",
+                     "dir_changes", "order"), np.int64),
+    **dict.fromkeys(("lmin", "lmax", "bwd_max", "pay_max", "sport", "dport"), np.int32),
+    **dict.fromkeys(("ipv", "last_dir"), np.int8),
+    "nslots": np.int16,
+    "proto": np.uint8,
+    **dict.fromkeys(("start", "last", "tmax", "iat_sum", "iat_sumsq", "iat_min", "iat_max", "fwd_iat_sum", "last_fwd"),
+                    np.float64),
+    **dict.fromkeys(("init_lo", "closed", "fin_fwd", "fin_bwd", "used"), bool),
+}
+_FRESH = {"lmin": np.iinfo(np.int32).max, "iat_min": np.inf, "last_fwd": np.nan}  # initial values other than 0
+
+
+class _Stack:
+    """A stack of free row numbers in one int64 array (a Python list would cost ~36 bytes per entry)."""
+
+    def __init__(self):
+        self.items = np.empty(0, dtype=np.int64)
+        self.top = 0
+
+    def __len__(self) -> int:
+        return self.top
+
+    def push(self, values: np.ndarray) -> None:
+        need = self.top + len(values)
+        if need > len(self.items):
+            grown = np.empty(max(need, 2 * len(self.items)), dtype=np.int64)
+            grown[: self.top] = self.items[: self.top]
+            self.items = grown
+        self.items[self.top : need] = values
+        self.top = need
+
+    def pop(self, count: int) -> np.ndarray:
+        self.top -= count
+        return self.items[self.top : self.top + count][::-1].copy()
 
 
 class FlowTable:
-    """Accumulators of all active flows as numpy columns (one row per flow; rows are recycled)."""
+    """Accumulators of all open flows as numpy columns (one row per flow; rows are recycled).
+
+    The slots (anonymised bytes) of a flow's first packets live in a separate pool, one pool row per packet that
+    exists: a one-packet flow (a scan probe) holds one slot, not ``num_packets``. ``slot_index[row, i]`` is the
+    pool row of the flow's ``i``-th packet (-1: none yet).
+    """
 
     def __init__(self, options: FlowOptions, capacity: int = 64):
         self.k = options.num_packets
         self.slot_bytes = options.slot_bytes
         self.capacity = 0
-        self.free: list[int] = []
-        self.keys: list = []
+        self.free = _Stack()
+        self.slot_pool = np.zeros((0, self.slot_bytes), dtype=np.uint8)
+        self.free_slots = _Stack()
         self._grow(capacity)
 
     def _grow(self, capacity: int) -> None:
@@ -50,39 +88,27 @@ class FlowTable:
                 new[:old] = getattr(self, name)
             setattr(self, name, new)
 
-        for c in _INT_COLS:
-            grow(c, (), np.int64)
-        for c in _FLOAT_COLS:
-            grow(c, (), np.float64)
-        for c in _BOOL_COLS:
-            grow(c, (), bool)
+        for name, dtype in _COLUMNS.items():
+            grow(name, (), dtype)
         grow("src", (16,), np.uint8)
         grow("dst", (16,), np.uint8)
-        grow("slots", (self.k, self.slot_bytes), np.uint8)
+        grow("slot_index", (self.k,), np.int32)
         grow("lens", (self.k,), np.int32)
         grow("iats", (self.k,), np.float32)
         grow("dirs", (self.k,), np.int8)
         grow("seq_base", (2,), np.int64)  # per direction (0: forward, 1: backward); -1 = unset
         grow("ack_base", (2,), np.int64)
-        self.keys.extend([None] * (capacity - old))
-        self.free.extend(range(capacity - 1, old - 1, -1))
+        grow("key", (), np.dtype((np.void, 48)))  # the flow's key in the assembler's dict of open flows
+        self.free.push(np.arange(capacity - 1, old - 1, -1, dtype=np.int64))
         self.capacity = capacity
 
     def allocate(self, count: int) -> np.ndarray:
         while len(self.free) < count:
-            self._grow(self.capacity * 2)
-        rows = np.array(self.free[len(self.free) - count :][::-1], dtype=np.int64)
-        del self.free[len(self.free) - count :]
-        for c in _INT_COLS:
-            getattr(self, c)[rows] = 0
-        for c in _FLOAT_COLS:
-            getattr(self, c)[rows] = 0.0
-        for c in _BOOL_COLS:
-            getattr(self, c)[rows] = False
-        self.lmin[rows] = np.iinfo(np.int64).max
-        self.iat_min[rows] = np.inf
-        self.last_fwd[rows] = np.nan
-        self.slots[rows] = 0
+            self._grow(max(64, self.capacity * 3 // 2))  # 1.5x: less slack than doubling under the open-flow cap
+        rows = self.free.pop(count)
+        for name in _COLUMNS:
+            getattr(self, name)[rows] = _FRESH.get(name, 0)
+        self.slot_index[rows] = -1
         self.lens[rows] = 0
         self.iats[rows] = 0
         self.dirs[rows] = 0
@@ -91,11 +117,30 @@ class FlowTable:
         self.used[rows] = True
         return rows
 
+    def allocate_slots(self, count: int) -> np.ndarray:
+        """``count`` free rows of the slot pool."""
+        if len(self.free_slots) < count:
+            old = len(self.slot_pool)
+            size = max(old * 3 // 2, old + count, 64)
+            pool = np.zeros((size, self.slot_bytes), dtype=np.uint8)
+            pool[:old] = self.slot_pool
+            self.slot_pool = pool
+            self.free_slots.push(np.arange(size - 1, old - 1, -1, dtype=np.int64))
+        return self.free_slots.pop(count)
+
+    def payload(self, rows: np.ndarray) -> np.ndarray:
+        """``uint8 [len(rows), k * slot_bytes]``: the kept packets' slots of ``rows``, zero where absent."""
+        out = np.zeros((len(rows), self.k, self.slot_bytes), dtype=np.uint8)
+        index = self.slot_index[rows]
+        present = index >= 0
+        out[present] = self.slot_pool[index[present]]
+        return out.reshape(len(rows), -1)
+
     def release(self, rows: np.ndarray) -> None:
         self.used[rows] = False
-        for r in rows.tolist():
-            self.keys[r] = None
-        self.free.extend(rows.tolist())
+        slots = self.slot_index[rows]
+        self.free_slots.push(slots[slots >= 0])
+        self.free.push(rows)
 
     def stats(self, rows: np.ndarray) -> np.ndarray:
         """The 27 statistics of ``rows`` (same formulas as ``FlowState.stats``)."""
@@ -206,14 +251,34 @@ class FastAssembler:
         self.next_order = 0
 
     # ------------------------------------------------------------------ public protocol (see flows._AssemblerBase)
+    def evict_over_cap(self) -> None:
+        """End the flows over ``max_open_flows`` whose last packet is oldest (ties: first packet order)."""
+        cap = self.options.max_open_flows
+        excess = len(self.active) - cap
+        if not cap or excess <= 0:
+            return
+        t = self.table
+        rows = np.fromiter(self.active.values(), dtype=np.int64, count=len(self.active))
+        victims = rows[np.lexsort((t.order[rows], t.last[rows]))[:excess]]
+        for key in t.key[victims].tolist():
+            del self.active[key]
+        self.ready.extend(victims.tolist())
+        self.accounting.flows_evicted_by_cap += excess
+
+    def restart_clock(self) -> None:
+        """Time went backwards by more than the idle timeout: end every open flow and start the clock afresh."""
+        self.finish()
+        self.clock = -math.inf
+        self.accounting.time_jumps_back += 1
+
     def expire(self) -> None:
         t = self.table
         opts = self.options
         rows = np.flatnonzero(
             t.used & ~self._ready_mask() & ((self.clock - t.last > opts.idle_timeout) | (self.clock - t.start > opts.active_timeout))
         )
-        for r in rows.tolist():
-            del self.active[t.keys[r]]
+        for key in t.key[rows].tolist():
+            del self.active[key]
         self.ready.extend(rows.tolist())
 
     def _ready_mask(self) -> np.ndarray:
@@ -226,6 +291,8 @@ class FastAssembler:
         self.ready.extend(self.active.values())
         self.active = {}
 
+    DRAIN_ROWS = 4096  # records are built this many at a time: a huge emission (end of a scan) stays small
+
     def drain(self):
         if not self.ready:
             return
@@ -233,6 +300,15 @@ class FastAssembler:
         rows = np.asarray(self.ready, dtype=np.int64)
         self.ready = []
         rows = rows[np.argsort(t.order[rows], kind="stable")]
+        for lo in range(0, len(rows), self.DRAIN_ROWS):
+            part = rows[lo : lo + self.DRAIN_ROWS]
+            records = self._records(part)
+            t.release(part)
+            yield from records
+
+    def _records(self, rows: np.ndarray) -> list:
+        """The `FlowRecord`s of ended flows ``rows`` (flows under ``min_packets`` counted as skipped instead)."""
+        t = self.table
         short = t.n[rows] < self.options.min_packets
         if short.any():
             self.accounting.skip("short_flow", int(t.n[rows[short]].sum()))
@@ -240,7 +316,7 @@ class FastAssembler:
         self.accounting.packets_in_flows += int(t.n[keep].sum())
         self.accounting.flows += len(keep)
         stats = t.stats(keep)
-        payload = t.slots[keep].reshape(len(keep), -1)
+        payload = t.payload(keep)
         ipv = t.ipv[keep].tolist()
         src, dst = t.src[keep].tobytes(), t.dst[keep].tobytes()
         ntop = socket.inet_ntop
@@ -251,7 +327,7 @@ class FastAssembler:
             src_ip.append(ntop(family, src[16 * i : 16 * i + width]))
             dst_ip.append(ntop(family, dst[16 * i : 16 * i + width]))
         name = self.source_file
-        records = [
+        return [
             FlowRecord(pay, lens, iats, dirs, st, sip, dip, sp, dp, pr, t0, t1, n, nb, name)
             for pay, lens, iats, dirs, st, sip, dip, sp, dp, pr, t0, t1, n, nb in zip(
                 payload, t.lens[keep], t.iats[keep], t.dirs[keep], stats, src_ip, dst_ip,
@@ -259,21 +335,56 @@ class FastAssembler:
                 t.start[keep].tolist(), t.tmax[keep].tolist(), t.n[keep].tolist(), t.bytes[keep].tolist(),
             )  # fmt: skip
         ]
-        t.release(rows)
-        yield from records
 
     # ------------------------------------------------------------------ one block
     def feed(self, batch: PacketBatch) -> None:
+        """Assemble a block of packets (without the end-of-step work `iter_flows` does between steps)."""
+        for _ in self.feed_steps(batch):
+            pass
+
+    def feed_steps(self, batch: PacketBatch):
+        """Assemble a block ``STEP_PACKETS`` usable packets at a time (counted from the block's start and from each
+        clock restart, as in the reference engine), yielding after every full step."""
         counts = np.bincount(batch.reason, minlength=len(SKIP_REASONS) + 1)
         for code in range(1, len(counts)):
             if counts[code]:
                 self.accounting.skip(SKIP_REASONS[code - 1], int(counts[code]))
+        ok = np.flatnonzero(batch.reason == OK)
+        if len(ok) == 0:
+            return
+        bounds = [0, *self._clock_restarts(batch.timestamp[ok]), len(ok)]
+        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if i:
+                self.restart_clock()
+            for start in range(lo, hi, STEP_PACKETS):
+                end = min(hi, start + STEP_PACKETS)
+                self._feed_packets(batch, ok[start:end])
+                if end - start == STEP_PACKETS:
+                    yield
+
+    def _clock_restarts(self, ts: np.ndarray) -> list:
+        """Positions where the time goes back by more than the idle timeout (the clock restarts there)."""
+        idle = self.options.idle_timeout
+        # without restarts the clock is never lower than with them, so this finds every restart (and maybe more)
+        before = np.maximum.accumulate(np.concatenate(([self.clock], ts[:-1])))
+        candidates = np.flatnonzero(ts < before - idle)
+        if not len(candidates):
+            return []
+        first = int(candidates[0])
+        cuts, clock = [], float(before[first])
+        for i, t in enumerate(ts[first:].tolist(), start=first):
+            if t < clock - idle:
+                cuts.append(i)
+                clock = t
+            elif t > clock:
+                clock = t
+        return cuts
+
+    def _feed_packets(self, batch: PacketBatch, ok: np.ndarray) -> None:
+        """Assemble the usable packets ``ok`` (batch indices, capture order; no restart of the clock among them)."""
         opts = self.options
         t = self.table
-        ok = np.flatnonzero(batch.reason == OK)
         m = len(ok)
-        if m == 0:
-            return
         ts = batch.timestamp[ok]
         clock = np.maximum.accumulate(ts)
         if self.clock > -math.inf:
@@ -341,35 +452,61 @@ class FastAssembler:
             closing = np.zeros(m, dtype=bool)
         event_pos = np.flatnonzero(idle_gap | fresh_syn | closing)
 
-        # ---- step 2: flow starts (Python over segments and events only)
+        # ---- step 2: flow starts (Python over the segments where something can happen, and their events only)
+        n_seg = len(seg_starts)
         run_start = seg_start.copy()
-        run_init = {}  # sorted position of a run start -> initiator is the "lo" endpoint
-        seg_info = []  # per segment: (key, continued row or -1, closed, fin_fwd, fin_bwd, last run start)
+        run_init = np.zeros(m, dtype=bool)  # at a run start: the initiator is the "lo" endpoint
+        run_init[seg_starts] = from_lo_s[seg_starts]
         active = self.active
         idle_t, active_t = opts.idle_timeout, opts.active_timeout
         bidir, tcp_close = opts.bidirectional, opts.tcp_close
-        ev_lo = np.searchsorted(event_pos, seg_starts).tolist()
-        ev_hi = np.searchsorted(event_pos, seg_ends).tolist()
-        event_list = event_pos.tolist()
-        t_last, t_start, t_closed = t.last, t.start, t.closed
-        # segment k holds the packets of unique key k (np.unique sorts, argsort(inv) groups in that order)
+        # segment k holds the packets of unique key k (in the order of the grouping sort)
         kb = ukeys.tobytes()
-        seg_keys = [kb[48 * i : 48 * i + 48] for i in range(len(seg_starts))]
-        clock_first = clock_s[seg_starts].tolist()
-        clock_last = clock_s[seg_ends - 1].tolist()
-        ts_first = ts_s[seg_starts].tolist()
-        lo_first = from_lo_s[seg_starts].tolist()
-        syn_first = fresh_syn[seg_starts].tolist()
-        for s_idx, (s0, s1) in enumerate(zip(seg_starts.tolist(), seg_ends.tolist())):
-            key = seg_keys[s_idx]
-            row = active.get(key, -1)
+        seg_keys = [kb[48 * i : 48 * i + 48] for i in range(n_seg)]
+        seg_rows = np.fromiter((active.get(key, -1) for key in seg_keys), dtype=np.int64, count=n_seg)
+        # per segment, what its last run carries into the table: (closed, fin_fwd, fin_bwd) and where it starts
+        seg_closed = np.zeros(n_seg, dtype=bool)
+        seg_fin_fwd = np.zeros(n_seg, dtype=bool)
+        seg_fin_bwd = np.zeros(n_seg, dtype=bool)
+        seg_last_start = seg_starts.copy()
+        ev_lo = np.searchsorted(event_pos, seg_starts)
+        ev_hi = np.searchsorted(event_pos, seg_ends)
+        # a new flow whose only event, if any, is a SYN on its first packet and that stays within the active
+        # timeout: nothing can happen in it (the common case of a scan: one new flow per packet)
+        first_event_quiet = (ev_hi - ev_lo == 1) & (event_pos[np.minimum(ev_lo, len(event_pos) - 1)] == seg_starts) \
+            & ~closing[seg_starts] if len(event_pos) else np.zeros(n_seg, dtype=bool)
+        quiet = (seg_rows < 0) & ((ev_hi == ev_lo) | first_event_quiet) \
+            & (clock_s[seg_ends - 1] - ts_s[seg_starts] <= active_t)
+        busy = np.flatnonzero(~quiet).tolist()
+        if busy:
+            ev_lo, ev_hi = ev_lo.tolist(), ev_hi.tolist()
+            event_list = event_pos.tolist()
+            t_last, t_start, t_closed = t.last, t.start, t.closed
+            seg_s0, seg_s1 = seg_starts.tolist(), seg_ends.tolist()
+            clock_first = clock_s[seg_starts].tolist()
+            clock_last = clock_s[seg_ends - 1].tolist()
+            ts_first = ts_s[seg_starts].tolist()
+            lo_first = from_lo_s[seg_starts].tolist()
+            syn_first = fresh_syn[seg_starts].tolist()
+
+        def new_run(j, s1):
+            """A flow starts at sorted position ``j``: (its start, initiator side, active-timeout deadline)."""
+            run_start[j] = True
+            start, init_lo = float(ts_s[j]), bool(from_lo_s[j])
+            run_init[j] = init_lo
+            return start, init_lo, _active_deadline(clock_s, j, s1, start, active_t)
+
+        for s_idx in busy:
+            s0, s1 = seg_s0[s_idx], seg_s1[s_idx]
+            row = int(seg_rows[s_idx])
             c0 = clock_first[s_idx]
             if row >= 0 and (
                 c0 - t_last[row] > idle_t or c0 - t_start[row] > active_t or (t_closed[row] and syn_first[s_idx])
             ):
-                del active[key]
+                del active[seg_keys[s_idx]]
                 self.ready.append(row)
                 row = -1
+                seg_rows[s_idx] = -1
             if row < 0:
                 start = ts_first[s_idx]
                 init_lo = lo_first[s_idx]
@@ -380,48 +517,38 @@ class FastAssembler:
             run_init[s0] = init_lo
             last_run = s0
             evs = event_list[ev_lo[s_idx] : ev_hi[s_idx]]
-            if not evs and clock_last[s_idx] - start <= active_t:  # nothing can happen in this segment
-                seg_info.append((key, row, closed, fin_fwd, fin_bwd, last_run))
-                continue
-            deadline = _active_deadline(clock_s, s0, s1, start, active_t)
-            k = 0
-            n_ev = len(evs)
-            while True:
-                nxt = evs[k] if k < n_ev else s1
-                if deadline < s1 and deadline <= nxt and deadline != last_run:
-                    j = deadline
-                    run_start[j] = True
-                    last_run = j
-                    start = float(ts_s[j])
-                    init_lo = bool(from_lo_s[j])
-                    run_init[j] = init_lo
-                    closed = fin_fwd = fin_bwd = False
-                    deadline = _active_deadline(clock_s, j, s1, start, active_t)
-                    continue
-                if k >= n_ev:
-                    break
-                j = evs[k]
-                k += 1
-                if j != last_run and (idle_gap[j] or (closed and fresh_syn[j])):
-                    run_start[j] = True
-                    last_run = j
-                    start = float(ts_s[j])
-                    init_lo = bool(from_lo_s[j])
-                    run_init[j] = init_lo
-                    closed = fin_fwd = fin_bwd = False
-                    deadline = _active_deadline(clock_s, j, s1, start, active_t)
-                if tcp_close:
-                    f = int(flags_s[j])
-                    if f & TCP_RST:
-                        closed = True
-                    if f & TCP_FIN:
-                        if bool(from_lo_s[j]) == init_lo:
-                            fin_fwd = True
-                        else:
-                            fin_bwd = True
-                        if (fin_fwd and fin_bwd) or not bidir:
+            if evs or clock_last[s_idx] - start > active_t:
+                deadline = _active_deadline(clock_s, s0, s1, start, active_t)
+                k = 0
+                n_ev = len(evs)
+                while True:
+                    nxt = evs[k] if k < n_ev else s1
+                    if deadline < s1 and deadline <= nxt and deadline != last_run:
+                        last_run = deadline
+                        start, init_lo, deadline = new_run(deadline, s1)
+                        closed = fin_fwd = fin_bwd = False
+                        continue
+                    if k >= n_ev:
+                        break
+                    j = evs[k]
+                    k += 1
+                    if j != last_run and (idle_gap[j] or (closed and fresh_syn[j])):
+                        last_run = j
+                        start, init_lo, deadline = new_run(j, s1)
+                        closed = fin_fwd = fin_bwd = False
+                    if tcp_close:
+                        f = int(flags_s[j])
+                        if f & TCP_RST:
                             closed = True
-            seg_info.append((key, row, closed, fin_fwd, fin_bwd, last_run))
+                        if f & TCP_FIN:
+                            if bool(from_lo_s[j]) == init_lo:
+                                fin_fwd = True
+                            else:
+                                fin_bwd = True
+                            if (fin_fwd and fin_bwd) or not bidir:
+                                closed = True
+            seg_closed[s_idx], seg_fin_fwd[s_idx], seg_fin_bwd[s_idx] = closed, fin_fwd, fin_bwd
+            seg_last_start[s_idx] = last_run
 
         # ---- step 3: runs -> table rows
         starts = np.flatnonzero(run_start)
@@ -429,10 +556,9 @@ class FastAssembler:
         run_id = np.cumsum(run_start) - 1
         ends = np.append(starts[1:], m)
         cnt = ends - starts
-        init_lo_runs = np.fromiter((run_init[s] for s in starts.tolist()), dtype=bool, count=n_runs)
-        seg_rows = np.array([s[1] for s in seg_info], dtype=np.int64)
+        init_lo_runs = run_init[starts]
         seg_first_run = run_id[seg_starts]
-        seg_last_run = run_id[np.array([s[5] for s in seg_info], dtype=np.int64)]
+        seg_last_run = run_id[seg_last_start]
         rows = np.full(n_runs, -1, dtype=np.int64)
         rows[seg_first_run] = seg_rows
         fresh = np.flatnonzero(rows < 0)
@@ -478,12 +604,11 @@ class FastAssembler:
         ended[seg_last_run] = False
         self.ready.extend(rows[ended].tolist())
         last_rows = rows[seg_last_run]
-        t.closed[last_rows] = [s[2] for s in seg_info]
-        t.fin_fwd[last_rows] = [s[3] for s in seg_info]
-        t.fin_bwd[last_rows] = [s[4] for s in seg_info]
-        for (key, *_rest), r in zip(seg_info, last_rows.tolist()):
-            active[key] = r
-            t.keys[r] = key
+        t.closed[last_rows] = seg_closed
+        t.fin_fwd[last_rows] = seg_fin_fwd
+        t.fin_bwd[last_rows] = seg_fin_bwd
+        t.key[last_rows] = ukeys
+        active.update(zip(seg_keys, last_rows.tolist()))
 
     # ------------------------------------------------------------------ per-run aggregates of kept packets
     def _accumulate(self, batch: PacketBatch, rows, starts, ends, cnt, run_id, ts_s, length_s, pay_s, flags_s, tcp_s,
@@ -576,8 +701,10 @@ class FastAssembler:
             t.lens[srow, sidx] = length_s[pos]
             t.iats[srow, sidx] = np.where(within == 0, gap[run_rep], iat[pos])
             t.dirs[srow, sidx] = direction[pos]
-            t.slots[srow, sidx] = self._slots(batch, orig[pos], srow, direction[pos])
-            t.nslots[rows] += need
+            pool_rows = t.allocate_slots(len(pos))
+            t.slot_index[srow, sidx] = pool_rows
+            t.slot_pool[pool_rows] = self._slots(batch, orig[pos], srow, direction[pos])
+            t.nslots[rows] += need.astype(np.int16)
 
     # ------------------------------------------------------------------ slot bytes
     def _slots(self, batch: PacketBatch, idx: np.ndarray, rows: np.ndarray, direction: np.ndarray) -> np.ndarray:

@@ -3,11 +3,20 @@
 Flow rules (identical in both engines below):
 - Key: (IP version, protocol, endpoint A, endpoint B) with endpoint = (address, port). Bidirectional mode orders the two
   endpoints canonically; the initiator is the sender of the flow's first packet (capture order).
-- Capture clock: the largest timestamp read so far (timestamps need not be monotonic).
+- Capture clock: the largest timestamp read so far (timestamps need not be monotonic). A packet more than
+  ``idle_timeout`` before the clock (time going backwards: merged captures, a clock step) ends every open flow and
+  restarts the clock at its own time (``PacketAccounting.time_jumps_back``); otherwise every later packet would be
+  past the idle timeout of its flow and start a flow of its own.
 - A flow ends when the clock passes its last packet's time by more than ``idle_timeout`` or its first packet's time by
-  more than ``active_timeout``; when a TCP flow is closed (see ``FlowOptions.tcp_close``) and a fresh SYN arrives; or at
-  the end of the capture. Flows are emitted when they end; idle flows are expired at regular points, so memory holds
-  only flows that are still active (or closed less than ``idle_timeout`` ago).
+  more than ``active_timeout``; when a TCP flow is closed (see ``FlowOptions.tcp_close``) and a fresh SYN arrives; when
+  the clock restarts; or at the end of the capture. Flows are emitted when they end; idle flows are expired at regular
+  points, so memory holds only flows that are still active (or closed less than ``idle_timeout`` ago).
+- Steps: the usable packets of a read block are taken ``STEP_PACKETS`` (8192) at a time, counted from the block's
+  start and again from each clock restart. After every full step and at the end of the block, idle flows are
+  expired, the open-flow cap is applied and the ended flows are emitted (in order of their first packet).
+- Open-flow cap: when more than ``max_open_flows`` flows are open at the end of a step, those whose last packet is
+  oldest (ties: first packet order) are ended (``PacketAccounting.flows_evicted_by_cap``), so memory stays bounded
+  (cap + one step) whatever the capture holds (a port scan opens one flow per packet).
 - Packet order inside a flow is capture order; inter-arrival times are clipped at 0.
 - ``max_packets`` (when > 0): packets after the first ``max_packets`` of a flow are dropped (``over_packet_cap``)
   but still count for the flow's boundaries (idle timeout, TCP close), so they never start a new flow; the record
@@ -17,6 +26,7 @@ Two engines produce identical flows: ``ReferenceAssembler`` walks packet by pack
 ``FastAssembler`` (``fastflows.py``) works on whole blocks with numpy.
 """
 
+import heapq
 import math
 import os
 import socket
@@ -158,6 +168,12 @@ class FlowState:
         )
 
 
+# Usable packets per assembly step: the open-flow cap and the emission of ended flows happen after each step, so
+# memory holds at most max_open_flows + STEP_PACKETS flows. Both engines use it; results depend on it only through
+# the cap (which flows are open when it is applied).
+STEP_PACKETS = 8192
+
+
 class _AssemblerBase:
     def __init__(self, options: FlowOptions, accounting: PacketAccounting, source_file: str):
         self.options = options
@@ -197,6 +213,23 @@ class _AssemblerBase:
             self.accounting.flows += 1
             yield st.to_record(self.options, self.source_file)
 
+    def evict_over_cap(self) -> None:
+        """End the flows over ``max_open_flows`` whose last packet is oldest (ties: first packet order)."""
+        cap = self.options.max_open_flows
+        excess = len(self.active) - cap
+        if not cap or excess <= 0:
+            return
+        for key, _ in heapq.nsmallest(excess, self.active.items(), key=lambda item: (item[1].last, item[1].order)):
+            self._emit(self.active.pop(key))
+        self.accounting.flows_evicted_by_cap += excess
+
+    def restart_clock(self) -> None:
+        """Time went backwards by more than the idle timeout: end every open flow and start the clock afresh."""
+        self.finish()
+        self.clock = -math.inf
+        self.accounting.time_jumps_back += 1
+        self.step_packets = 0  # steps count again from here
+
     def finish(self) -> None:
         for st in self.active.values():
             self._emit(st)
@@ -209,6 +242,13 @@ class ReferenceAssembler(_AssemblerBase):
     SWEEP_EVERY = 4096
 
     def feed(self, batch: PacketBatch) -> None:
+        """Assemble a block of packets (without the end-of-step work `iter_flows` does between steps)."""
+        for _ in self.feed_steps(batch):
+            pass
+
+    def feed_steps(self, batch: PacketBatch) -> Iterator[None]:
+        """Assemble a block, pausing (yielding) after every ``STEP_PACKETS`` usable packets (see the module doc)."""
+        self.step_packets = 0
         self._count_skips(batch)
         idx = np.flatnonzero(batch.reason == OK)
         # plain Python values once per block (numpy scalar access per packet is slow)
@@ -222,10 +262,16 @@ class ReferenceAssembler(_AssemblerBase):
             a = 16 * j
             self.add_packet(batch, i, ts, ipv, proto, src[a : a + 16], sport, dst[a : a + 16], dport, flags, length,
                             paylen, seq, ack)  # fmt: skip
+            self.step_packets += 1
+            if self.step_packets == STEP_PACKETS:
+                self.step_packets = 0
+                yield
 
     def add_packet(self, batch, i, ts, ipv, proto, src, sport, dst, dport, flags, length, paylen, seq, ack,
                    slot_fn=None) -> None:  # fmt: skip
         opts = self.options
+        if ts < self.clock - opts.idle_timeout:
+            self.restart_clock()
         self.clock = max(self.clock, ts)
         a, b = (src, sport), (dst, dport)
         if opts.bidirectional and b < a:
@@ -361,7 +407,7 @@ def iter_flows(
     """Stream the flows of one capture (pcap or pcapng; path, bytes or binary file object).
 
     Flows are yielded as they end (ordered by first packet within each emission point); memory is bounded by the
-    number of active flows. Every packet read is counted in ``accounting`` (``packets_in_flows`` or ``skipped``).
+    number of open flows, at most ``options.max_open_flows`` (plus the new flows of one read block). Every packet read is counted in ``accounting`` (``packets_in_flows`` or ``skipped``).
     A damaged file raises ``PcapFormatError`` when ``strict``; otherwise the message (file, byte offset) goes to
     ``accounting.errors`` and the flows read before the damage are still yielded.
 
@@ -383,8 +429,12 @@ def iter_flows(
     try:
         for chunk in reader:
             accounting.packets_read += len(chunk)
-            asm.feed(dissect(chunk, options.drop_service_chatter))
+            for _ in asm.feed_steps(dissect(chunk, options.drop_service_chatter)):
+                asm.expire()
+                asm.evict_over_cap()
+                yield from asm.drain()
             asm.expire()
+            asm.evict_over_cap()
             yield from asm.drain()
     finally:
         accounting.errors.extend(reader.errors)

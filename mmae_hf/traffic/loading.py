@@ -79,32 +79,41 @@ def rename_legacy_columns(dataset, source="dataset"):
 
 
 def _open(source, split, cache_dir):
-    """The dataset at `source` and whether it is already the requested split (a Hub split)."""
+    """The dataset at `source` and whether it is already the requested split (a Hub split). A local folder whose
+    splits disagree with its ``build_report.json`` is refused (`mmae_hf.traffic.dataset.verify_saved_splits`)."""
     import datasets
+
+    from .dataset import verify_saved_splits
 
     path = Path(source)
     if path.is_dir():
         if any((path / marker).is_file() for marker in SAVE_TO_DISK_MARKERS):
-            return datasets.load_from_disk(str(path)), False
-        has_data = any(p.suffix in DATA_FILE_SUFFIXES for p in path.rglob("*") if p.is_file())
-        if not has_data:
-            raise DatasetNotFoundError(
-                f"{source}: no dataset found (expected dataset_dict.json or parquet shards named after their split)"
-            )
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            if not any(p.suffix in DATA_FILE_SUFFIXES for p in path.rglob("*") if p.is_file()):
+                raise DatasetNotFoundError(
+                    f"{source}: no dataset found (expected dataset_dict.json or parquet shards named after their split)"
+                )
+            try:
+                loaded = datasets.load_dataset(str(path), cache_dir=cache_dir)
+            except Exception as error:  # noqa: BLE001 - re-raised with the folder named
+                raise DatasetLoadError(f"{source}: could not load a dataset from this folder ({error})") from error
         try:
-            return datasets.load_dataset(str(path), cache_dir=cache_dir), False
-        except Exception as error:  # noqa: BLE001 - re-raised with the folder named
-            raise DatasetLoadError(f"{source}: could not load a dataset from this folder ({error})") from error
+            verify_saved_splits(path, loaded)  # a half-rewritten folder must not be used silently
+        except ValueError as error:
+            raise DatasetLoadError(str(error)) from error
+        return loaded, False
     if path.exists():
         raise DatasetLoadError(f"{source}: is a file; pass the dataset folder (save_to_disk or parquet shards) or a Hub id")
     text = str(source)
     if text.startswith((".", os.sep, "~")) or text.count("/") > 1:
-        raise DatasetNotFoundError(f"{source}: no such folder (and not a Hub id of the form org/name)")
+        raise DatasetNotFoundError(f"{source}: no such dataset folder, and not a Hub dataset id (owner/name)")
     try:
         return datasets.load_dataset(text, split=split, cache_dir=cache_dir), split is not None
-    except Exception as error:  # noqa: BLE001 - re-raised with the id named
+    except Exception as error:  # noqa: BLE001 - datasets raises many types; re-raised with the id named
         what = f"split {split!r}" if split is not None else "it"
-        raise DatasetLoadError(f"{source}: not a local folder, and {what} could not be loaded from the Hub ({error})") from error
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DatasetLoadError(f"{source}: not a local folder, and {what} could not be loaded from the Hub ({first_line})") from error
 
 
 __all__ = ["DatasetLoadError", "DatasetNotFoundError", "load_traffic_dataset", "rename_legacy_columns"]

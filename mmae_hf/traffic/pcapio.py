@@ -10,6 +10,7 @@ the file and the byte offset; everything read before it is delivered first.
 
 import io
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,21 @@ from .core import PcapFormatError
 BLOCK_SIZE = 4 << 20
 MAX_RECORD = 1 << 18  # 256 KiB: larger than any real frame (jumbo frames, 64 KiB GRO/TSO, USB captures)
 MAX_PCAPNG_BLOCK = 1 << 24
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                  (stat.S_ISBLK, "block device"))
+
+
+def special_file_kind(path) -> str | None:
+    """``"FIFO"``, ``"socket"``, ``"character device"`` or ``"block device"`` for such a path (symlinks followed),
+    else None. Reading one could block forever (a FIFO without writer) or never end (``/dev/zero``): callers skip
+    them without opening them."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((name for test, name in _SPECIAL_FILES if test(mode)), None)
 
 
 @dataclass
@@ -76,13 +92,18 @@ class CaptureReader:
             return io.BytesIO(self.source), True
         return self.source, False
 
-    def _damage(self, offset: int, problem: str) -> None:
+    def _damage(self, offset: int | None, problem: str) -> None:
         err = PcapFormatError(self.name, offset, problem)
         if self.strict:
             raise err
         self.errors.append(str(err))
 
     def __iter__(self) -> Iterator[RecordChunk]:
+        if isinstance(self.source, (str, os.PathLike)):
+            kind = special_file_kind(self.source)
+            if kind is not None:
+                self._damage(None, f"not a regular file ({kind}), not read")
+                return
         fh, close = self._open()
         try:
             head = fh.read(4)
@@ -179,7 +200,7 @@ class CaptureReader:
         eof = False
         endian = None
         u32 = None
-        interfaces: list[tuple[int, float, float, int]] = []  # (linktype, tick, offset seconds, snaplen)
+        interfaces: list[tuple[int, int, float, int]] = []  # (linktype, ticks per second, offset seconds, snaplen)
         while not eof:
             more = fh.read(self.block_size)
             if not more:
@@ -266,9 +287,14 @@ class CaptureReader:
             base += off
 
     @staticmethod
-    def _parse_idb(buf: bytes, off: int, blen: int, endian: str) -> tuple[int, float, float, int]:
+    def _parse_idb(buf: bytes, off: int, blen: int, endian: str) -> tuple[int, int, float, int]:
+        """(link type, ticks per second, if_tsoffset seconds, snap length) of an interface description block.
+
+        ``if_tsresol`` (pcapng spec): most significant bit clear, the unit is 10^-v s; set, 2^-(v & 0x7F) s. Every
+        value is valid, including ones finer than a 64-bit tick count can use (e.g. 10^-30); the ticks per second
+        are kept as an exact integer for that reason."""
         linktype, _res, snaplen = struct.unpack_from(endian + "HHI", buf, off + 8)
-        tick = 1e-6
+        per_second = 10**6
         ts_offset = 0.0
         pos = off + 16
         end = off + blen - 4
@@ -279,24 +305,30 @@ class CaptureReader:
             value = buf[pos + 4 : pos + 4 + length]
             if code == 9 and length >= 1:  # if_tsresol
                 res = value[0]
-                tick = 2.0 ** -(res & 0x7F) if res & 0x80 else 10.0**-res
+                per_second = 2 ** (res & 0x7F) if res & 0x80 else 10**res
             elif code == 14 and length >= 8:  # if_tsoffset
                 ts_offset = float(struct.unpack(endian + "q", value[:8])[0])
             pos += 4 + ((length + 3) & ~3)
-        return linktype, tick, ts_offset, snaplen
+        return linktype, per_second, ts_offset, snaplen
 
     def _pcapng_chunk(self, buf: bytes, recs: list, interfaces: list, base: int) -> RecordChunk:
         arr = np.asarray(recs, dtype=np.int64)
         iface = arr[:, 4]  # checked against the declared interfaces while walking the blocks
-        ifaces = np.asarray(interfaces, dtype=np.float64)
-        ticks = (arr[:, 5] << 32) | arr[:, 6]
-        tick = ifaces[iface, 1]
-        # split the 64-bit tick count so float64 keeps sub-microsecond precision for the fractional part
-        per_sec = np.round(1.0 / tick).astype(np.int64)
-        secs = ticks // per_sec
-        frac = (ticks - secs * per_sec) / per_sec
-        ts = secs.astype(np.float64) + frac + ifaces[iface, 2]
-        ts = np.where(arr[:, 5] < 0, 0.0, ts)  # simple packet blocks carry no timestamp
+        ifaces = np.asarray([(lt, off) for lt, _per_second, off, _snap in interfaces], dtype=np.float64).reshape(-1, 2)
+        no_ts = arr[:, 5] < 0  # simple packet blocks carry no timestamp
+        ticks = (arr[:, 5].astype(np.uint64) << np.uint64(32)) | arr[:, 6].astype(np.uint64)  # unsigned, as stored
+        # split the 64-bit tick count so float64 keeps sub-microsecond precision for the fractional part; a unit
+        # finer than 2^-64 s (ticks per second beyond uint64) puts every timestamp in the first second
+        per_second = [p for _lt, p, _off, _snap in interfaces]
+        fits = np.array([p < 2**64 for p in per_second], dtype=bool)[iface]
+        per_sec = np.array([p if p < 2**64 else 1 for p in per_second], dtype=np.uint64)[iface]
+        secs = np.where(fits, ticks // per_sec, np.uint64(0))
+        frac = np.where(fits, (ticks - secs * per_sec) / per_sec.astype(np.float64), 0.0)
+        if not fits.all():
+            huge = np.array([float(p) for p in per_second], dtype=np.float64)[iface]
+            frac = np.where(fits, frac, ticks.astype(np.float64) / huge)
+        ts = secs.astype(np.float64) + frac + ifaces[iface, 1]
+        ts = np.where(no_ts, 0.0, ts)
         return RecordChunk(
             data=np.frombuffer(buf, dtype=np.uint8),
             frame_offset=arr[:, 1],

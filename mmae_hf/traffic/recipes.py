@@ -73,15 +73,15 @@ class Recipe:
                 out[rel] = label
         return out
 
-    def collect(self, root) -> tuple:
-        """(captures, excluded relative names) for a raw folder."""
+    def collect(self, root, special_files=None) -> tuple:
+        """(captures, excluded relative names) for a raw folder (FIFOs, sockets, devices: see `walk_captures`)."""
         from .dataset import CaptureFile, walk_captures
 
         root = Path(root)
         if not root.is_dir():
             raise NotADirectoryError(f"{root}: raw input folder of recipe {self.name!r} does not exist")
         files, excluded = [], []
-        for rel in walk_captures(root, self.suffixes):
+        for rel in walk_captures(root, self.suffixes, special_files):
             label = self.label_for(rel)
             if label is None:
                 excluded.append(rel)

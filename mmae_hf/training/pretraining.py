@@ -23,6 +23,7 @@ never stopped (tested).
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
@@ -32,10 +33,12 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..argparsing import renamed_fields
 from ..data_contract import BYTE_COLUMN
 from ..evaluation import to_jsonable as _jsonable
 from ..traffic.loading import rename_legacy_columns
@@ -48,6 +51,7 @@ from .data import (
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_TMP_PREFIX = ".tmp-checkpoint-"  # written there, renamed to checkpoint-<step> when complete
 TRAINER_STATE_NAME = "trainer_state.json"
 TEACHER_WEIGHTS_NAME = "teacher.safetensors"
 METRICS_NAME = "metrics.jsonl"
@@ -57,6 +61,8 @@ ARGS_NAME = "pretraining_args.json"
 LOSS_COMPONENTS = ("loss", "reconstruction_loss", "rank_loss", "distillation_loss")
 # parameter names (substrings) that get no weight decay besides biases and norms
 NO_DECAY_NAME_PARTS = ("position_embedding", "pos_embed", "cls_token")
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -71,6 +77,7 @@ class CheckpointError(ValueError):
     """A checkpoint folder that is missing, incomplete or does not fit the current run."""
 
 
+@renamed_fields({"cpu": "use_cpu", "num_workers": "dataloader_num_workers"})  # the Trainer's names
 @dataclass
 class PretrainingArguments:
     """Everything one pre-training run depends on (saved as ``pretraining_args.json`` beside the model).
@@ -106,14 +113,18 @@ class PretrainingArguments:
     Runtime:
         mixed_precision (`str`, *optional*): ``no``, ``bf16`` or ``fp16``. Default: what the launcher says
             (``accelerate launch --mixed_precision`` / an accelerate config file), else ``no``.
-        cpu (`bool`): force the CPU even when a GPU is present.
+        use_cpu (`bool`): force the CPU even when a GPU is present (old name: ``cpu``).
         seed (`int`, defaults to 0): model init, data order, FlowMix pairing / mask noise, drop path.
-        num_workers (`int`, defaults to 0): background threads reading batches (the arrow read is fast;
-            keep 0 on small machines).
+        dataloader_num_workers (`int`, defaults to 0): background threads reading batches (the arrow read is fast;
+            keep 0 on small machines; old name: ``num_workers``).
         logging_steps (`int`, defaults to 10), save_steps (`int`, defaults to 5000), save_total_limit
             (`int`, defaults to 2): logging and checkpoint cadence; 0 disables periodic checkpoints.
         resume_from_checkpoint (`str`, *optional*): a checkpoint folder, or ``"latest"`` (newest one in
-            ``output_dir/checkpoints``).
+            ``output_dir/checkpoints``). Every file of it is loaded and checked first; one that cannot give an
+            exact continuation (RNG or collator states unreadable) is refused.
+        allow_inexact_resume (`bool`): continue from a checkpoint whose RNG / collator states cannot be restored
+            (with a warning; the run then differs from an uninterrupted one). Weights and optimizer state must
+            load in any case.
         report_to (`str`, defaults to ``"tensorboard"``): ``tensorboard`` or ``none`` (metrics.jsonl is always written).
         ddp_find_unused_parameters (`str`, defaults to ``"auto"``): ``auto`` probes one backward pass and turns
             it on when the config's switches leave parameters without gradient; ``true`` / ``false`` force it.
@@ -149,13 +160,14 @@ class PretrainingArguments:
     ema_momentum_start: float = 0.96
     ema_momentum_end: float = 0.99
     mixed_precision: str | None = None
-    cpu: bool = False
+    use_cpu: bool = False
     seed: int = 0
-    num_workers: int = 0
+    dataloader_num_workers: int = 0
     logging_steps: int = 10
     save_steps: int = 5000
     save_total_limit: int = 2
     resume_from_checkpoint: str | None = None
+    allow_inexact_resume: bool = False
     report_to: str = "tensorboard"
     ddp_find_unused_parameters: str = "auto"
     save_teacher: bool = False
@@ -390,7 +402,7 @@ def resolve_checkpoint(resume_from_checkpoint, output_dir):
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(output_dir)
         if not checkpoints:
-            raise CheckpointError(f"--resume-from-checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINT_DIR}")
+            raise CheckpointError(f"--resume_from_checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINT_DIR}")
         return checkpoints[-1]
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
@@ -552,30 +564,67 @@ class _FullParameterView:
             yield name, (buffer.full_tensor() if hasattr(buffer, "full_tensor") else buffer)
 
 
-def run_pretraining(args, dataset=None, model_cls=None):
-    """Pre-train an MMAE model as described by ``args`` (a `PretrainingArguments`).
+@dataclass
+class _Run:
+    """Everything one pre-training invocation works with: built by `_setup_run`, advanced by `_train_step`."""
 
-    Args:
-        args (`PretrainingArguments`).
-        dataset (`datasets.Dataset`, *optional*): use these rows instead of loading ``args.dataset``
-            (the caller is then responsible for passing training flows only).
-        model_cls (*optional*): the pre-training model class (default `MMAEForPreTraining`).
+    args: Any
+    config: Any
+    output_dir: Path
+    accelerator: Any
+    model: Any  # prepared (DDP / FSDP wrapper)
+    unwrapped: Any
+    teacher: Any  # MeanTeacher or None
+    optimizer: Any
+    scheduler: Any
+    collator: Any
+    reader: Any
+    sampler: Any
+    steps_per_epoch: int
+    global_batch: int
+    find_unused: bool
+    unused_names: list
+    started: float
+    # position in the data and the schedules (what a checkpoint stores)
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    checkpoint: Path | None = None  # the one this invocation resumed from
+    last_checkpoint: str | None = None
+    metrics_path: Path | None = None
 
-    Returns:
-        `PretrainingResult`. When the run reaches ``max_steps`` the student is saved with ``save_pretrained`` in
-        ``output_dir`` (plus ``preprocessor_config.json`` when the dataset folder carries one).
-    """
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+
+@dataclass
+class _StepOutput:
+    """What one optimizer step returns for logging: mean loss components (tensor, on the device), lr, ..."""
+
+    sums: Any  # float64 [len(LOSS_COMPONENTS)], summed over the micro-batches
+    computed: list  # loss components the model computed
+    lr: float
+    share: float
+    grad_norm: float | None
+    momentum: float | None
+
+
+def _setup_run(args, dataset, model_cls) -> _Run:
+    """Config, data, model, teacher, accelerator, sampler, collator, optimizer: everything before the first step."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, set_seed
-    from tqdm.auto import tqdm
 
     from ..flowmix import DataCollatorForFlowMix
     from ..modeling_mmae import MMAEForPreTraining
-    from ..pmp import hard_mask_share
     from ..teacher import MeanTeacher
 
     started = time.perf_counter()
-    # ACCELERATE_USE_CPU=1 (the CPU multi-process launch) means --cpu: an explicit cpu=False would override it
+    # ACCELERATE_USE_CPU=1 (the CPU multi-process launch) means --use_cpu: an explicit use_cpu=False would override it
     use_cpu = args.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     if args.torch_threads:
         torch.set_num_threads(int(args.torch_threads))
@@ -635,13 +684,13 @@ def run_pretraining(args, dataset=None, model_cls=None):
             f"launched as {world_size_env} processes (WORLD_SIZE) but accelerate set up {world_size} "
             f"({accelerator.distributed_type}): refusing to run independent copies into {output_dir}. "
             "On a machine without GPUs launch with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
-            "--num_processes N ... --cpu` (see docs/training.md)."
+            "--num_processes N ... --use_cpu` (see docs/training.md)."
         )
     if accelerator.distributed_type == DistributedType.DEEPSPEED and args.gradient_accumulation_steps != 1:
         # DeepSpeed steps its engine (and scales the loss) inside accelerator.backward: the loop's own
         # accumulation would step every micro-batch and divide the loss twice
-        raise LaunchError("with DeepSpeed use --gradient-accumulation-steps 1 (and gradient_accumulation_steps: 1 "
-                          "in its config); raise --per-device-train-batch-size or the number of processes instead")
+        raise LaunchError("with DeepSpeed use --gradient_accumulation_steps 1 (and gradient_accumulation_steps: 1 "
+                          "in its config); raise --per_device_train_batch_size or the number of processes instead")
     output_dir.mkdir(parents=True, exist_ok=True)
 
     sampler = EpochBatchSampler(len(reader), args.per_device_train_batch_size, world_size, rank, seed=args.seed)
@@ -656,240 +705,432 @@ def run_pretraining(args, dataset=None, model_cls=None):
     collator = DataCollatorForFlowMix(config, seed=args.seed + 100_003 * rank, use_flowmix=config.use_flowmix)
 
     global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
-    optimizer, scheduler, groups = build_optimizer_and_scheduler(model, args, global_batch)
+    optimizer, scheduler, _groups = build_optimizer_and_scheduler(model, args, global_batch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if teacher is not None:
         teacher.model.to(accelerator.device)
-    unwrapped = accelerator.unwrap_model(model)
+    return _Run(args=args, config=config, output_dir=output_dir, accelerator=accelerator, model=model,
+                unwrapped=accelerator.unwrap_model(model), teacher=teacher, optimizer=optimizer, scheduler=scheduler,
+                collator=collator, reader=reader, sampler=sampler, steps_per_epoch=steps_per_epoch,
+                global_batch=global_batch, find_unused=find_unused, unused_names=unused_names, started=started)
 
-    # ---- resume
-    step, epoch, batch_in_epoch = 0, 0, 0
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
-    if checkpoint is not None:
-        state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
-        expected = {"world_size": world_size, "per_device_train_batch_size": args.per_device_train_batch_size,
-                    "gradient_accumulation_steps": args.gradient_accumulation_steps, "seed": args.seed,
-                    "max_steps": args.max_steps}
-        mismatched = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
-        if mismatched:
-            raise CheckpointError(
-                f"{checkpoint}: cannot continue exactly, the run layout differs (checkpoint vs now): {mismatched}"
-            )
-        needed = [f"random_states_{rank}.pkl", f"collator_state_{rank}.json"]
-        if teacher is not None:
-            needed.append(TEACHER_WEIGHTS_NAME)
-        missing = [name for name in needed if not (checkpoint / name).is_file()]
-        if missing:  # (accelerate would silently skip missing RNG states: no exact resume)
-            raise CheckpointError(f"{checkpoint}: incomplete checkpoint for process {rank}, missing {missing}")
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def _read_trainer_state(checkpoint: Path) -> dict:
+    path = checkpoint / TRAINER_STATE_NAME
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: unreadable trainer state ({_brief(error)})") from error
+    missing = [key for key in ("step", "epoch", "batch_in_epoch") if not isinstance(state.get(key), int)]
+    if not isinstance(state, dict) or missing:
+        raise CheckpointError(f"{path}: trainer state without integer {missing or 'fields'}; the checkpoint is damaged")
+    return state
+
+
+def _load_rng_states(path: Path) -> dict:
+    """The RNG states accelerate saved for one process, read the way accelerate reads them (weights_only)."""
+    from accelerate.utils import load
+
+    states = load(str(path))
+    missing = [k for k in ("random_state", "numpy_random_seed", "torch_manual_seed") if k not in states]
+    if missing:
+        raise ValueError(f"no {missing}")
+    return states
+
+
+def _rng_states_applied(states: dict) -> bool:
+    """Whether the process's python / numpy / torch (and CUDA) generators now hold ``states``."""
+    saved_np, now_np = states["numpy_random_seed"], np.random.get_state()
+    same = (random.getstate() == states["random_state"]
+            and saved_np[0] == now_np[0] and np.array_equal(saved_np[1], now_np[1]) and tuple(saved_np[2:]) == tuple(now_np[2:])
+            and torch.equal(torch.get_rng_state(), states["torch_manual_seed"]))
+    if same and "torch_cuda_manual_seed" in states and torch.cuda.is_available():
+        now = torch.cuda.get_rng_state_all()
+        same = len(now) == len(states["torch_cuda_manual_seed"]) and all(
+            torch.equal(a.cpu(), b.cpu()) for a, b in zip(now, states["torch_cuda_manual_seed"]))
+    return same
+
+
+def _brief(error: BaseException) -> str:
+    """``Type: first line of the message`` (torch's loading errors run over many lines)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text[:200]}" + ("..." if len(text) > 200 else "")
+
+
+def _resume(run: _Run, checkpoint: Path) -> None:
+    """Load every file of ``checkpoint`` and check it, then set the run's position.
+
+    A checkpoint that cannot give an *exact* continuation (RNG states or collator state unreadable or not applied)
+    is a `CheckpointError` unless ``--allow_inexact_resume``; weights, optimizer, scheduler or teacher that cannot
+    be loaded are always an error."""
+    args, accelerator, rank = run.args, run.accelerator, run.rank
+    state = _read_trainer_state(checkpoint)
+    expected = {"world_size": run.world_size, "per_device_train_batch_size": args.per_device_train_batch_size,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps, "seed": args.seed,
+                "max_steps": args.max_steps}
+    mismatched = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+    if mismatched:
+        raise CheckpointError(
+            f"{checkpoint}: cannot continue exactly, the run layout differs (checkpoint vs now): {mismatched}"
+        )
+    needed = [f"random_states_{rank}.pkl", f"collator_state_{rank}.json"]
+    if run.teacher is not None:
+        needed.append(TEACHER_WEIGHTS_NAME)
+    missing = [name for name in needed if not (checkpoint / name).is_file()]
+    if missing:  # (accelerate would silently skip missing RNG states: no exact resume)
+        raise CheckpointError(f"{checkpoint}: incomplete checkpoint for process {rank}, missing {missing}")
+    inexact = []  # what cannot be restored exactly, with why
+    rng_file = checkpoint / f"random_states_{rank}.pkl"
+    try:
+        rng_states = _load_rng_states(rng_file)
+    except Exception as error:  # noqa: BLE001 - accelerate would only log this at INFO and go on
+        rng_states = None
+        inexact.append(f"{rng_file.name} cannot be read ({_brief(error)})")
+    collator_file = checkpoint / f"collator_state_{rank}.json"
+    try:
+        collator_saved = json.loads(collator_file.read_text())
+    except (OSError, ValueError) as error:
+        collator_saved = None
+        inexact.append(f"{collator_file.name} cannot be read ({_brief(error)})")
+    if inexact and not args.allow_inexact_resume:
+        raise CheckpointError(
+            f"{checkpoint}: cannot resume exactly: {'; '.join(inexact)}. Resume from an earlier checkpoint, or pass "
+            "--allow_inexact_resume to continue with fresh random states (the run will then differ from an "
+            "uninterrupted one)")
+    try:
+        accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG (weights_only loading)
+        if run.teacher is not None:
+            from safetensors.torch import load_model
+
+            # read on the CPU; load_state_dict copies into the teacher's tensors wherever they live
+            # (safetensors rejects device strings such as "cpu:0" that accelerate uses under MULTI_CPU)
+            load_model(run.teacher.model, str(checkpoint / TEACHER_WEIGHTS_NAME), device="cpu")
+    except Exception as error:  # noqa: BLE001 - corrupted / foreign files: name the checkpoint
+        raise CheckpointError(f"{checkpoint}: could not be loaded ({_brief(error)})") from error
+    if collator_saved is not None:
         try:
-            accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG (weights_only loading)
-            if teacher is not None:
-                from safetensors.torch import load_model
+            load_collator_state(run.collator, collator_saved)
+        except Exception as error:  # noqa: BLE001
+            if not args.allow_inexact_resume:
+                raise CheckpointError(f"{collator_file}: could not be applied ({_brief(error)}); "
+                                      "pass --allow_inexact_resume to continue without it") from error
+            inexact.append(f"{collator_file.name} cannot be applied ({_brief(error)})")
+    if rng_states is not None and not _rng_states_applied(rng_states):
+        if not args.allow_inexact_resume:
+            raise CheckpointError(f"{rng_file}: the random states were read but not restored; pass "
+                                  "--allow_inexact_resume to continue without them")
+        inexact.append(f"{rng_file.name} was not restored")
+    if inexact:
+        logger.warning("resuming from %s INEXACTLY (--allow_inexact_resume): %s", checkpoint, "; ".join(inexact))
+        accelerator.print(f"warning: resuming from {checkpoint} inexactly: {'; '.join(inexact)}")
+    run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+    run.checkpoint, run.last_checkpoint = checkpoint, str(checkpoint)
 
-                # read on the CPU; load_state_dict copies into the teacher's tensors wherever they live
-                # (safetensors rejects device strings such as "cpu:0" that accelerate uses under MULTI_CPU)
-                load_model(teacher.model, str(checkpoint / TEACHER_WEIGHTS_NAME), device="cpu")
-            load_collator_state(collator, json.loads((checkpoint / f"collator_state_{rank}.json").read_text()))
-        except Exception as error:  # noqa: BLE001 - corrupted / foreign files: name the checkpoint
-            raise CheckpointError(f"{checkpoint}: could not be loaded ({type(error).__name__}: {error})") from error
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
 
-    # ---- a fresh run must not mix its checkpoints with an earlier run's
-    if checkpoint is None and list_checkpoints(output_dir):
-        if not args.overwrite_output_dir:
-            raise CheckpointError(
-                f"{output_dir / CHECKPOINT_DIR} holds checkpoints of an earlier run: continue it with "
-                "--resume-from-checkpoint latest, or pass --overwrite-output-dir to start over"
-            )
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(run: _Run) -> str:
+    """Write ``checkpoints/checkpoint-<step>`` through a temp folder renamed at the end, so that an interrupted or
+    failed write never leaves a half-written folder that ``--resume_from_checkpoint latest`` would pick up."""
+    from ..traffic.atomic import describe_os_error
+
+    accelerator, args = run.accelerator, run.args
+    root = run.output_dir / CHECKPOINT_DIR
+    final = root / f"{CHECKPOINT_PREFIX}{run.step}"
+    tmp = root / f"{CHECKPOINT_TMP_PREFIX}{run.step}"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(f"{CHECKPOINT_TMP_PREFIX}*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    failure = None
+    try:
+        accelerator.save_state(str(tmp))
+        tmp.mkdir(parents=True, exist_ok=True)  # (made by the main process; do not race it)
+        (tmp / f"collator_state_{run.rank}.json").write_text(json.dumps(collator_state(run.collator)))
+        if accelerator.is_main_process:
+            if run.teacher is not None:
+                from safetensors.torch import save_model
+
+                save_model(run.teacher.model, str(tmp / TEACHER_WEIGHTS_NAME))
+            state = {"step": run.step, "epoch": run.epoch, "batch_in_epoch": run.batch_in_epoch,
+                     "world_size": run.world_size, "per_device_train_batch_size": args.per_device_train_batch_size,
+                     "gradient_accumulation_steps": args.gradient_accumulation_steps, "seed": args.seed,
+                     "max_steps": args.max_steps}
+            (tmp / TRAINER_STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
+    except (OSError, RuntimeError) as error:  # a full disk shows as "unexpected pos ..." from torch's zip writer
+        failure = error
+    # every process learns whether any process failed (one tiny all-reduce per checkpoint, not per step)
+    failed = accelerator.reduce(torch.tensor([float(failure is not None)], device=accelerator.device), "sum")
+    if float(failed.item()):
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            shutil.rmtree(output_dir / CHECKPOINT_DIR)
-        accelerator.wait_for_everyone()
+            shutil.rmtree(tmp, ignore_errors=True)
+        reason = describe_os_error(failure, tmp) if failure is not None else "another process failed to write"
+        raise CheckpointError(f"{final}: the checkpoint could not be written: {reason}; the previous checkpoint "
+                              f"({run.last_checkpoint or 'none'}) is unchanged")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if args.save_total_limit:
+            for old in list_checkpoints(run.output_dir)[: -args.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    run.last_checkpoint = str(final)
+    return str(final)
 
-    # ---- logging
+
+# --------------------------------------------------------------------------------------------- logging
+
+
+def _start_logging(run: _Run) -> None:
+    """Trackers, the run's arguments and config, ``metrics.jsonl`` (trimmed to the resumed step), a summary line."""
+    args, accelerator, output_dir = run.args, run.accelerator, run.output_dir
     tracker_config = {k: (json.dumps(v) if isinstance(v, (dict, list)) or v is None else v)
                       for k, v in args.to_dict().items()}
     if args.report_to == "tensorboard":
         accelerator.init_trackers("pretrain", config=tracker_config)
-    metrics_path = output_dir / METRICS_NAME
+    run.metrics_path = metrics_path = output_dir / METRICS_NAME
     if accelerator.is_main_process:
         (output_dir / ARGS_NAME).write_text(json.dumps(args.to_dict(), indent=2, sort_keys=True) + "\n")
-        config.to_json_file(str(output_dir / "pretraining_config.json"))
-        if checkpoint is not None and metrics_path.exists():  # keep what happened up to the checkpoint
+        run.config.to_json_file(str(output_dir / "pretraining_config.json"))
+        if run.checkpoint is not None and metrics_path.exists():  # keep what happened up to the checkpoint
             kept = [line for line in metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= step]
+                    if line.strip() and json.loads(line).get("step", 0) <= run.step]
             metrics_path.write_text("".join(line + "\n" for line in kept))
-        elif checkpoint is None and metrics_path.exists():
+        elif run.checkpoint is None and metrics_path.exists():
             metrics_path.unlink()
     accelerator.print(
-        f"pre-training: {len(reader)} training flows, world size {world_size} ({accelerator.distributed_type}), "
+        f"pre-training: {len(run.reader)} training flows, world size {run.world_size} ({accelerator.distributed_type}), "
         f"device {accelerator.device}, {args.per_device_train_batch_size} flows/process/micro-batch x "
-        f"{args.gradient_accumulation_steps} accumulation = global batch {global_batch}, {steps_per_epoch} steps/epoch, "
-        f"peak lr {args.peak_learning_rate(global_batch):.3g}, find_unused_parameters={find_unused}"
-        + (f" (unused: {len(unused_names)} tensors)" if unused_names else "")
-        + (f", resumed from {checkpoint} at step {step}" if checkpoint is not None else "")
+        f"{args.gradient_accumulation_steps} accumulation = global batch {run.global_batch}, "
+        f"{run.steps_per_epoch} steps/epoch, peak lr {args.peak_learning_rate(run.global_batch):.3g}, "
+        f"find_unused_parameters={run.find_unused}"
+        + (f" (unused: {len(run.unused_names)} tensors)" if run.unused_names else "")
+        + (f", resumed from {run.checkpoint} at step {run.step}" if run.checkpoint is not None else "")
     )
-
-    if getattr(config, "use_guided_masking", False) and teacher is None:
+    if getattr(run.config, "use_guided_masking", False) and run.teacher is None:
         accelerator.print("note: use_guided_masking needs the teacher's predicted losses; without a teacher "
                           "(use_teacher=False) masking stays random")
-    stop_step = args.stop_after_step or args.max_steps
-    progress = tqdm(total=args.max_steps, initial=step, desc="pre-training", dynamic_ncols=True,
-                    disable=not (args.progress_bar and accelerator.is_local_main_process))
-    last_metrics, measured_samples, measured_seconds = {}, 0, 0.0
-    last_checkpoint = str(checkpoint) if checkpoint is not None else None
-    guided = getattr(config, "use_guided_masking", False) and teacher is not None
-    max_share = float(getattr(config, "hard_mask_max_share", 0.0)) if guided else 0.0
+
+
+def _log_step(run: _Run, out: _StepOutput, samples_per_second) -> dict:
+    """One logging point: metrics to tensorboard and ``metrics.jsonl``; returns them (``train/<name>``)."""
+    args, accelerator = run.args, run.accelerator
     ga = args.gradient_accumulation_steps
-    first_step = step
+    means = (out.sums / ga).tolist()
+    metrics = {f"train/{name}": value for name, value in zip(LOSS_COMPONENTS, means)
+               if name in out.computed}  # e.g. no distillation_loss without a teacher
+    metrics.update({"train/learning_rate": out.lr, "train/hard_mask_share": out.share,
+                    "train/epoch": run.epoch + run.batch_in_epoch / (run.steps_per_epoch * ga),
+                    "train/samples_per_second_per_process": samples_per_second})
+    if out.momentum is not None:
+        metrics["train/ema_momentum"] = out.momentum
+    if out.grad_norm is not None:
+        metrics["train/grad_norm"] = out.grad_norm
+    if args.report_to == "tensorboard":
+        accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=run.step)
+    if accelerator.is_main_process:
+        record = {"step": run.step, "world_size": run.world_size,
+                  **{k.split("/", 1)[1]: v for k, v in metrics.items()}}
+        with run.metrics_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    return metrics
 
-    def save_checkpoint(at_step):
-        path = output_dir / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}{at_step}"
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(path))
-        path.mkdir(parents=True, exist_ok=True)  # (made by the main process; do not race it)
-        (path / f"collator_state_{rank}.json").write_text(json.dumps(collator_state(collator)))
-        if accelerator.is_main_process:
-            if teacher is not None:
-                from safetensors.torch import save_model
 
-                save_model(teacher.model, str(path / TEACHER_WEIGHTS_NAME))
-            state = {"step": at_step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "world_size": world_size,
-                     "per_device_train_batch_size": args.per_device_train_batch_size,
-                     "gradient_accumulation_steps": ga, "seed": args.seed, "max_steps": args.max_steps}
-            (path / TRAINER_STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
-            if args.save_total_limit:
-                for old in list_checkpoints(output_dir)[: -args.save_total_limit]:
-                    shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        return str(path)
+# ------------------------------------------------------------------------------------------------ step
 
-    try:
-        while step < stop_step:
-            sampler.set_epoch(epoch)
-            index_batches = sampler.epoch_batches()[batch_in_epoch: steps_per_epoch * ga]
-            batches = iter(_BatchPrefetcher(reader, index_batches, args.num_workers))
-            while step < stop_step and batch_in_epoch + ga <= steps_per_epoch * ga:
-                step_started = time.perf_counter()
-                share = hard_mask_share(step, args.max_steps, max_share) if max_share > 0 else 0.0
-                sums = torch.zeros(len(LOSS_COMPONENTS), device=accelerator.device, dtype=torch.float64)
-                for micro in range(ga):
-                    rows = FlowBatchReader.to_rows(next(batches))
-                    inputs = _model_inputs(collator(rows), accelerator.device)
-                    if teacher is not None:
-                        with accelerator.autocast():
-                            inputs.update(teacher_targets(teacher.model, inputs, config))
-                    inputs["hard_mask_share"] = share
-                    sync = micro == ga - 1
-                    with (nullcontext() if sync else accelerator.no_sync(model)):
-                        outputs = model(**inputs)
-                        computed = [name for name in LOSS_COMPONENTS if getattr(outputs, name, None) is not None]
-                        values = torch.stack([
-                            (getattr(outputs, name) if name in computed
-                             else torch.zeros((), device=accelerator.device)).detach().double()
-                            for name in LOSS_COMPONENTS
-                        ])
-                        # one tiny all-reduce: a NaN on any process stops every process at the same point
-                        values = accelerator.reduce(values, reduction="mean")
-                        if not torch.isfinite(values).all():
-                            raise NonFiniteLossError(_non_finite_message(
-                                dict(zip(LOSS_COMPONENTS, values.tolist())), computed, step + 1, epoch, micro + 1, ga,
-                                scheduler.get_last_lr()[0], last_checkpoint))
-                        sums += values
-                        accelerator.backward(outputs.loss / ga)
-                    batch_in_epoch += 1
-                grad_norm = None
-                if args.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    if grad_norm is not None:  # None under DeepSpeed, which clips by its own config
-                        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-                    if grad_norm is not None and not math.isfinite(grad_norm) and accelerator.mixed_precision != "fp16":
-                        raise NonFiniteLossError(
-                            f"non-finite gradient norm ({grad_norm}) at optimizer step {step + 1} (epoch {epoch}) although "
-                            "every loss component was finite; lower the learning rate or resume from the last checkpoint "
-                            f"({last_checkpoint or 'none yet'})."
-                        )
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                momentum = None
-                if teacher is not None:
-                    momentum = float(teacher.momentum(step))
-                    teacher.update(_FullParameterView(unwrapped), step)
-                step += 1
-                seconds = time.perf_counter() - step_started
-                if step > first_step + 1:  # the first step of an invocation pays one-off costs
-                    measured_samples += args.per_device_train_batch_size * ga
-                    measured_seconds += seconds
-                progress.update(1)
-                if step % args.logging_steps == 0 or step == stop_step:
-                    means = (sums / ga).tolist()
-                    last_metrics = {f"train/{name}": value for name, value in zip(LOSS_COMPONENTS, means)
-                                    if name in computed}  # e.g. no distillation_loss without a teacher
-                    last_metrics.update({"train/learning_rate": lr, "train/hard_mask_share": share,
-                                         "train/epoch": epoch + batch_in_epoch / (steps_per_epoch * ga),
-                                         "train/samples_per_second_per_process":
-                                             measured_samples / measured_seconds if measured_seconds else None})
-                    if momentum is not None:
-                        last_metrics["train/ema_momentum"] = momentum
-                    if grad_norm is not None:
-                        last_metrics["train/grad_norm"] = grad_norm
-                    if args.report_to == "tensorboard":
-                        accelerator.log({k: v for k, v in last_metrics.items() if v is not None}, step=step)
-                    if accelerator.is_main_process:
-                        record = {"step": step, "world_size": world_size,
-                                  **{k.split("/", 1)[1]: v for k, v in last_metrics.items()}}
-                        with metrics_path.open("a") as handle:
-                            handle.write(json.dumps(record) + "\n")
-                    progress.set_postfix(loss=f"{means[0]:.4f}", lr=f"{lr:.2e}")
-                if args.save_steps and step % args.save_steps == 0 and step < args.max_steps:
-                    last_checkpoint = save_checkpoint(step)
-            if batch_in_epoch + ga > steps_per_epoch * ga:
-                epoch, batch_in_epoch = epoch + 1, 0
-        if step < args.max_steps and (not args.save_steps or step % args.save_steps):
-            last_checkpoint = save_checkpoint(step)  # stopped early: leave a checkpoint to continue from
-    finally:
-        progress.close()
 
-    throughput = measured_samples / measured_seconds if measured_seconds else 0.0  # 0: too few steps to measure
+def _train_step(run: _Run, batches, share: float) -> _StepOutput:
+    """One optimizer step: ``gradient_accumulation_steps`` micro-batches from ``batches``, clipping, the update,
+    the scheduler, the teacher's EMA step. Advances ``run.step`` and ``run.batch_in_epoch``."""
+    accelerator, model, args, config = run.accelerator, run.model, run.args, run.config
+    teacher, ga = run.teacher, args.gradient_accumulation_steps
+    sums = torch.zeros(len(LOSS_COMPONENTS), device=accelerator.device, dtype=torch.float64)
+    computed = []
+    for micro in range(ga):
+        rows = FlowBatchReader.to_rows(next(batches))
+        inputs = _model_inputs(run.collator(rows), accelerator.device)
+        if teacher is not None:
+            with accelerator.autocast():
+                inputs.update(teacher_targets(teacher.model, inputs, config))
+        inputs["hard_mask_share"] = share
+        sync = micro == ga - 1
+        with (nullcontext() if sync else accelerator.no_sync(model)):
+            outputs = model(**inputs)
+            computed = [name for name in LOSS_COMPONENTS if getattr(outputs, name, None) is not None]
+            values = torch.stack([
+                (getattr(outputs, name) if name in computed
+                 else torch.zeros((), device=accelerator.device)).detach().double()
+                for name in LOSS_COMPONENTS
+            ])
+            # one tiny all-reduce: a NaN on any process stops every process at the same point
+            values = accelerator.reduce(values, reduction="mean")
+            if not torch.isfinite(values).all():
+                raise NonFiniteLossError(_non_finite_message(
+                    dict(zip(LOSS_COMPONENTS, values.tolist())), computed, run.step + 1, run.epoch, micro + 1, ga,
+                    run.scheduler.get_last_lr()[0], run.last_checkpoint))
+            sums += values
+            accelerator.backward(outputs.loss / ga)
+        run.batch_in_epoch += 1
+    grad_norm = None
+    if args.max_grad_norm > 0:
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        if grad_norm is not None:  # None under DeepSpeed, which clips by its own config
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        if grad_norm is not None and not math.isfinite(grad_norm) and accelerator.mixed_precision != "fp16":
+            raise NonFiniteLossError(
+                f"non-finite gradient norm ({grad_norm}) at optimizer step {run.step + 1} (epoch {run.epoch}) although "
+                "every loss component was finite; lower the learning rate or resume from the last checkpoint "
+                f"({run.last_checkpoint or 'none yet'})."
+            )
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    momentum = None
+    if teacher is not None:
+        momentum = float(teacher.momentum(run.step))
+        teacher.update(_FullParameterView(run.unwrapped), run.step)
+    run.step += 1
+    return _StepOutput(sums=sums, computed=computed, lr=lr, share=share, grad_norm=grad_norm, momentum=momentum)
+
+
+# ------------------------------------------------------------------------------------------------- end
+
+
+def _finish(run: _Run, last_metrics: dict, throughput: float) -> "PretrainingResult":
+    """Save the model (when ``max_steps`` was reached), the summary and the curves; end the trackers."""
+    args, accelerator, output_dir = run.args, run.accelerator, run.output_dir
     per_process = accelerator.gather(torch.tensor([throughput], device=accelerator.device, dtype=torch.float64))
     per_process = [float(v) for v in per_process.cpu().tolist()]
-    finished = step >= args.max_steps
+    finished = run.step >= args.max_steps
     accelerator.wait_for_everyone()
     if finished:
-        state_dict = accelerator.get_state_dict(model)
-        unwrapped.save_pretrained(str(output_dir), is_main_process=accelerator.is_main_process,
-                                  save_function=accelerator.save, state_dict=state_dict)
+        state_dict = accelerator.get_state_dict(run.model)
+        try:
+            run.unwrapped.save_pretrained(str(output_dir), is_main_process=accelerator.is_main_process,
+                                          save_function=accelerator.save, state_dict=state_dict)
+        except (OSError, RuntimeError) as error:
+            from ..traffic.atomic import describe_os_error
+
+            raise CheckpointError(f"{output_dir}: the model could not be saved: {describe_os_error(error, output_dir)}"
+                                  f"; the last checkpoint is {run.last_checkpoint or 'none'}") from error
         if accelerator.is_main_process:
             preprocessor = find_preprocessor_config(args.dataset, args.dataset_cache_dir) if args.dataset else None
             if preprocessor is not None:
                 shutil.copyfile(preprocessor, output_dir / preprocessor.name)
-            if teacher is not None and args.save_teacher:
-                teacher.model.save_pretrained(str(output_dir / "teacher"))
+            if run.teacher is not None and args.save_teacher:
+                run.teacher.model.save_pretrained(str(output_dir / "teacher"))
     if accelerator.is_main_process:
-        plot_metrics(metrics_path, output_dir / CURVES_NAME)
-        summary = {"step": step, "max_steps": args.max_steps, "finished": finished, "world_size": world_size,
-                   "dataset": args.dataset, "split": args.split, "num_training_flows": len(reader),
-                   "distributed_type": str(accelerator.distributed_type), "device": str(accelerator.device),
-                   "mixed_precision": accelerator.mixed_precision, "global_batch_size": global_batch,
-                   "samples_per_second_per_process": per_process, "last_metrics": last_metrics,
-                   "checkpoint": last_checkpoint, "find_unused_parameters": find_unused,
-                   "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
-                   "unused_parameters": unused_names}
+        plot_metrics(run.metrics_path, output_dir / CURVES_NAME)
+        summary = {"step": run.step, "max_steps": args.max_steps, "finished": finished,
+                   "world_size": run.world_size, "dataset": args.dataset, "split": args.split,
+                   "num_training_flows": len(run.reader), "distributed_type": str(accelerator.distributed_type),
+                   "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+                   "global_batch_size": run.global_batch, "samples_per_second_per_process": per_process,
+                   "last_metrics": last_metrics, "checkpoint": run.last_checkpoint,
+                   "find_unused_parameters": run.find_unused,
+                   "wall_seconds_this_invocation": round(time.perf_counter() - run.started, 1),
+                   "unused_parameters": run.unused_names}
         (output_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
     accelerator.print(
-        f"pre-training {'finished' if finished else 'stopped'} at step {step}: samples/s per process "
+        f"pre-training {'finished' if finished else 'stopped'} at step {run.step}: samples/s per process "
         + ", ".join(f"{v:.1f}" for v in per_process)
-        + (f"; model saved to {output_dir}" if finished else f"; continue with --resume-from-checkpoint {last_checkpoint}")
+        + (f"; model saved to {output_dir}" if finished
+           else f"; continue with --resume_from_checkpoint {run.last_checkpoint}")
     )
     # Every rank tears the process group down at the same moment: a rank that is still saving or plotting while
     # its peer has already destroyed the group and exited is the one window where gloo teardown can stall.
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return PretrainingResult(step=step, output_dir=str(output_dir), finished=finished, last_metrics=last_metrics,
-                             samples_per_second_per_process=per_process, world_size=world_size,
-                             checkpoint=last_checkpoint)
+    return PretrainingResult(step=run.step, output_dir=str(output_dir), finished=finished, last_metrics=last_metrics,
+                             samples_per_second_per_process=per_process, world_size=run.world_size,
+                             checkpoint=run.last_checkpoint)
+
+
+# ------------------------------------------------------------------------------------------------- loop
+
+
+def run_pretraining(args, dataset=None, model_cls=None):
+    """Pre-train an MMAE model as described by ``args`` (a `PretrainingArguments`).
+
+    The pieces: `_setup_run` (everything before the first step), `_resume` (a verified checkpoint),
+    `_start_logging`, `_train_step` (one optimizer step), `_log_step`, `_save_checkpoint` and `_finish`.
+
+    Args:
+        args (`PretrainingArguments`).
+        dataset (`datasets.Dataset`, *optional*): use these rows instead of loading ``args.dataset``
+            (the caller is then responsible for passing training flows only).
+        model_cls (*optional*): the pre-training model class (default `MMAEForPreTraining`).
+
+    Returns:
+        `PretrainingResult`. When the run reaches ``max_steps`` the student is saved with ``save_pretrained`` in
+        ``output_dir`` (plus ``preprocessor_config.json`` when the dataset folder carries one).
+    """
+    from tqdm.auto import tqdm
+
+    from ..pmp import hard_mask_share
+
+    run = _setup_run(args, dataset, model_cls)
+    accelerator, output_dir = run.accelerator, run.output_dir
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    if checkpoint is not None:
+        _resume(run, checkpoint)
+    elif list_checkpoints(output_dir):  # a fresh run must not mix its checkpoints with an earlier run's
+        if not args.overwrite_output_dir:
+            raise CheckpointError(
+                f"{output_dir / CHECKPOINT_DIR} holds checkpoints of an earlier run: continue it with "
+                "--resume_from_checkpoint latest, or pass --overwrite_output_dir to start over"
+            )
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(output_dir / CHECKPOINT_DIR)
+        accelerator.wait_for_everyone()
+    _start_logging(run)
+
+    stop_step = args.stop_after_step or args.max_steps
+    progress = tqdm(total=args.max_steps, initial=run.step, desc="pre-training", dynamic_ncols=True,
+                    disable=not (args.progress_bar and accelerator.is_local_main_process))
+    guided = getattr(run.config, "use_guided_masking", False) and run.teacher is not None
+    max_share = float(getattr(run.config, "hard_mask_max_share", 0.0)) if guided else 0.0
+    ga = args.gradient_accumulation_steps
+    first_step = run.step
+    last_metrics, measured_samples, measured_seconds = {}, 0, 0.0
+    try:
+        while run.step < stop_step:
+            run.sampler.set_epoch(run.epoch)
+            index_batches = run.sampler.epoch_batches()[run.batch_in_epoch: run.steps_per_epoch * ga]
+            batches = iter(_BatchPrefetcher(run.reader, index_batches, args.num_workers))
+            while run.step < stop_step and run.batch_in_epoch + ga <= run.steps_per_epoch * ga:
+                step_started = time.perf_counter()
+                share = hard_mask_share(run.step, args.max_steps, max_share) if max_share > 0 else 0.0
+                out = _train_step(run, batches, share)
+                seconds = time.perf_counter() - step_started
+                if run.step > first_step + 1:  # the first step of an invocation pays one-off costs
+                    measured_samples += args.per_device_train_batch_size * ga
+                    measured_seconds += seconds
+                progress.update(1)
+                if run.step % args.logging_steps == 0 or run.step == stop_step:
+                    last_metrics = _log_step(run, out, measured_samples / measured_seconds if measured_seconds else None)
+                    progress.set_postfix(loss=f"{last_metrics['train/loss']:.4f}", lr=f"{out.lr:.2e}")
+                if args.save_steps and run.step % args.save_steps == 0 and run.step < args.max_steps:
+                    _save_checkpoint(run)
+            if run.batch_in_epoch + ga > run.steps_per_epoch * ga:
+                run.epoch, run.batch_in_epoch = run.epoch + 1, 0
+        if run.step < args.max_steps and (not args.save_steps or run.step % args.save_steps):
+            _save_checkpoint(run)  # stopped early: leave a checkpoint to continue from
+    finally:
+        progress.close()
+    throughput = measured_samples / measured_seconds if measured_seconds else 0.0  # 0: too few steps to measure
+    return _finish(run, last_metrics, throughput)
 
 
 __all__ = [

@@ -30,7 +30,7 @@ class Variant:
     tree_kind: str | None = None
 
 
-# pre-training runs, by name: config switches passed to train/pretrain.py as --config-override KEY=VALUE
+# pre-training runs, by name: config switches passed to train/pretrain.py as --config_overrides KEY=VALUE
 PRETRAININGS = {
     "mmae": {},
     "no_flowmix": {"use_flowmix": False},
