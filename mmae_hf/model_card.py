@@ -210,7 +210,8 @@ def _read_json(path: Path) -> dict:
 
 
 def build_pretraining_model_card(folder: str | Path, repo_id: str | None = None, license: str = "apache-2.0",
-                                 dataset_name: str | None = None, template_path: str | Path | None = None):
+                                 dataset_name: str | None = None, template_path: str | Path | None = None,
+                                 model_name: str | None = None):
     """The model card of a pre-training folder, from the files ``train/pretrain.py`` leaves there
     (``pretraining_summary.json``, ``pretraining_args.json``, ``config.json``, ``preprocessor_config.json``,
     ``pretraining_curves.png``): corpus, steps, flows seen, final loss components, curves.
@@ -220,6 +221,7 @@ def build_pretraining_model_card(folder: str | Path, repo_id: str | None = None,
         repo_id: where it is (or will be) published, for the usage snippet.
         dataset_name: the corpus's name or Hub id (default: the run's ``--dataset``; a local path becomes its
             folder name).
+        model_name: the model's name in the card (default: the folder's name).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -230,7 +232,7 @@ def build_pretraining_model_card(folder: str | Path, repo_id: str | None = None,
     run_args = _read_json(folder / "pretraining_args.json")
     config = _read_json(folder / "config.json")
     fe_config = _read_json(folder / "preprocessor_config.json") or None
-    model_name = folder.resolve().name
+    model_name = model_name or folder.resolve().name
     dataset = publishable_name(dataset_name or summary.get("dataset") or run_args.get("dataset")) or "unknown"
     steps, batch = int(summary.get("step", 0)), int(summary.get("global_batch_size", 0))
     flows = int(summary.get("num_training_flows") or 0)
