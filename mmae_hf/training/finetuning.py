@@ -583,9 +583,13 @@ def save_model_folder(model, model_dir: Path, dataset_source: str | None = None,
 
     name_pipeline(model.config)
     model.save_pretrained(model_dir)
+    from transformers.dynamic_module_utils import get_relative_import_files
+
     from .. import pipeline_traffic
 
-    shutil.copy(pipeline_traffic.__file__, model_dir / "pipeline_traffic.py")
+    # the pipeline's file and the single-dot siblings it imports (the feature extractor, the data contract)
+    for source in (pipeline_traffic.__file__, *get_relative_import_files(pipeline_traffic.__file__)):
+        shutil.copy(source, model_dir / Path(source).name)
     _carry_feature_extractor(model_dir, [dataset_source, pretrained])
     return model_dir
 
