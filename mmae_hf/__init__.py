@@ -7,11 +7,12 @@ The names below (`mmae_hf.MMAEConfig`, ...) load on first use.
 
 The torch-free layers stay torch-free: `import mmae_hf.traffic` (pcaps -> flows -> datasets) and
 `import mmae_hf.data_contract` load neither torch nor transformers. When the package is imported only as their
-parent, registration waits for the first use of a model-side name (`mmae_hf.MMAEConfig`, ...) or an explicit
-`mmae_hf.register_auto_classes()`.
+parent, registration waits for the first import of another submodule (`mmae_hf.modeling_mmae`, `mmae_hf.training`,
+...), the first use of a model-side name (`mmae_hf.MMAEConfig`, ...) or an explicit `mmae_hf.register_auto_classes()`.
 """
 
 import importlib
+import importlib.abc
 import importlib.util
 import sys
 from types import FrameType
@@ -112,7 +113,30 @@ def _imported_as_parent_of_a_torch_free_submodule() -> bool:
     return False
 
 
-if not _imported_as_parent_of_a_torch_free_submodule():
+class _RegisterWithTheModelSide(importlib.abc.MetaPathFinder):
+    """Registers the Auto classes once any other submodule (`mmae_hf.modeling_mmae`, `mmae_hf.training...`) has been
+    imported, in a process that started with the torch-free side only (then `import mmae_hf` ran nothing more)."""
+
+    def find_spec(self, fullname, path, target=None):
+        parts = fullname.split(".")
+        if parts[0] != __name__ or len(parts) < 2 or parts[1] in _TORCH_FREE_SUBMODULES:
+            return None
+        sys.meta_path.remove(self)  # once
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            execute = spec.loader.exec_module
+
+            def exec_module(module):
+                execute(module)
+                register_auto_classes()
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+if _imported_as_parent_of_a_torch_free_submodule():
+    sys.meta_path.insert(0, _RegisterWithTheModelSide())
+else:
     register_auto_classes()
 
 

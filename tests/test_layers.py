@@ -60,7 +60,22 @@ def test_import_mmae_hf_still_registers_the_auto_classes(tmp_path):
         tmp_path,
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-2000:]
-    # a process that imported the torch-free side first registers on the first use of a model-side name
+    # a process that imported the torch-free side first registers when a model-side module is imported ...
+    result = run_python(
+        f"""
+        import sys
+        from mmae_hf.traffic.atomic import atomic_write_text  # what the training scripts import first
+        assert "transformers" not in sys.modules
+        from mmae_hf.modeling_mmae import MMAEModel
+        from transformers import AutoModel
+        assert type(AutoModel.from_pretrained({str(tmp_path / "m")!r})) is MMAEModel
+        assert MMAEModel._auto_class == "AutoModel"  # save_pretrained copies the remote-code files
+        print("OK")
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-2000:]
+    # ... or on the first use of a model-side name
     result = run_python(
         f"""
         import sys
