@@ -46,8 +46,8 @@ DEFAULT_FLOW_OPTIONS: dict[str, Any] = {
     "max_packets": 0,
     "max_open_flows": 100_000,
 }
-"""How flows are cut by default: the defaults of `mmae_hf.traffic.FlowOptions` (which documents each option), also
-what `MMAEFeatureExtractor` assumes for a key its saved config lacks."""
+"""How flows are cut by default: the defaults of `mmae_hf.traffic.FlowOptions` (which documents each option; a test
+checks that both agree), also what `MMAEFeatureExtractor` assumes for a key its saved config lacks."""
 
 FLOW_STAT_NAMES = (
     # IP total length (IPv6: 40 + payload length) of every packet of the flow

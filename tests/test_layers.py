@@ -43,53 +43,44 @@ def test_torch_free_modules_import_neither_torch_nor_transformers(module, tmp_pa
     assert report["seconds"] < 3.0, report  # torch + transformers alone take 4-7 s here
 
 
-def test_import_mmae_hf_still_registers_the_auto_classes(tmp_path):
-    from mmae_hf import MMAEConfig, MMAEForSequenceClassification
-
-    MMAEForSequenceClassification(MMAEConfig.from_preset("mmae-tiny", num_labels=2)).save_pretrained(tmp_path / "m")
-    result = run_python(
-        f"""
+# how a process starts -> what must work after it (`FOLDER` is a saved MMAEModel folder)
+REGISTRATION_CASES = {
+    "import mmae_hf": """
         import mmae_hf
-        from transformers import AutoConfig, AutoModel, pipeline
+        from transformers import AutoModel
         from transformers.pipelines import PIPELINE_REGISTRY
-        model = AutoModel.from_pretrained({str(tmp_path / "m")!r})
-        assert type(model).__module__ == "mmae_hf.modeling_mmae", type(model).__module__
+        assert type(AutoModel.from_pretrained(FOLDER)).__module__ == "mmae_hf.modeling_mmae"
         assert "traffic-classification" in PIPELINE_REGISTRY.supported_tasks
-        print("OK")
         """,
-        tmp_path,
-    )
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-2000:]
-    # a process that imported the torch-free side first registers when a model-side module is imported ...
-    result = run_python(
-        f"""
+    "torch-free side first, then a model-side module (as the training scripts do)": """
         import sys
-        from mmae_hf.traffic.atomic import atomic_write_text  # what the training scripts import first
+        from mmae_hf.traffic.atomic import atomic_write_text
         assert "transformers" not in sys.modules
         from mmae_hf.modeling_mmae import MMAEModel
         from transformers import AutoModel
-        assert type(AutoModel.from_pretrained({str(tmp_path / "m")!r})) is MMAEModel
+        assert type(AutoModel.from_pretrained(FOLDER)) is MMAEModel
         assert MMAEModel._auto_class == "AutoModel"  # save_pretrained copies the remote-code files
-        print("OK")
         """,
-        tmp_path,
-    )
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-2000:]
-    # ... or on the first use of a model-side name
-    result = run_python(
-        f"""
+    "torch-free side first, then a model-side name": """
         import sys
         import mmae_hf.traffic
         assert "transformers" not in sys.modules
         import mmae_hf
         mmae_hf.MMAEConfig
         from transformers import AutoModel
-        assert type(AutoModel.from_pretrained({str(tmp_path / "m")!r})).__module__ == "mmae_hf.modeling_mmae"
-        print("OK")
+        assert type(AutoModel.from_pretrained(FOLDER)).__module__ == "mmae_hf.modeling_mmae"
         """,
-        tmp_path,
-    )
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-2000:]
+}
+
+
+def test_import_mmae_hf_still_registers_the_auto_classes(tmp_path):
+    from mmae_hf import MMAEConfig, MMAEForSequenceClassification
+
+    folder = tmp_path / "m"
+    MMAEForSequenceClassification(MMAEConfig.from_preset("mmae-tiny", num_labels=2)).save_pretrained(folder)
+    for case, script in REGISTRATION_CASES.items():
+        result = run_python(f"FOLDER = {str(folder)!r}\n" + textwrap.dedent(script) + "print('OK')\n", tmp_path)
+        assert result.returncode == 0 and result.stdout.strip().endswith("OK"), (case, result.stderr[-2000:])
 
 
 def imported_modules(path: Path) -> set[tuple[int, str]]:

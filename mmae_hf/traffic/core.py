@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data_contract import BYTE_COLUMN, DEFAULT_FLOW_OPTIONS
+from ..data_contract import BYTE_COLUMN
 from ..data_contract import FLOW_STAT_NAMES as FLOW_STAT_NAMES  # re-exported
 from ..data_contract import NUM_FLOW_STATS as NUM_FLOW_STATS  # re-exported
 
@@ -90,18 +90,18 @@ class FlowOptions:
             0: no cap (memory then grows with the number of concurrent flows).
     """
 
-    bidirectional: bool = DEFAULT_FLOW_OPTIONS["bidirectional"]
-    idle_timeout: float = DEFAULT_FLOW_OPTIONS["idle_timeout"]
-    active_timeout: float = DEFAULT_FLOW_OPTIONS["active_timeout"]
-    tcp_close: bool = DEFAULT_FLOW_OPTIONS["tcp_close"]
-    num_packets: int = DEFAULT_FLOW_OPTIONS["num_packets"]
-    header_bytes: int = DEFAULT_FLOW_OPTIONS["header_bytes"]
-    payload_bytes: int = DEFAULT_FLOW_OPTIONS["payload_bytes"]
-    anonymize: str = DEFAULT_FLOW_OPTIONS["anonymize"]
-    min_packets: int = DEFAULT_FLOW_OPTIONS["min_packets"]
-    drop_service_chatter: bool = DEFAULT_FLOW_OPTIONS["drop_service_chatter"]
-    max_packets: int = DEFAULT_FLOW_OPTIONS["max_packets"]
-    max_open_flows: int = DEFAULT_FLOW_OPTIONS["max_open_flows"]
+    bidirectional: bool = True
+    idle_timeout: float = 120.0
+    active_timeout: float = 3600.0
+    tcp_close: bool = True
+    num_packets: int = 5
+    header_bytes: int = 80
+    payload_bytes: int = 240
+    anonymize: str = "default"
+    min_packets: int = 1
+    drop_service_chatter: bool = False
+    max_packets: int = 0
+    max_open_flows: int = 100_000
 
     def __post_init__(self):
         if self.anonymize not in ANONYMIZATION_PROFILES:
