@@ -81,3 +81,37 @@ def test_study_results_are_cached_and_summarised(tiny_study, tmp_path):
     assert "k = 2" in text and "k = all" in text and "random forest, raw 1600 bytes" in text
     assert plot(study, tmp_path / "le.png").stat().st_size > 1000
     assert not (root / "out" / "runs" / "synth" / "finetune" / "k2" / "seed0" / "checkpoints").exists()
+
+
+def test_runs_in_worker_processes_give_the_same_results(tiny_study, tmp_path):
+    import dataclasses
+
+    from mmae_hf.training.label_efficiency import run_study
+
+    root, settings, study = tiny_study
+    models = ["probe", "random_probe", "extra_trees", "random_forest_bytes"]
+    parallel = dataclasses.replace(settings, output_dir=str(tmp_path / "parallel"), models=models)
+    again = run_study(parallel, progress=lambda line: None, jobs=2)
+    expected = [r for r in study["runs"] if r["model"] in models]
+    assert [(r["model"], r["k"], r["seed"], r["test"]) for r in again["runs"]] == \
+        [(r["model"], r["k"], r["seed"], r["test"]) for r in expected]
+
+
+def test_the_explanation_follows_the_numbers():
+    from mmae_hf.training.label_efficiency import explain
+
+    def study(ft_few, sc_few, ft_all, sc_all, tree):
+        rows = []
+        for model, few, every in (("finetune", ft_few, ft_all), ("scratch", sc_few, sc_all),
+                                  ("extra_trees", tree, tree)):
+            rows += [{"dataset": "d", "model": model, "k": "10", "test_macro_f1": few, "seeds": 1},
+                     {"dataset": "d", "model": model, "k": "all", "test_macro_f1": every, "seeds": 1}]
+        return {"summary": {"rows": rows, "datasets": ["d"]}}
+
+    text = explain(study(0.8, 0.5, 0.9, 0.9, 0.6))
+    assert "with 10 labelled flows per class, the pre-trained encoder fine-tuned scores 0.80" in text
+    assert "against 0.50 from scratch (+0.30)" in text
+    assert "pre-training pays where labels are few, and the two meet once every label is used" in text
+    assert "1 seed: read small gaps as noise" in text
+    assert "does not help" in explain(study(0.4, 0.6, 0.5, 0.7, 0.2))
+    assert "the trees are at least as good" in explain(study(0.5, 0.5, 0.6, 0.6, 0.9))

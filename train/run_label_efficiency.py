@@ -33,6 +33,8 @@ def parse_args(argv=None):
                    help="a FinetuneArguments field for both fine-tuned models, e.g. learning_rate=1e-3 (repeatable); "
                         "default: the recipe train/finetune.py picks")
     p.add_argument("--probe-pooling", default="cls", choices=["cls", "mean", "cls+mean"])
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
+    p.add_argument("--explain", action="store_true", help="print what the table means, in words, after it")
     p.add_argument("--name", default="label_efficiency", help="result file name")
     p.add_argument("--output-dir", default=str(REPO / "outputs" / "label-efficiency"), help="run cache")
     p.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"))
@@ -42,7 +44,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     import mmae_hf  # noqa: F401  (registers the Auto classes)
-    from mmae_hf.training.label_efficiency import LabelEfficiencySettings, markdown, plot, run_study
+    from mmae_hf.training.label_efficiency import LabelEfficiencySettings, explain, markdown, plot, run_study
     from mmae_hf.training.pretraining import parse_config_overrides
 
     started = time.time()
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
         checkpoint=args.checkpoint, datasets=args.datasets, output_dir=args.output_dir,
         ks=[None if k == "all" else int(k) for k in args.ks], seeds=args.seeds, models=args.models,
         finetune_overrides=parse_config_overrides(args.finetune_arg), probe_pooling=args.probe_pooling)
-    study = run_study(settings, progress=lambda line: print(line, flush=True))
+    study = run_study(settings, progress=lambda line: print(line, flush=True), jobs=args.jobs)
     study["settings"] = {"checkpoint": args.checkpoint, "datasets": [Path(d).name for d in args.datasets],
                          "ks": args.ks, "seeds": args.seeds, "models": args.models,
                          "finetune_overrides": settings.finetune_overrides, "probe_pooling": args.probe_pooling}
@@ -62,7 +64,11 @@ def main(argv=None) -> int:
     (results / f"{args.name}.md").write_text(f"# Label efficiency: {args.name}\n\n" + text)
     plot(study, results / f"{args.name}.png")
     print(text)
-    print(f"results: {results / (args.name + '.md')} (.json, .png)")
+    if args.explain:
+        print(explain(study))
+        print()
+    print(f"results: {results / (args.name + '.md')} (.json, .png); runs (model cards, confusion matrices): "
+          f"{args.output_dir}/runs/")
     return 0
 
 

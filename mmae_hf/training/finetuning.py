@@ -359,10 +359,16 @@ def build_model(args: FinetuneArguments, label_names: list[str]):
     if args.pretrained:
         from ..weight_check import load_checked
 
+        from transformers import AutoModelForSequenceClassification
+
+        from .. import modeling_mmae  # noqa: F401  (importing the package registered MMAE with the Auto classes)
+
         check_model_source(args.pretrained, "--pretrained")
         try:
-            model = load_checked(  # refuses a config.json that does not fit the encoder weights, names a damaged file
-                MMAEForSequenceClassification, args.pretrained, allow_mismatched_weights=args.allow_mismatched_weights,
+            # what a user writes: the Auto class; refuses a config.json that does not fit the encoder weights and
+            # names a damaged file
+            model = load_checked(
+                AutoModelForSequenceClassification, args.pretrained, allow_mismatched_weights=args.allow_mismatched_weights,
                 num_labels=len(label_names), id2label=id2label, label2id=label2id, dtype=torch.float32)
         except OSError as error:  # a Hub id that is not there, or no network
             raise hub_load_error(args.pretrained, error, "--pretrained") from error

@@ -126,7 +126,9 @@ def run_one(model_name: str, data: _DatasetCache, k, seed: int, settings: LabelE
         _drop_checkpoints(out)
     elif model_name in ("probe", "random_probe"):
         encoder = encoders[model_name]
-        feats = data.encoder_features(model_name, encoder, settings.probe_pooling)
+        # the pre-trained encoder's features serve every seed; a random encoder is drawn per seed
+        feats = data.encoder_features("probe" if model_name == "probe" else f"random-{seed}", encoder,
+                                      settings.probe_pooling)
         probe = linear_probe(feats["train"][rows], y_train, feats["validation"], data.labels("validation"),
                              feats["test"], data.labels("test"), num_labels=len(data.label_names), seed=seed)
         result.update(validation=probe["validation"], test=probe["test"], C=probe["C"],
@@ -177,29 +179,54 @@ def load_encoders(checkpoint: str, seed: int):
     return {"probe": pretrained, "random_probe": random}
 
 
-def run_study(settings: LabelEfficiencySettings, progress=print) -> dict:
-    """Run (or reuse) every run of the study; returns ``{"settings", "runs", "summary"}``."""
-    out = Path(settings.output_dir)
-    runs = []
-    for path in settings.datasets:
-        data = _DatasetCache(path)
-        for seed in settings.seeds:
-            encoders = load_encoders(settings.checkpoint, seed) if {"probe", "random_probe"} & set(settings.models) \
-                else {}
-            data._features.pop("random_probe", None)  # a new random encoder per seed
-            for k in settings.ks:
-                for model_name in settings.models:
-                    cache = out / "runs" / data.name / model_name / f"k{k_name(k)}" / f"seed{seed}.json"
-                    if cache.is_file():
-                        runs.append(json.loads(cache.read_text()))
-                        continue
-                    result = run_one(model_name, data, k, seed, settings, encoders)
-                    cache.parent.mkdir(parents=True, exist_ok=True)
-                    cache.write_text(json.dumps(result, indent=2) + "\n")
-                    runs.append(result)
-                    progress(f"[label-efficiency] {data.name} k={k_name(k)} seed {seed} {model_name}: test macro-F1 "
-                             f"{result['test']['macro_f1']:.3f} (validation {result['validation']['macro_f1']:.3f}, "
-                             f"{result['seconds']:.0f} s)")
+def _cache_path(settings: LabelEfficiencySettings, dataset: str, model_name: str, k, seed: int) -> Path:
+    return Path(settings.output_dir) / "runs" / dataset / model_name / f"k{k_name(k)}" / f"seed{seed}.json"
+
+
+_WORKER_STATE: dict = {}
+
+
+def _run_task(settings: LabelEfficiencySettings, path: str, k, seed: int, model_name: str) -> dict:
+    """One run, with the dataset and the encoders loaded once per process (also in a pool's worker)."""
+    data = _WORKER_STATE.get(("data", path))
+    if data is None:
+        data = _WORKER_STATE[("data", path)] = _DatasetCache(path)
+    encoders = {}
+    if model_name in ("probe", "random_probe"):
+        encoders = _WORKER_STATE.get(("encoders", seed))
+        if encoders is None:
+            encoders = _WORKER_STATE[("encoders", seed)] = load_encoders(settings.checkpoint, seed)
+    return run_one(model_name, data, k, seed, settings, encoders)
+
+
+def run_study(settings: LabelEfficiencySettings, progress=print, jobs: int = 1) -> dict:
+    """Run (or reuse) every run of the study, in ``jobs`` processes; returns ``{"runs", "summary"}`` (runs in a fixed
+    order: dataset, seed, k, model)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    tasks = [(str(path), k, seed, model_name) for path in settings.datasets for seed in settings.seeds
+             for k in settings.ks for model_name in settings.models]
+    missing = [t for t in tasks if not _cache_path(settings, Path(t[0]).name, t[3], t[1], t[2]).is_file()]
+
+    def finished(task, result):
+        cache = _cache_path(settings, Path(task[0]).name, task[3], task[1], task[2])
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(result, indent=2) + "\n")
+        progress(f"[label-efficiency] {result['dataset']} k={result['k']} seed {result['seed']} {result['model']}: "
+                 f"test macro-F1 {result['test']['macro_f1']:.3f} (validation {result['validation']['macro_f1']:.3f}, "
+                 f"{result['seconds']:.0f} s)")
+
+    if jobs <= 1 or len(missing) <= 1:
+        for task in missing:
+            finished(task, _run_task(settings, *task))
+    else:
+        # spawned workers (a fork would copy torch's thread pools); each loads the data and encoders once
+        with ProcessPoolExecutor(max_workers=min(jobs, len(missing)), mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_run_task, settings, *task): task for task in missing}
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+    runs = [json.loads(_cache_path(settings, Path(t[0]).name, t[3], t[1], t[2]).read_text()) for t in tasks]
     return {"runs": runs, "summary": summarize(runs)}
 
 
@@ -260,6 +287,49 @@ def markdown(study: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def explain(study: dict, seeds_note: bool = True) -> str:
+    """What the table means, in words drawn from its numbers: per dataset and k, fine-tuned from the checkpoint
+    against from scratch, beside the best tree; then one verdict."""
+    rows = {(r["dataset"], r["model"], r["k"]): r for r in study["summary"]["rows"]}
+    sentences = []
+    for dataset in study["summary"]["datasets"]:
+        ks = sorted({k for (d, _, k) in rows if d == dataset}, key=lambda v: (v == "all", int(v) if v != "all" else 0))
+        parts, gains, tree_wins = [], [], []
+        for k in ks:
+            ft, sc = rows.get((dataset, "finetune", k)), rows.get((dataset, "scratch", k))
+            if ft is None or sc is None:
+                continue
+            gain = ft["test_macro_f1"] - sc["test_macro_f1"]
+            gains.append((k, gain))
+            label = "all labelled flows" if k == "all" else f"{k} labelled flows per class"
+            text = (f"with {label}, the pre-trained encoder fine-tuned scores {ft['test_macro_f1']:.2f} test macro-F1 "
+                    f"against {sc['test_macro_f1']:.2f} from scratch ({gain:+.2f})")
+            trees = [rows[(dataset, m, k)] for m in ("extra_trees", "random_forest_bytes") if (dataset, m, k) in rows]
+            if trees:
+                best = max(trees, key=lambda r: r["test_macro_f1"])
+                text += f" and {best['test_macro_f1']:.2f} for the best tree ({MODEL_LABELS[best['model']]})"
+                tree_wins.append(best["test_macro_f1"] >= ft["test_macro_f1"])
+            parts.append(text)
+        if not parts:
+            continue
+        few = [g for k, g in gains if k != "all"]
+        every = [g for k, g in gains if k == "all"]
+        if few and min(few) > 0.02 and (not every or every[0] <= 0.02):
+            verdict = "pre-training pays where labels are few, and the two meet once every label is used"
+        elif all(g > 0.02 for _, g in gains):
+            verdict = "pre-training helps at every label budget here"
+        elif all(g < -0.02 for _, g in gains):
+            verdict = "pre-training does not help on this data"
+        else:
+            verdict = "the difference pre-training makes is within a few points either way here"
+        if tree_wins and all(tree_wins):
+            verdict += ", and the trees are at least as good on this small set"
+        seeds = {r["seeds"] for (d, _, _), r in rows.items() if d == dataset}
+        note = f" ({max(seeds)} seed{'s' if max(seeds) > 1 else ''}: read small gaps as noise)" if seeds_note else ""
+        sentences.append(f"On {dataset}, " + "; ".join(parts) + f": {verdict}{note}.")
+    return " ".join(sentences)
+
+
 def plot(study: dict, path) -> Path:
     """One panel per dataset: test macro-F1 against k (log axis, "all" last), one line per model, std error bars."""
     import matplotlib
@@ -297,5 +367,5 @@ def plot(study: dict, path) -> Path:
     return Path(path)
 
 
-__all__ = ["LabelEfficiencySettings", "MODELS", "k_name", "markdown", "plot", "run_one", "run_study",
+__all__ = ["LabelEfficiencySettings", "MODELS", "explain", "k_name", "markdown", "plot", "run_one", "run_study",
            "summarize"]
