@@ -189,3 +189,13 @@ def test_the_pipeline_makes_a_default_feature_extractor_with_a_warning(tmp_path,
         expected = model(input_bytes=torch.from_numpy(flows)).logits.softmax(-1).max(-1).values
     assert [r["score"] for r in records] == pytest.approx(expected.tolist(), abs=1e-6)
     assert [r["src_port"] for r in records] == [1, 2, 3]
+
+
+def test_flow_record_payload_is_a_deprecated_alias():
+    from mmae_hf.traffic import FlowRecord
+
+    record = FlowRecord(np.arange(1600, dtype=np.uint8) % 7, *(np.zeros(5),) * 3, np.zeros(27), "a", "b", 1, 2, 6,
+                        0.0, 1.0, 5, 500)
+    with pytest.warns(DeprecationWarning, match="input_bytes"):
+        assert record.payload is record.input_bytes
+    assert record.to_row()["input_bytes"] is record.input_bytes and "payload" not in record.to_row()

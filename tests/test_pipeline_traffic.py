@@ -237,7 +237,7 @@ def test_bad_inputs_have_clear_errors(classifier, tmp_path):
 def test_pre_extracted_flows(classifier, model_dir, crafted):
     model = MMAEForSequenceClassification.from_pretrained(model_dir).eval()
     flows = list(iter_flows(str(crafted), FlowOptions()))
-    payload = np.stack([f.payload for f in flows])
+    payload = np.stack([f.input_bytes for f in flows])
     records = classifier({"input_bytes": payload, "src_port": np.array([f.src_port for f in flows])})
     with torch.no_grad():
         probs = model(input_bytes=torch.from_numpy(payload)).logits.softmax(-1)
@@ -308,7 +308,7 @@ def test_saved_pipeline_runs_in_a_fresh_process(classifier, crafted, tmp_path):
     assert (folder / "pipeline_traffic.py").is_file() and (folder / "preprocessor_config.json").is_file()
     expected = classifier(str(crafted))
     flows = list(iter_flows(str(crafted), FlowOptions()))
-    np.save(tmp_path / "payload.npy", np.stack([f.payload for f in flows]))
+    np.save(tmp_path / "payload.npy", np.stack([f.input_bytes for f in flows]))
     script = textwrap.dedent(
         f"""
         import json, sys

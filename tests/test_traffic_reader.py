@@ -75,7 +75,7 @@ def test_link_types(linktype, v6, engine):
     assert flows[0].packet_count == len(pk)
     first_ip = pk[0][1]
     # the header part starts at the IP header whatever the link layer was
-    assert flows[0].payload[0] == first_ip[0]
+    assert flows[0].input_bytes[0] == first_ip[0]
 
 
 def test_vlan_and_qinq_tags():
