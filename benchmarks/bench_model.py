@@ -83,7 +83,7 @@ def make_rows(n, seed=0):
     rng = np.random.default_rng(seed)
     return [
         {
-            "payload": rng.integers(0, 256, 1600, dtype=np.uint8),
+            "input_bytes": rng.integers(0, 256, 1600, dtype=np.uint8),
             "packet_lengths": rng.integers(40, 1500, 5).astype(np.int32),
             "packet_iats": rng.random(5).astype(np.float32),
             "packet_directions": rng.choice([-1, 1], 5).astype(np.int8),

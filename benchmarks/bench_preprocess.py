@@ -172,7 +172,7 @@ def write_prefix(path: str, dest: str, limit: int) -> None:
 def compare(a, b) -> dict:
     key = lambda f: (f.start_time, f.src_ip, f.src_port, f.dst_ip, f.dst_port)  # noqa: E731
     a, b = sorted(a, key=key), sorted(b, key=key)
-    same_payload = len(a) == len(b) and all(np.array_equal(x.payload, y.payload) for x, y in zip(a, b))
+    same_payload = len(a) == len(b) and all(np.array_equal(x.input_bytes, y.input_bytes) for x, y in zip(a, b))
     same_side = len(a) == len(b) and all(
         np.array_equal(x.packet_lengths, y.packet_lengths)
         and np.array_equal(x.packet_directions, y.packet_directions)

@@ -19,7 +19,7 @@ import numpy as np
 
 def make_columns(n, rng):
     return {
-        "payload": rng.integers(0, 256, (n, 1600), dtype=np.uint8),
+        "input_bytes": rng.integers(0, 256, (n, 1600), dtype=np.uint8),
         "packet_lengths": rng.integers(40, 1500, (n, 5), dtype=np.int32),
         "packet_iats": rng.random((n, 5), dtype=np.float32),
         "packet_directions": rng.choice(np.array([-1, 1], np.int8), (n, 5)),

@@ -9,11 +9,8 @@ prints and writes benchmarks/results/dataset_build_scale.json.
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 CHILD = r"""

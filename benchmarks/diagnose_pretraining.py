@@ -61,7 +61,7 @@ def checkpoints_of(run: Path, only=None):
     return [(s, p) for s, p in found if not only or s in only]
 
 
-def columns_of(ds, names=("payload", "packet_lengths", "packet_iats", "packet_directions", "flow_stats", "label",
+def columns_of(ds, names=("input_bytes", "packet_lengths", "packet_iats", "packet_directions", "flow_stats", "label",
                           "protocol")):
     out = {}
     table = ds.with_format("arrow")[:]
@@ -79,7 +79,7 @@ def columns_of(ds, names=("payload", "packet_lengths", "packet_iats", "packet_di
 def main(argv=None):
     args = parse_args(argv)
     import torch
-    from datasets import load_from_disk
+    from mmae_hf.traffic import load_traffic_dataset
 
     import mmae_hf  # noqa: F401
     from mmae_hf.configuration_mmae import MMAEConfig
@@ -97,19 +97,19 @@ def main(argv=None):
 
     evals = {}
     for folder in args.eval_datasets:
-        dsd = load_from_disk(folder)
+        dsd = load_traffic_dataset(folder)
         evals[Path(folder).name] = {split: columns_of(dsd[split]) for split in ("train", "validation", "test")}
         evals[Path(folder).name]["num_labels"] = dsd["train"].features["label"].num_classes
     recon = None
     if args.corpus:
-        corpus = load_from_disk(args.corpus)
-        train_payload = columns_of(corpus["train"], ("payload",))["payload"]
+        corpus = load_traffic_dataset(args.corpus)
+        train_payload = columns_of(corpus["train"], ("input_bytes",))["input_bytes"]
         baseline = most_frequent_bytes(train_payload)
         mean_baseline = train_payload.mean(axis=0)
         held = columns_of(corpus["validation"])
-        n = min(args.max_reconstruction_flows, len(held["payload"]))
+        n = min(args.max_reconstruction_flows, len(held["input_bytes"]))
         held = {k: v[:n] for k, v in held.items()}
-        codes = byte_field_codes(held["payload"], held["packet_lengths"], held.get("protocol"))
+        codes = byte_field_codes(held["input_bytes"], held["packet_lengths"], held.get("protocol"))
         recon = (held, codes, baseline, mean_baseline)
 
     metrics = {}
@@ -134,7 +134,7 @@ def main(argv=None):
                                          if k in ("loss", "reconstruction_loss", "rank_loss", "distillation_loss")}}
         for dname, splits in evals.items():
             for pooling in args.poolings:
-                feats = {s: encoder_features(model.mmae, splits[s]["payload"], pooling)
+                feats = {s: encoder_features(model.mmae, splits[s]["input_bytes"], pooling)
                          for s in ("train", "validation", "test")}
                 for k in ks:
                     scores = []
@@ -159,7 +159,7 @@ def main(argv=None):
             for pairing in ("random", "similar") if config.use_flowmix else ("random",):
                 predicted, masked = reconstruct_masked_bytes(model, held, seed=0, pairing=pairing)
                 key = "reconstruction" if pairing == "random" else "reconstruction_similar_partner"
-                entry[key] = reconstruction_by_field(predicted, masked, held["payload"], codes, baseline,
+                entry[key] = reconstruction_by_field(predicted, masked, held["input_bytes"], codes, baseline,
                                                      mean_baseline)
         results.append(entry)
         print(f"[diagnose] step {step}: " + ", ".join(

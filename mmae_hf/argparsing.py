@@ -171,4 +171,4 @@ def renamed_fields(renamed: dict[str, str]):
     return decorate
 
 
-__all__ = ["ArgumentParser", "HelpFormatter", "TrainingScriptParser", "deprecated_spellings", "renamed_fields"]
+__all__ = ["ArgumentParser", "HelpFormatter", "TrainingScriptParser", "deprecated_spellings", "renamed_fields"]  # noqa: F822 (module __getattr__)

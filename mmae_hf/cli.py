@@ -24,7 +24,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
+from .data_contract import CAPTURE_SUFFIXES, FLOW_METADATA_FIELDS
+from .evaluation import json_default
+
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
@@ -56,7 +58,6 @@ def load_pipeline(model: str, device: str | None = None, batch_size: int = 256, 
     """
     import torch
 
-    import mmae_hf  # noqa: F401  (registers the MMAE classes)
     from mmae_hf.pipeline_traffic import TrafficClassificationPipeline
 
     classifier = load_classifier(model, allow_untrained_head=allow_untrained_head,
@@ -87,10 +88,11 @@ def load_classifier(model: str, allow_untrained_head: bool = False, allow_mismat
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    import mmae_hf  # noqa: F401  (registers the MMAE classes)
+    from mmae_hf import register_auto_classes
     from mmae_hf.checks import check_model_source, hub_load_error, require_trained_head
     from mmae_hf.weight_check import load_checked
 
+    register_auto_classes()
     check_model_source(model, "--model")
     require_trained_head(model, model, allow_untrained_head, override="--allow-untrained-head")
     try:
@@ -128,9 +130,7 @@ def error_line_of(error) -> str:
 
 def flat_record(record: dict[str, Any], top_k: int) -> dict[str, Any]:
     """One flow as flat columns (for CSV / parquet): metadata, label, score, ood, then label_i / score_i."""
-    from mmae_hf.pipeline_traffic import FLOW_FIELDS
-
-    row = {field: record.get(field) for field in FLOW_FIELDS}
+    row = {field: record.get(field) for field in FLOW_METADATA_FIELDS}
     row.update(label=record["label"], score=record["score"], ood=record["ood"], ood_score=record["ood_score"])
     for i in range(top_k):
         entry = record["top_k"][i] if i < len(record["top_k"]) else {"label": None, "score": None}
@@ -189,7 +189,7 @@ class FlowWriter:
         self.count += len(records)
         if self.format == "jsonl":
             for record in records:
-                self._file.write(json.dumps(record, default=_json_default) + "\n")
+                self._file.write(json.dumps(record, default=json_default) + "\n")
             self._file.flush()
         elif self.format == "csv":
             self._csv.writerows(flat_record(r, self.top_k) for r in records)
@@ -207,19 +207,6 @@ class FlowWriter:
 
 
 _EMPTY_RECORD = {"label": None, "score": None, "ood": None, "ood_score": None, "top_k": []}
-
-
-def _json_default(value):
-    try:
-        import numpy as np
-
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-    except ImportError:
-        pass
-    return str(value)
 
 
 # ---------------------------------------------------------------------- mmae-classify
@@ -377,7 +364,7 @@ def _classify(parser, args) -> int:
     print(format_summary(summary), file=log)
     if args.output:
         summary_path = args.output + ".summary.json"
-        Path(summary_path).write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+        Path(summary_path).write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
         print(f"summary written to {summary_path}", file=log)
     return 1 if errors else 0
 
@@ -439,20 +426,13 @@ def _explain_batch(pipe, records, args, already: int) -> int:
 
 
 def load_dataset_split(path: str, split: str):
-    """A split of a dataset folder: ``save_to_disk`` output, or parquet files (``data/<split>-*.parquet``)."""
-    import datasets
+    """A split of a dataset folder (``save_to_disk`` output or parquet files) or Hub id."""
+    from .traffic.loading import load_traffic_dataset
 
-    folder = Path(path)
-    if not folder.exists():
+    if not Path(path).exists():
         raise FileNotFoundError(f"--dataset {path}: no such dataset folder")
-    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
-        loaded = datasets.load_from_disk(str(folder))
-        from mmae_hf.traffic.dataset import verify_saved_splits
-
-        verify_saved_splits(folder, loaded)
-    else:  # parquet files (e.g. a downloaded Hub dataset)
-        loaded = datasets.load_dataset(str(folder))
-    if isinstance(loaded, datasets.DatasetDict):
+    loaded = load_traffic_dataset(path)  # the one opener: legacy columns renamed, splits checked against the report
+    if hasattr(loaded, "keys"):  # a DatasetDict
         if split not in loaded:
             raise ValueError(f"--split {split}: dataset {path} has no such split; it has {', '.join(sorted(loaded))}")
         return loaded[split]

@@ -243,14 +243,30 @@ class MMAEConfig(PreTrainedConfig):
     ood_threshold: float | None = None
 
     def __post_init__(self, **kwargs):
+        # The `validate_*` checks below run on every construction (here, so that a bad value raises a plain
+        # ValueError naming it) and again on every save: huggingface_hub's strict dataclass `validate()`, called by
+        # `save_pretrained`, runs all of them, so a config changed after construction cannot be saved broken.
+        for name in _MMAE_VALIDATORS:
+            getattr(self, name)()
+        super().__post_init__(**kwargs)
+        if type(self).__module__.startswith("mmae_hf."):  # installed (not remote code): use the registered pipeline
+            from .custom_pipelines import mark_registered
+
+            mark_registered(self)
+
+    def validate_byte_layout(self):
+        """Packets, bytes and tokens fit together: every token lies inside one packet."""
         packet_bytes = self.header_bytes + self.payload_bytes
-        if min(self.num_packets, self.header_bytes + self.payload_bytes, self.bytes_per_token) <= 0:
+        if min(self.num_packets, packet_bytes, self.bytes_per_token) <= 0:
             raise ValueError("num_packets, header_bytes + payload_bytes and bytes_per_token must be positive")
         if packet_bytes % self.bytes_per_token:
             raise ValueError(
                 f"header_bytes + payload_bytes ({packet_bytes}) must be a multiple of bytes_per_token "
                 f"({self.bytes_per_token}) so that every token lies inside one packet"
             )
+
+    def validate_attention_heads(self):
+        """Widths split evenly over the attention heads (encoder and decoders)."""
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"
@@ -260,6 +276,9 @@ class MMAEConfig(PreTrainedConfig):
                 f"decoder_hidden_size ({self.decoder_hidden_size}) must be divisible by "
                 f"decoder_num_attention_heads ({self.decoder_num_attention_heads})"
             )
+
+    def validate_pretraining_objective(self):
+        """Ratios in range and switches that fit together."""
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if not 0.0 <= self.hard_mask_max_share <= 1.0:
@@ -277,13 +296,11 @@ class MMAEConfig(PreTrainedConfig):
             raise ValueError(f"flowmix_pairing must be 'similar' or 'random', got {self.flowmix_pairing!r}")
         if self.use_guided_masking and not self.use_loss_predictor:
             raise ValueError("use_guided_masking=True needs use_loss_predictor=True (the hard tokens are predicted)")
+
+    def validate_ood_threshold(self):
+        """The out-of-distribution threshold is a probability (or not calibrated)."""
         if self.ood_threshold is not None and not 0.0 <= self.ood_threshold <= 1.0:
             raise ValueError(f"ood_threshold must be a probability in [0, 1] or None, got {self.ood_threshold}")
-        super().__post_init__(**kwargs)
-        if type(self).__module__.startswith("mmae_hf."):  # installed (not remote code): use the registered pipeline
-            from .custom_pipelines import mark_registered
-
-            mark_registered(self)
 
     @property
     def num_bytes(self) -> int:
@@ -312,5 +329,12 @@ class MMAEConfig(PreTrainedConfig):
             raise ValueError(f"unknown MMAE preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
+
+_MMAE_VALIDATORS = (
+    "validate_byte_layout",
+    "validate_attention_heads",
+    "validate_pretraining_objective",
+    "validate_ood_threshold",
+)
 
 __all__ = ["MMAEConfig", "PRESETS"]

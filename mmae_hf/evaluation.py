@@ -1,7 +1,8 @@
 """Classification metrics, confusion matrices and the out-of-distribution threshold.
 
 Everything here works on plain numpy arrays (predicted class ids, true class ids, logits), so the same
-code scores MMAE, the tree baselines and the linear probe. No torch.
+code scores MMAE, the tree baselines and the linear probe; only `predict_logits` (running a classifier over a split)
+imports torch. Also here: the one out-of-distribution calibration, the one softmax and the one JSON sanitiser.
 
 Naming is explicit because this code family has a history of mislabelling: ``macro_f1`` is the
 unweighted mean of the per-class F1 scores (the headline number: every class counts the same),
@@ -10,24 +11,32 @@ NetMamba and YaTC code print as "F1").
 """
 
 import json
+import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+from .data_contract import BYTE_COLUMN, contract_name
 
 
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int) -> np.ndarray:
+logger = logging.getLogger(__name__)
+
+
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_labels: int) -> np.ndarray:
     """Counts ``[num_labels, num_labels]``; row = true class, column = predicted class."""
-    y_true = np.asarray(y_true, dtype=np.int64).ravel()
-    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true has {y_true.size} entries but y_pred has {y_pred.size}")
-    for name, arr in (("y_true", y_true), ("y_pred", y_pred)):
+    true = np.asarray(y_true, dtype=np.int64).ravel()
+    predicted = np.asarray(y_pred, dtype=np.int64).ravel()
+    if true.shape != predicted.shape:
+        raise ValueError(f"y_true has {true.size} entries but y_pred has {predicted.size}")
+    for name, arr in (("y_true", true), ("y_pred", predicted)):
         if arr.size and (arr.min() < 0 or arr.max() >= num_labels):
             raise ValueError(f"{name} holds class ids outside [0, {num_labels}): min {arr.min()}, max {arr.max()}")
     counts = np.zeros((num_labels, num_labels), dtype=np.int64)
-    np.add.at(counts, (y_true, y_pred), 1)
+    np.add.at(counts, (true, predicted), 1)
     return counts
 
 
@@ -85,7 +94,7 @@ def metrics_from_confusion(confusion: np.ndarray, label_names: Sequence[str] | N
 
 
 def classification_metrics(
-    y_true: Sequence[int], y_pred: Sequence[int], label_names: Sequence[str]
+    y_true: ArrayLike, y_pred: ArrayLike, label_names: Sequence[str]
 ) -> dict[str, Any]:
     """All metrics of :func:`metrics_from_confusion` plus the confusion matrix itself (as nested lists)."""
     confusion = confusion_matrix(y_true, y_pred, len(label_names))
@@ -102,27 +111,107 @@ def headline(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64 (numerically stable)."""
     logits = np.asarray(logits, dtype=np.float64)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def calibrate_ood_threshold(logits: np.ndarray, labels: Sequence[int], percentile: float = 5.0) -> float | None:
+def calibrate_ood_threshold(
+    logits_or_model,
+    labels_or_split,
+    percentile: float = 5.0,
+    *,
+    batch_size: int = 256,
+    device=None,
+    set_config: bool = True,
+) -> float | None:
     """Max-softmax threshold below which a flow is flagged as unknown / out of distribution.
 
-    Taken on the *validation* split: the ``percentile``-th percentile of the max-softmax probability of
-    the correctly classified flows, so that about ``percentile`` % of correct in-distribution flows would be
-    flagged. Returns ``None`` when no flow is classified correctly (no basis for a threshold).
+    Taken on the *validation* split (never the test split): the ``percentile``-th percentile of the max-softmax
+    probability of the correctly classified flows, so that about ``percentile`` % of correct in-distribution flows
+    would be flagged. Returns ``None`` when no flow is classified correctly (no basis for a threshold).
+
+    Two ways to call it:
+        ``calibrate_ood_threshold(logits [N, K], labels [N], percentile)``: from predictions already made;
+        ``calibrate_ood_threshold(model, validation_split, percentile, batch_size=, device=, set_config=True)``: runs
+        the classifier over a split (`predict_logits`, an HF `Dataset` with ``input_bytes`` and ``label`` columns or
+        a dict of those arrays) and, with ``set_config``, stores the result in ``model.config.ood_threshold`` (saved
+        with the model; left unchanged when None).
     """
     if not 0.0 <= percentile <= 100.0:
         raise ValueError(f"percentile must be in [0, 100], got {percentile}")
-    probs = softmax(logits)
+    model = logits_or_model if hasattr(logits_or_model, "config") and callable(logits_or_model) else None
+    if model is None:
+        logits, labels = logits_or_model, labels_or_split
+    else:
+        logits = predict_logits(model, labels_or_split, batch_size=batch_size, device=device)
+        labels = dataset_labels(labels_or_split)
     labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) != len(logits):
+        raise ValueError(f"{len(labels)} labels for {len(logits)} flows")
+    probs = softmax(logits)
     correct = probs.argmax(-1) == labels
     if not correct.any():
+        if model is not None:
+            logger.warning("no validation flow is classified correctly; the OOD threshold was not calibrated")
         return None
-    return float(np.percentile(probs.max(-1)[correct], percentile))
+    threshold = float(np.percentile(probs.max(-1)[correct], percentile))
+    if model is not None and set_config:
+        model.config.ood_threshold = threshold
+    return threshold
+
+
+def dataset_labels(dataset_split) -> np.ndarray:
+    """The integer ``label`` column of a dataset split (an HF `Dataset` or a dict of columns)."""
+    if hasattr(dataset_split, "with_format"):
+        return np.asarray(dataset_split.with_format("numpy", columns=["label"])["label"], dtype=np.int64)
+    return np.asarray(dataset_split["label"], dtype=np.int64)
+
+
+def _byte_batches(dataset_split, batch_size: int):
+    """uint8 ``[n, num_bytes]`` batches of the byte column of an HF `Dataset`, a dict of columns or an array."""
+    if hasattr(dataset_split, "with_format"):
+        from .traffic.loading import rename_legacy_columns
+
+        dataset_split = rename_legacy_columns(dataset_split)
+        formatted = dataset_split.with_format("numpy", columns=[BYTE_COLUMN])
+        for start in range(0, len(formatted), batch_size):
+            yield np.asarray(formatted[start : start + batch_size][BYTE_COLUMN]).astype(np.uint8, copy=False)
+        return
+    if isinstance(dataset_split, dict):
+        columns = {contract_name(name): value for name, value in dataset_split.items()}
+        dataset_split = columns[BYTE_COLUMN]
+    data = np.asarray(dataset_split)
+    for start in range(0, len(data), batch_size):
+        yield data[start : start + batch_size].astype(np.uint8, copy=False)
+
+
+def predict_logits(model, dataset_split, batch_size: int = 256, device=None, transform=None) -> np.ndarray:
+    """Logits ``[N, num_labels]`` of a classifier on the ``input_bytes`` column of a dataset split.
+
+    Args:
+        model: an MMAE classifier (`MMAEForSequenceClassification`; imports torch).
+        dataset_split: an HF `Dataset` with the data contract's columns, a dict of columns, or a uint8 array
+            ``[N, num_bytes]``.
+        transform (callable, *optional*): applied to each uint8 batch ``[n, num_bytes]`` before the model (the
+            shortcut report occludes bytes with it).
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    outputs = []
+    with torch.no_grad():
+        for batch in _byte_batches(dataset_split, batch_size):
+            if transform is not None:
+                batch = transform(batch)
+            logits = model(input_bytes=torch.from_numpy(np.ascontiguousarray(batch)).to(device)).logits
+            outputs.append(logits.float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(outputs) if outputs else np.zeros((0, model.config.num_labels), dtype=np.float32)
 
 
 def save_confusion_json(metrics: dict[str, Any], path: str | Path) -> Path:
@@ -176,7 +265,7 @@ def write_evaluation(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / f"{stem}_metrics.json"
-    metrics_path.write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    metrics_path.write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")
     return {
         "metrics": metrics_path,
         "confusion_json": save_confusion_json(metrics, out_dir / f"{stem}_confusion.json"),
@@ -195,7 +284,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def chance_levels(train_labels: Sequence[int], test_labels: Sequence[int], num_labels: int, draws: int = 1000,
+def chance_levels(train_labels: ArrayLike, test_labels: ArrayLike, num_labels: int, draws: int = 1000,
                   seed: int = 0) -> dict[str, float]:
     """What guessing scores on a test set: the floor a "beats chance" claim is measured against.
 
@@ -216,15 +305,27 @@ def chance_levels(train_labels: Sequence[int], test_labels: Sequence[int], num_l
             "majority_accuracy": float(majority_metrics["accuracy"])}
 
 
-def _json_safe(obj: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """`json.dumps(..., default=json_default)`: numpy scalars and arrays as Python values, paths and anything else as
+    text."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """A copy of `obj` that `json.dumps` writes as valid JSON: dict keys as text, tuples as lists, numpy values as
+    Python values, NaN and infinities as null, other objects through `json_default`."""
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return json_default(obj)

@@ -17,56 +17,35 @@ header on | 240 transport-payload bytes]):
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-NUM_PACKETS = 5
-HEADER_BYTES = 80
-PAYLOAD_BYTES = 240
-SLOT_BYTES = HEADER_BYTES + PAYLOAD_BYTES
+from .data_contract import (
+    ADDRESS_FIELDS,
+    HEADER_BYTES,
+    IPV4,
+    IPV4_FIELDS,
+    IPV4_MIN_HEADER,
+    IPV6,
+    IPV6_FIELDS,
+    IPV6_HEADER,
+    NUM_PACKETS,
+    PAYLOAD_BYTES,
+    PORT_FIELDS,
+    PROTOCOL_TCP,
+    PROTOCOL_UDP,
+    TCP,
+    TCP_FIELDS,
+    TCP_MIN_HEADER,
+    UDP_FIELDS,
+    UDP_HEADER,
+)
+from .evaluation import classification_metrics, dataset_labels, json_default, predict_logits
 
-# (offset, length, name) relative to the start of the header
-IPV4_FIELDS = (
-    (0, 1, "ip.version_ihl"),
-    (1, 1, "ip.tos"),
-    (2, 2, "ip.total_length"),
-    (4, 2, "ip.id"),
-    (6, 2, "ip.flags_fragment"),
-    (8, 1, "ip.ttl"),
-    (9, 1, "ip.protocol"),
-    (10, 2, "ip.checksum"),
-    (12, 4, "ip.src"),
-    (16, 4, "ip.dst"),
-)
-IPV6_FIELDS = (
-    (0, 4, "ip6.version_class_flow"),
-    (4, 2, "ip6.payload_length"),
-    (6, 1, "ip6.next_header"),
-    (7, 1, "ip6.hop_limit"),
-    (8, 16, "ip6.src"),
-    (24, 16, "ip6.dst"),
-)
-TCP_FIELDS = (
-    (0, 2, "tcp.src_port"),
-    (2, 2, "tcp.dst_port"),
-    (4, 4, "tcp.seq"),
-    (8, 4, "tcp.ack"),
-    (12, 1, "tcp.data_offset"),
-    (13, 1, "tcp.flags"),
-    (14, 2, "tcp.window"),
-    (16, 2, "tcp.checksum"),
-    (18, 2, "tcp.urgent"),
-)
-UDP_FIELDS = (
-    (0, 2, "udp.src_port"),
-    (2, 2, "udp.dst_port"),
-    (4, 2, "udp.length"),
-    (6, 2, "udp.checksum"),
-)
-ADDRESS_FIELDS = ("ip.src", "ip.dst", "ip6.src", "ip6.dst")
-PORT_FIELDS = ("tcp.src_port", "tcp.dst_port", "udp.src_port", "udp.dst_port")
+SLOT_BYTES = HEADER_BYTES + PAYLOAD_BYTES
 
 
 def _be16(data: np.ndarray, offset: int) -> int:
@@ -112,36 +91,38 @@ def header_fields(
     if version == 6:
         for start, length, name in IPV6_FIELDS:
             add(start, length, name)
-        l4_offset = 40
-        l4_protocol = int(slot[6])
-        ip_length = 40 + _be16(slot, 4)
+        l4_offset = IPV6_HEADER
+        l4_protocol = int(slot[IPV6["next_header"].offset])
+        ip_length = IPV6_HEADER + _be16(slot, IPV6["payload_length"].offset)
     else:
         if version == 4:
             ihl = (int(slot[0]) & 0x0F) * 4
-            l4_protocol = int(slot[9])
-            ip_length = _be16(slot, 2)
+            l4_protocol = int(slot[IPV4["protocol"].offset])
+            ip_length = _be16(slot, IPV4["total_length"].offset)
         else:
-            ihl = 20
+            ihl = IPV4_MIN_HEADER
             l4_protocol = int(protocol) if protocol is not None else -1
             suffix = " (assumed)"
-        ihl = max(ihl, 20)
+        ihl = max(ihl, IPV4_MIN_HEADER)
         for start, length, name in IPV4_FIELDS:
             add(start, length, name + suffix)
-        add(20, ihl - 20, "ip.options" + suffix)
+        add(IPV4_MIN_HEADER, ihl - IPV4_MIN_HEADER, "ip.options" + suffix)
         l4_offset = ihl
-    if l4_protocol not in (6, 17) and protocol in (6, 17) and version != 6:
+    transports = (PROTOCOL_TCP, PROTOCOL_UDP)
+    if l4_protocol not in transports and protocol in transports and version != 6:
         l4_protocol = int(protocol)
-    if l4_protocol == 6:
-        data_offset = (int(slot[l4_offset + 12]) >> 4) * 4 if l4_offset + 12 < header_bytes else 20
-        data_offset = max(data_offset, 20)
+    if l4_protocol == PROTOCOL_TCP:
+        offset_byte = l4_offset + TCP["data_offset"].offset
+        data_offset = (int(slot[offset_byte]) >> 4) * 4 if offset_byte < header_bytes else TCP_MIN_HEADER
+        data_offset = max(data_offset, TCP_MIN_HEADER)
         for start, length, name in TCP_FIELDS:
             add(start, length, name + suffix, base=l4_offset)
-        add(20, data_offset - 20, "tcp.options" + suffix, base=l4_offset)
+        add(TCP_MIN_HEADER, data_offset - TCP_MIN_HEADER, "tcp.options" + suffix, base=l4_offset)
         header_end = l4_offset + data_offset
-    elif l4_protocol == 17:
+    elif l4_protocol == PROTOCOL_UDP:
         for start, length, name in UDP_FIELDS:
             add(start, length, name + suffix, base=l4_offset)
-        header_end = l4_offset + 8
+        header_end = l4_offset + UDP_HEADER
     else:
         header_end = l4_offset
         add(0, header_bytes - l4_offset, "l4.header", base=l4_offset)
@@ -201,17 +182,22 @@ def occlusion_masks(
     position = np.arange(slot_bytes)[None, None, :]
     version = slots[:, :, 0] >> 4
     is_v6 = (version == 6)[:, :, None]
-    ihl = np.where(version == 4, (slots[:, :, 0] & 0x0F).astype(np.int64) * 4, 20)
-    ihl = np.maximum(ihl, 20)
-    l4_offset = np.where(version == 6, 40, ihl)[:, :, None]
-    protocol = np.where(version == 6, slots[:, :, 6], slots[:, :, 9])[:, :, None]
+    ihl = np.where(version == 4, (slots[:, :, 0] & 0x0F).astype(np.int64) * 4, IPV4_MIN_HEADER)
+    ihl = np.maximum(ihl, IPV4_MIN_HEADER)
+    l4_offset = np.where(version == 6, IPV6_HEADER, ihl)[:, :, None]
+    protocol = np.where(
+        version == 6, slots[:, :, IPV6["next_header"].offset], slots[:, :, IPV4["protocol"].offset]
+    )[:, :, None]
     present = slots.any(axis=-1, keepdims=True)
-    addresses_v4 = (position >= 12) & (position < 20)
-    addresses_v6 = (position >= 8) & (position < 40)
+    addresses_v4 = (position >= IPV4["src"].offset) & (position < IPV4["dst"].end)
+    addresses_v6 = (position >= IPV6["src"].offset) & (position < IPV6["dst"].end)
     addresses = np.where(is_v6, addresses_v6, addresses_v4) & present
-    ports = (position >= l4_offset) & (position < l4_offset + 4) & (position < header_bytes)
+    ports_end = TCP["dst_port"].end  # the two ports lead both the TCP and the UDP header
+    ports = (position >= l4_offset) & (position < l4_offset + ports_end) & (position < header_bytes)
     # unparsed slots (zeroed version) still get the usual port position; other transports have no ports
-    known_transport = (protocol == 6) | (protocol == 17) | ((version != 4) & (version != 6))[:, :, None]
+    known_transport = (
+        (protocol == PROTOCOL_TCP) | (protocol == PROTOCOL_UDP) | ((version != 4) & (version != 6))[:, :, None]
+    )
     ports &= known_transport & present
     headers = np.broadcast_to(position < header_bytes, slots.shape)
     payload = np.broadcast_to(position >= header_bytes, slots.shape)
@@ -237,8 +223,6 @@ def occlude(input_bytes: np.ndarray, what: str, num_packets: int = NUM_PACKETS, 
 
 def _aligned_labels(model, dataset_split) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """Dataset labels, their names, and a map from model class id to dataset class id (None = identity)."""
-    from .pipeline_traffic import dataset_labels
-
     labels = dataset_labels(dataset_split)
     feature = getattr(dataset_split, "features", {}).get("label") if hasattr(dataset_split, "features") else None
     model_names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
@@ -267,9 +251,6 @@ def shortcut_report(
     Returns a dict with ``baseline`` (metrics), ``occlusions`` (``{name: {accuracy, macro_f1, accuracy_drop,
     macro_f1_drop, bytes_zeroed_fraction}}``), ``num_flows`` and ``label_names``.
     """
-    from .evaluation import classification_metrics
-    from .pipeline_traffic import predict_logits
-
     config = model.config
     num_packets = int(getattr(config, "num_packets", NUM_PACKETS))
     header_bytes = int(getattr(config, "header_bytes", HEADER_BYTES))
@@ -429,21 +410,18 @@ def attention_rollout(model, input_bytes: torch.Tensor) -> np.ndarray:
     Per layer the head-averaged attention is mixed with the identity (the residual path) and re-normalised; the
     product over layers gives the CLS row. Each token's share is spread evenly over its ``bytes_per_token``
     bytes, so the result has byte shape but token resolution, is non-negative and is class-agnostic (unlike
-    `integrated_gradients`). The attention weights are taken with the eager attention implementation.
+    `integrated_gradients`). The attention weights come from the eager kernel whatever the model's attention kernel is.
 
     Returns:
         float32 ``[B, num_bytes]``; each row sums to the share of the CLS row not kept on CLS itself.
     """
     device = next(model.parameters()).device
     input_bytes = torch.as_tensor(input_bytes).to(device)
-    previous = model.config._attn_implementation
     was_training = model.training
     model.eval()
     try:
-        model.config._attn_implementation = "eager"  # SDPA does not return the weights
-        attentions = model(input_bytes=input_bytes, output_attentions=True).attentions
+        attentions = model(input_bytes=input_bytes, output_attentions=True).attentions  # any kernel: MMAE returns them
     finally:
-        model.config._attn_implementation = previous
         model.train(was_training)
     if not attentions or any(a is None for a in attentions):
         raise ValueError(f"{type(model).__name__} returned no attention weights; use integrated_gradients")
@@ -607,7 +585,7 @@ def write_explanation(
         "flow": {k: v for k, v in (flow or {}).items() if not k.startswith("_")},
         **summary,
     }
-    paths["json"].write_text(json.dumps(document, indent=1, default=_json_default) + "\n")
+    paths["json"].write_text(json.dumps(document, indent=1, default=json_default) + "\n")
     if plot:
         fields = field_map(input_bytes, protocol, packet_lengths, num_packets, header_bytes, payload_bytes)
         flow_text = ""
@@ -621,15 +599,13 @@ def write_explanation(
     return paths
 
 
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
 __all__ = [
+    "ADDRESS_FIELDS",
+    "IPV4_FIELDS",
+    "IPV6_FIELDS",
+    "PORT_FIELDS",
+    "TCP_FIELDS",
+    "UDP_FIELDS",
     "header_fields",
     "field_map",
     "occlusion_masks",

@@ -13,8 +13,8 @@ inputs = extractor(dataset[:32], return_tensors="pt")                  # dataset
 ```
 
 Remote code: with ``register_for_auto_class`` this file is copied next to the weights and may be loaded with
-``trust_remote_code=True`` where mmae-hf is not installed. It therefore imports only numpy and transformers at
-module level. Converting rows and records works everywhere; reading pcaps needs the torch-free ``mmae_hf.traffic``
+``trust_remote_code=True`` where mmae-hf is not installed. It therefore imports only numpy, transformers and its
+single-dot sibling `data_contract` (copied with it) at module level. Converting rows and records works everywhere; reading pcaps needs the torch-free ``mmae_hf.traffic``
 package (imported lazily), so pcap input without mmae-hf installed raises a clear ``ImportError``.
 """
 
@@ -25,41 +25,21 @@ import numpy as np
 from transformers import BatchFeature
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
+from .data_contract import (
+    BYTE_COLUMN,
+    DEFAULT_FLOW_OPTIONS,
+    FLOW_ARRAY_COLUMNS,
+    FLOW_METADATA_FIELDS,
+    LEGACY_COLUMN_NAMES,
+    MODEL_INPUT_NAMES,
+    column_widths,
+    is_capture_bytes,
+)
 
-# Mirror of `mmae_hf.traffic.FlowOptions` defaults (kept here so that this file stands alone as remote code; a test
-# checks that both agree).
-DEFAULT_FLOW_OPTIONS = {
-    "bidirectional": True,
-    "idle_timeout": 120.0,
-    "active_timeout": 3600.0,
-    "tcp_close": True,
-    "num_packets": 5,
-    "header_bytes": 80,
-    "payload_bytes": 240,
-    "anonymize": "default",
-    "min_packets": 1,
-    "drop_service_chatter": False,
-    "max_packets": 0,
-    "max_open_flows": 100_000,
-}
-NUM_FLOW_STATS = 27
-MODEL_INPUT_NAMES = ["input_bytes", "packet_lengths", "packet_iats", "packet_directions", "flow_stats"]
-_PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
-# column name in dataset rows / FlowRecord -> model input name
-_SOURCE_NAMES = {
-    "input_bytes": ("input_bytes", "payload"),
-    "packet_lengths": ("packet_lengths",),
-    "packet_iats": ("packet_iats",),
-    "packet_directions": ("packet_directions",),
-    "flow_stats": ("flow_stats",),
-}
-_DTYPES = {
-    "input_bytes": np.uint8,
-    "packet_lengths": np.int32,
-    "packet_iats": np.float32,
-    "packet_directions": np.int8,
-    "flow_stats": np.float32,
-}
+
+# the model inputs are the data contract's array columns: name -> dtype; old dict keys are still accepted
+_DTYPES = {name: np.dtype(dtype) for name, dtype in FLOW_ARRAY_COLUMNS.items()}
+_SOURCE_NAMES = {name: (name, *(old for old, new in LEGACY_COLUMN_NAMES.items() if new == name)) for name in _DTYPES}
 
 
 def _traffic():
@@ -68,7 +48,7 @@ def _traffic():
     except ImportError as error:
         raise ImportError(
             "reading pcap/pcapng captures needs the mmae-hf package (pip install . in a clone of its repository); without it this feature "
-            "extractor converts already extracted flows (dataset rows or dicts with 'payload') only"
+            "extractor converts already extracted flows (dataset rows or dicts with 'input_bytes') only"
         ) from error
     return traffic
 
@@ -90,7 +70,7 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
     [B, num_packets], ``flow_stats`` float32 [B, 27]. Values are raw; all scaling is done inside the model.
     """
 
-    model_input_names = MODEL_INPUT_NAMES
+    model_input_names = list(MODEL_INPUT_NAMES)
 
     def __init__(self, flow_options: dict | None = None, model_input_names: list | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -126,7 +106,7 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
             remote_code = os.path.isfile(os.path.join(os.fspath(save_directory), "config.json"))
         if not remote_code:
             self.__dict__.pop("auto_map", None)
-        self._auto_class = "AutoFeatureExtractor" if remote_code else None
+        self._auto_class = "AutoFeatureExtractor" if remote_code else None  # type: ignore[assignment]
         try:
             return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
         finally:
@@ -152,7 +132,8 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
         return self.flow_options["anonymize"]
 
     def _width(self, name: str) -> int:
-        return {"input_bytes": self.num_bytes, "flow_stats": NUM_FLOW_STATS}.get(name, self.num_packets)
+        o = self.flow_options
+        return column_widths(int(o["num_packets"]), int(o["header_bytes"]), int(o["payload_bytes"]))[name]
 
     # ------------------------------------------------------------------ pcaps
     def get_flow_options(self):
@@ -166,15 +147,51 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
             pcap_path_or_bytes, self.get_flow_options(), accounting=accounting, strict=strict, source_name=source_name
         )
 
+    def iter_flows(self, flows: Any, accounting=None, strict: bool = False, source_name: str | None = None):
+        """One item per flow of anything `__call__` takes: the `FlowRecord`s of a capture (path or bytes, read with
+        the stored options), the given records or rows, or one row dict per flow of a dict of columns or a uint8 array
+        ``[N, num_bytes]`` (model inputs and flow metadata such as ``src_port`` are kept in the rows)."""
+        if isinstance(flows, (str, os.PathLike)) or (
+            isinstance(flows, (bytes, bytearray, memoryview)) and is_capture_bytes(flows)
+        ):
+            yield from self.extract_flows(flows, accounting=accounting, strict=strict, source_name=source_name)
+        elif isinstance(flows, dict):
+            yield from self._column_rows(flows)
+        elif isinstance(flows, np.ndarray):
+            yield from self._column_rows({BYTE_COLUMN: flows})
+        elif isinstance(flows, (list, tuple)):
+            yield from flows
+        elif hasattr(flows, BYTE_COLUMN):  # a FlowRecord
+            yield flows
+        else:
+            raise TypeError(f"cannot turn a {type(flows).__name__} into MMAE inputs")
+
+    def _column_rows(self, columns: dict):
+        """Row dicts of a dict of columns (one row when the byte entry is a single flow)."""
+        key = next((source for source in _SOURCE_NAMES[BYTE_COLUMN] if source in columns), None)
+        if key is None:
+            raise ValueError(f"a flow dict needs an {BYTE_COLUMN!r} entry with the flow bytes")
+        if self._is_one_row(columns[key]):
+            yield columns
+            return
+        kept = [name for name in columns if name in FLOW_METADATA_FIELDS or name in LEGACY_COLUMN_NAMES or name in _DTYPES]
+        for index in range(len(columns[key])):
+            yield {name: columns[name][index] for name in kept}
+
+    @staticmethod
+    def _is_one_row(values) -> bool:
+        first = np.asarray(values)
+        return first.ndim == 1 and first.dtype != object and (len(first) == 0 or np.isscalar(values[0]))
+
     # ------------------------------------------------------------------ conversion
     def __call__(self, flows: Any, return_tensors: str | None = None, **kwargs) -> BatchFeature:
         """Model inputs for a batch of flows.
 
         Args:
             flows: a pcap/pcapng path or its bytes (every flow of the capture), a `FlowRecord` or list of them, one
-                dataset row (dict with ``payload`` or ``input_bytes`` of length ``num_bytes``), a list of rows, or a
-                dict of columns (``dataset[:32]``). Rows without side-channel columns get zeros there (a classifier
-                reads ``input_bytes`` only).
+                dataset row (dict with ``input_bytes`` of length ``num_bytes``), a list of rows, or a dict of columns
+                (``dataset[:32]``). Rows without side-channel columns get zeros there (a classifier reads
+                ``input_bytes`` only).
             return_tensors: None / "np" (numpy arrays) or "pt" (torch tensors).
         """
         if kwargs:
@@ -183,23 +200,14 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
         return BatchFeature({name: columns[name] for name in self.model_input_names}, tensor_type=return_tensors)
 
     def _columns(self, flows) -> dict:
-        if isinstance(flows, (str, os.PathLike)) or (
-            isinstance(flows, (bytes, bytearray, memoryview)) and bytes(flows[:4]) in _PCAP_MAGICS
-        ):
-            return self._stack(list(self.extract_flows(flows)))
         if isinstance(flows, dict):
-            key = "input_bytes" if "input_bytes" in flows else "payload"
-            if key not in flows:
-                raise ValueError("a flow dict needs a 'payload' or 'input_bytes' entry")
-            first = np.asarray(flows[key])
-            if first.ndim == 1 and first.dtype != object and (len(first) == 0 or np.isscalar(flows[key][0])):
-                return self._stack([flows])  # one row
+            key = next((source for source in _SOURCE_NAMES[BYTE_COLUMN] if source in flows), None)
+            if key is None:
+                raise ValueError(f"a flow dict needs an {BYTE_COLUMN!r} entry with the flow bytes")
+            if self._is_one_row(flows[key]):
+                return self._stack([flows])
             return self._from_columns(flows)
-        if hasattr(flows, "payload"):
-            return self._stack([flows])
-        if isinstance(flows, (list, tuple)):
-            return self._stack(list(flows))
-        raise TypeError(f"cannot turn a {type(flows).__name__} into MMAE inputs")
+        return self._stack(list(self.iter_flows(flows)))
 
     def _get(self, item, name):
         for source in _SOURCE_NAMES[name]:
@@ -209,15 +217,15 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
         return None
 
     def _stack(self, items: list) -> dict:
-        out = {}
+        out: dict[str, np.ndarray] = {}
         for name in MODEL_INPUT_NAMES:
             width = self._width(name)
             arr = np.zeros((len(items), width), dtype=_DTYPES[name])
             for i, item in enumerate(items):
                 value = self._get(item, name)
                 if value is None:
-                    if name == "input_bytes":
-                        raise ValueError(f"flow {i} has no 'payload' / 'input_bytes'")
+                    if name == BYTE_COLUMN:
+                        raise ValueError(f"flow {i} has no {BYTE_COLUMN!r}")
                     continue
                 value = np.asarray(value)
                 if value.shape != (width,):
@@ -227,7 +235,7 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
         return out
 
     def _from_columns(self, columns: dict) -> dict:
-        out = {}
+        out: dict[str, np.ndarray | None] = {}
         n = None
         for name in MODEL_INPUT_NAMES:
             width = self._width(name)
@@ -246,9 +254,9 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
             if len(arr) != n:
                 raise ValueError(f"column {name} has {len(arr)} rows, expected {n}")
             out[name] = arr
-        for name, arr in out.items():
-            if arr is None:
-                out[name] = np.zeros((n, self._width(name)), dtype=_DTYPES[name])
+        for name, column in out.items():
+            if column is None:
+                out[name] = np.zeros((n or 0, self._width(name)), dtype=_DTYPES[name])
         return out
 
     def _layout(self) -> str:

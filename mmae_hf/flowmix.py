@@ -18,12 +18,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from .data_contract import BYTE_COLUMN, FLOW_ARRAY_COLUMNS, LEGACY_COLUMN_NAMES, contract_name
 
+
+# the data contract's side-channel columns and their dtypes (the byte column is stacked as uint8)
 PER_PACKET_COLUMNS = {
-    "packet_lengths": torch.int32,
-    "packet_iats": torch.float32,
-    "packet_directions": torch.int8,
-    "flow_stats": torch.float32,
+    name: getattr(torch, dtype) for name, dtype in FLOW_ARRAY_COLUMNS.items() if name != BYTE_COLUMN
 }
 
 
@@ -95,7 +95,7 @@ class DataCollatorForFlowMix:
             worker derives its own stream (`seed + 1_000_003 * worker_id`), so workers never repeat each other.
         use_flowmix: compute `partner_index` (False: plain MAE batches, no pairing).
 
-    `__call__(rows)` takes a list of dicts with `payload` (or `input_bytes`), `packet_lengths`, `packet_iats`,
+    `__call__(rows)` takes a list of dicts with `input_bytes`, `packet_lengths`, `packet_iats`,
     `packet_directions`, `flow_stats` (numpy arrays, lists or tensors; optional `label`/`labels`) and returns
     `input_bytes` [B, num_bytes] uint8, `packet_lengths` [B, P] int32, `packet_iats` [B, P] float32,
     `packet_directions` [B, P] int8, `flow_stats` [B, S] float32, `partner_index` [B] long (with FlowMix),
@@ -125,13 +125,14 @@ class DataCollatorForFlowMix:
             raise ValueError("DataCollatorForFlowMix got an empty batch")
         self._maybe_reseed_for_worker()
         first = rows[0]
-        byte_key = "payload" if "payload" in first else "input_bytes"
-        if byte_key not in first:
-            raise ValueError(f"rows need a 'payload' (or 'input_bytes') column; got columns {sorted(first)}")
+        byte_key = next((key for key in first if contract_name(key) == BYTE_COLUMN), None)
+        if byte_key is None:
+            old = " or ".join(repr(name) for name in LEGACY_COLUMN_NAMES)
+            raise ValueError(f"rows need an {BYTE_COLUMN!r} column (old name {old}); got columns {sorted(first)}")
         input_bytes = _stack([r[byte_key] for r in rows], torch.uint8, byte_key)
         if input_bytes.shape[1] != self.config.num_bytes:
             raise ValueError(f"{byte_key!r} rows have {input_bytes.shape[1]} bytes, the model expects {self.config.num_bytes}")
-        batch = {"input_bytes": input_bytes}
+        batch = {BYTE_COLUMN: input_bytes}
         for name, dtype in PER_PACKET_COLUMNS.items():
             if name in first:
                 batch[name] = _stack([r[name] for r in rows], dtype, name)

@@ -26,6 +26,7 @@ Official bugs fixed (no switch, or a switch that reproduces the official behavio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from torch import nn
@@ -35,7 +36,8 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_mmae import MMAEConfig
 from .pmp import MMAEPacketMaskPredictor, scale_packet_iats, scale_packet_lengths
@@ -86,16 +88,16 @@ class MMAEForPreTrainingOutput(ModelOutput):
         The FlowMix partner of every flow (None without FlowMix).
     """
 
-    loss: torch.FloatTensor | None = None
-    reconstruction_loss: torch.FloatTensor | None = None
-    rank_loss: torch.FloatTensor | None = None
-    distillation_loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    mask: torch.BoolTensor | None = None
-    token_loss: torch.FloatTensor | None = None
-    predicted_token_loss: torch.FloatTensor | None = None
-    decoder_features: torch.FloatTensor | None = None
-    partner_index: torch.LongTensor | None = None
+    loss: torch.Tensor | None = None
+    reconstruction_loss: torch.Tensor | None = None
+    rank_loss: torch.Tensor | None = None
+    distillation_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    token_loss: torch.Tensor | None = None
+    predicted_token_loss: torch.Tensor | None = None
+    decoder_features: torch.Tensor | None = None
+    partner_index: torch.Tensor | None = None
 
 
 @dataclass
@@ -112,9 +114,28 @@ class MMAETeacherOutput(ModelOutput):
         Byte predictions of the teacher's decoder.
     """
 
-    features: torch.FloatTensor | None = None
-    predicted_token_loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
+    features: torch.Tensor | None = None
+    predicted_token_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+@dataclass
+class MMAEDecoderOutput(ModelOutput):
+    r"""
+    Output of `MMAEDecoder`. N = B flows, or 2B under FlowMix (the two branches of every flow, stacked); L, P, D as
+    above.
+
+    logits (`torch.FloatTensor` of shape `(N, L, P)`):
+        Byte predictions (normalised scale).
+    features (`torch.FloatTensor` of shape `(N, L, D)`):
+        Decoder features after the decoder LayerNorm, without position 0.
+    inputs (`torch.FloatTensor` of shape `(N, 1 + L, D)`):
+        The decoder inputs (embedded latent, mask tokens, positions): the loss predictor reads them too.
+    """
+
+    logits: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    inputs: torch.Tensor | None = None
 
 
 def normalize_bytes(input_bytes: torch.Tensor, num_bytes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -163,13 +184,11 @@ def eager_attention_forward(
     attention_mask: torch.Tensor | None,
     scaling: float,
     dropout: float = 0.0,
-    position_bias: torch.Tensor | None = None,
-    **kwargs,
+    **kwargs: Unpack[TransformersKwargs],
 ):
-    """Plain attention (q, k, v: [B, heads, N, head_dim]); `position_bias` [B, 1|heads, N, N] is added to the logits."""
+    """Plain attention (q, k, v: [B, heads, N, head_dim]); the additive `attention_mask` [B, 1|heads, N, N] (the PMP
+    bias in the loss predictor) is added to the logits."""
     attn_weights = torch.matmul(query * scaling, key.transpose(2, 3))
-    if position_bias is not None:
-        attn_weights = attn_weights + position_bias
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
     # softmax in the scores' dtype: the CPU/GPU kernels accumulate bf16/fp16 in float32 internally, and skipping the
@@ -181,7 +200,13 @@ def eager_attention_forward(
 
 
 class MMAEAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (official layout: rows q | k | v, heads contiguous)."""
+    """Multi-head self-attention with a fused qkv projection (official layout: rows q | k | v, heads contiguous).
+
+    The kernel is `config._attn_implementation` looked up in transformers' attention interface (`"sdpa"` by
+    default, `"eager"`, or any registered one), with two exceptions that need the eager kernel: the attention weights
+    were asked for (`output_attentions=True`), or the additive mask needs a gradient (the learned PMP bias in training:
+    SDPA's CPU path with a grad-requiring mask is about 2x slower than plain autograd attention).
+    """
 
     def __init__(self, config: MMAEConfig, hidden_size: int, num_heads: int):
         super().__init__()
@@ -193,22 +218,26 @@ class MMAEAttention(nn.Module):
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, position_bias: torch.Tensor | None = None, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, width = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)
-        attention_interface: Callable = eager_attention_forward
-        if self.config._attn_implementation not in (None, "eager"):
-            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
-        if position_bias is not None:
-            # SDPA needs the additive mask in the query dtype (bf16 under autocast).
-            position_bias = position_bias.to(query.dtype)
-            if position_bias.requires_grad and torch.is_grad_enabled():
-                # A bias that needs a gradient (the learned PMP bias) pushes SDPA onto its slow "math" path on CPU
-                # (measured 2x slower than plain autograd attention), so use the eager attention for it.
-                attention_interface = eager_attention_forward
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(query.dtype)  # SDPA wants the additive mask in the query dtype
+        if kwargs.get("output_attentions") or (
+            attention_mask is not None and attention_mask.requires_grad and torch.is_grad_enabled()
+        ):
+            attention_interface = eager_attention_forward
         attn_output, attn_weights = attention_interface(
-            self, query, key, value, None, scaling=self.scaling, dropout=0.0, position_bias=position_bias, **kwargs
+            self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, **kwargs
         )
         return self.proj(attn_output.reshape(batch, length, width)), attn_weights
 
@@ -227,7 +256,8 @@ class MMAEMLP(nn.Module):
 
 
 class MMAELayer(GradientCheckpointingLayer):
-    """Pre-norm transformer block: x += DropPath(Attn(LN(x)) [+ bias]); x += DropPath(MLP(LN(x)))."""
+    """Pre-norm transformer block: x += DropPath(Attn(LN(x), mask)); x += DropPath(MLP(LN(x))). Returns the hidden
+    states only (the attention weights are recorded by `capture_outputs` when asked for)."""
 
     def __init__(self, config: MMAEConfig, hidden_size: int, num_heads: int, intermediate_size: int, drop_prob=0.0):
         super().__init__()
@@ -237,31 +267,50 @@ class MMAELayer(GradientCheckpointingLayer):
         self.mlp = MMAEMLP(config, hidden_size, intermediate_size)
         self.drop_path = MMAEDropPath(drop_prob)
 
-    def forward(self, hidden_states: torch.Tensor, position_bias: torch.Tensor | None = None, **kwargs):
-        attn_output, attn_weights = self.attention(self.layernorm_before(hidden_states), position_bias, **kwargs)
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        # `attention_mask` must come positionally: reentrant gradient checkpointing only propagates gradients through
+        # positional inputs (the PMP bias is learned).
+        attn_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
         hidden_states = hidden_states + self.drop_path(attn_output)
         hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
-        return hidden_states, attn_weights
+        return hidden_states
+
+
+class MMAEByteProjection(nn.Conv1d):
+    """The byte tokenizer's Conv1d(1 -> hidden, kernel = stride = bytes_per_token), computed as a matmul over the
+    bytes of each token ([B, L, bytes_per_token] -> [B, L, hidden]): same weights and values, cheaper. Its own
+    forward, so that the weight is only read where device-map / offload hooks have placed it."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(tokens, self.weight.view(self.out_channels, -1), self.bias)
 
 
 class MMAEPatchEmbeddings(nn.Module):
-    """Byte tokenizer: Conv1d(1 -> hidden, kernel = stride = bytes_per_token) over the normalised bytes, computed as a
-    matmul over [B, L, bytes_per_token] (same weights, cheaper)."""
+    """Byte tokenizer: normalised bytes [B, num_bytes] -> token embeddings [B, L, hidden] (`MMAEByteProjection`)."""
 
     def __init__(self, config: MMAEConfig):
         super().__init__()
         self.bytes_per_token = config.bytes_per_token
-        self.projection = nn.Conv1d(1, config.hidden_size, kernel_size=config.bytes_per_token, stride=config.bytes_per_token)
+        self.projection = MMAEByteProjection(
+            1, config.hidden_size, kernel_size=config.bytes_per_token, stride=config.bytes_per_token
+        )
 
     def forward(self, normalized_bytes: torch.Tensor) -> torch.Tensor:
-        batch = normalized_bytes.shape[0]
-        tokens = normalized_bytes.view(batch, -1, self.bytes_per_token)
-        weight = self.projection.weight.view(self.projection.out_channels, self.bytes_per_token)
-        return nn.functional.linear(tokens, weight, self.projection.bias)
+        return self.projection(normalized_bytes.view(normalized_bytes.shape[0], -1, self.bytes_per_token))
 
 
 class MMAEEmbeddings(nn.Module):
-    """Byte normalisation, token embedding, CLS token and learned position embeddings (CLS at position 0)."""
+    """Byte normalisation, token embedding, CLS token and learned position embeddings (CLS at position 0).
+
+    Pre-training mixes or drops tokens here, between the token embedding and the positions: with `partner_index`
+    the tokens where `token_mask` is True are replaced by the partner flow's tokens at the same positions (FlowMix);
+    with `keep_index` only those tokens are kept, each with its own position (plain MAE).
+    """
 
     def __init__(self, config: MMAEConfig):
         super().__init__()
@@ -271,7 +320,29 @@ class MMAEEmbeddings(nn.Module):
         self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_tokens + 1, config.hidden_size))
 
     def normalize(self, input_bytes: torch.Tensor) -> torch.Tensor:
+        """Raw bytes -> floats in [-1, 1], in the model's dtype (reads only the dtype of the weights)."""
         return normalize_bytes(input_bytes, self.config.num_bytes, dtype=self.cls_token.dtype)
+
+    def forward(
+        self,
+        input_bytes: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+        partner_index: torch.Tensor | None = None,
+        keep_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_bytes [B, num_bytes] -> [B, 1 + L, H] (or [B, 1 + K, H] with `keep_index` [B, K]).
+
+        token_mask [B, L] bool and partner_index [B] long: FlowMix (masked tokens come from the partner flow).
+        keep_index [B, K] long: keep only these tokens (with their own positions).
+        """
+        tokens = self.embed_tokens(input_bytes)
+        if partner_index is not None:
+            if token_mask is None:
+                raise ValueError("FlowMix (partner_index) needs the token_mask of the tokens to take from the partner")
+            tokens = torch.where(token_mask.unsqueeze(-1), tokens[partner_index], tokens)
+        if keep_index is not None:
+            tokens = torch.gather(tokens, 1, keep_index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return self.add_cls_and_positions(tokens, keep_index)
 
     def embed_tokens(self, input_bytes: torch.Tensor) -> torch.Tensor:
         """Raw bytes [B, num_bytes] -> token embeddings [B, L, H] (no position, no CLS): where FlowMix mixes."""
@@ -286,9 +357,6 @@ class MMAEEmbeddings(nn.Module):
             )
         cls = (self.cls_token + self.position_embeddings[:, :1]).expand(tokens.shape[0], -1, -1)
         return torch.cat([cls, tokens + positions], dim=1)
-
-    def forward(self, input_bytes: torch.Tensor) -> torch.Tensor:
-        return self.add_cls_and_positions(self.embed_tokens(input_bytes))
 
 
 class MMAEEncoder(nn.Module):
@@ -305,24 +373,31 @@ class MMAEEncoder(nn.Module):
             ]
         )
 
-    def forward(self, hidden_states, output_hidden_states: bool = False, output_attentions: bool = False, **kwargs):
-        all_hidden = (hidden_states,) if output_hidden_states else None
-        all_attn = () if output_attentions else None
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         for layer in self.layers:
-            hidden_states, attn = layer(hidden_states, **kwargs)
-            if output_hidden_states:
-                all_hidden = all_hidden + (hidden_states,)
-            if output_attentions:
-                all_attn = all_attn + (attn,)
-        return hidden_states, all_hidden, all_attn
+            hidden_states = layer(hidden_states, None, **kwargs)
+        return hidden_states
 
 
 class MMAEDecoder(nn.Module):
-    """Reconstruction decoder: embed, mask token, learned positions, pre-norm blocks, LayerNorm, byte prediction."""
+    """Reconstruction decoder: embed, mask tokens, learned positions, pre-norm blocks, LayerNorm, byte prediction.
+
+    `forward(latent, token_mask=None, keep_index=None)` takes the encoder output and builds the decoder inputs in one
+    of three ways:
+
+    * neither: every token is visible (the mean teacher on unmasked flows);
+    * `keep_index` [B, K]: plain MAE; the K encoded tokens go back to their positions, mask tokens fill the rest;
+    * `token_mask` [B, L] (FlowMix, the latent holds all L mixed tokens): two branches per flow, stacked as
+      [2B, ...]: branch 1 keeps the flow's own visible tokens (mask tokens where `token_mask`), branch 2 keeps the
+      partner's tokens (mask tokens elsewhere). Position 0 gets the first patch token when
+      `config.decoder_cls_from_first_patch` (official), else the CLS output.
+    """
 
     def __init__(self, config: MMAEConfig):
         super().__init__()
         d = config.decoder_hidden_size
+        self.num_tokens = config.num_tokens
+        self.cls_from_first_patch = config.decoder_cls_from_first_patch
         self.decoder_embed = nn.Linear(config.hidden_size, d)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, config.num_tokens + 1, d))
@@ -335,17 +410,45 @@ class MMAEDecoder(nn.Module):
         self.decoder_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.decoder_pred = nn.Linear(d, config.bytes_per_token)
 
-    def features(self, decoder_inputs: torch.Tensor) -> torch.Tensor:
-        """decoder_inputs [N, 1+L, D] (positions added) -> normalised features [N, 1+L, D]."""
-        hidden_states = decoder_inputs
+    def embed(
+        self, latent: torch.Tensor, token_mask: torch.Tensor | None = None, keep_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Decoder inputs [N, 1 + L, D] with positions (N = 2B for FlowMix, else B); see the class docstring."""
+        hidden = self.decoder_embed(latent)
+        mask_token = self.mask_token.to(hidden.dtype)
+        if token_mask is not None:
+            masked = token_mask.unsqueeze(-1)
+            cls = hidden[:, 1:2] if self.cls_from_first_patch else hidden[:, :1]
+            patches = hidden[:, 1:]
+            own = torch.where(masked, mask_token, patches)  # branch 1: own visible tokens
+            partner = torch.where(masked, patches, mask_token)  # branch 2: the partner's tokens
+            hidden = torch.cat([torch.cat([cls, own], dim=1), torch.cat([cls, partner], dim=1)], dim=0)
+        elif keep_index is not None:
+            batch, width = hidden.shape[0], hidden.shape[-1]
+            full = mask_token.expand(batch, self.num_tokens, width).clone()
+            full = full.scatter(1, keep_index.unsqueeze(-1).expand(-1, -1, width), hidden[:, 1:])
+            hidden = torch.cat([hidden[:, :1], full], dim=1)
+        return hidden + self.decoder_pos_embed
+
+    def forward(
+        self,
+        latent: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+        keep_index: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> "MMAEDecoderOutput":
+        inputs = self.embed(latent, token_mask, keep_index)
+        hidden_states = inputs
         for layer in self.layers:
-            hidden_states, _ = layer(hidden_states)
-        return self.decoder_norm(hidden_states)
+            hidden_states = layer(hidden_states, None, **kwargs)
+        features = self.decoder_norm(hidden_states)[:, 1:]
+        return MMAEDecoderOutput(logits=self.decoder_pred(features), features=features, inputs=inputs)
 
 
 class MMAELossPredictor(nn.Module):
-    """Loss-prediction decoder (HPM style): blocks of the decoder's size whose attention adds the PMP bias,
-    LayerNorm, Linear(D -> bytes_per_token), mean over the outputs -> one predicted loss per token."""
+    """Loss-prediction decoder (HPM style): blocks of the decoder's size whose attention adds the PMP bias (as an
+    additive attention mask), LayerNorm, Linear(D -> bytes_per_token), mean over the outputs -> one predicted loss per
+    token."""
 
     def __init__(self, config: MMAEConfig):
         super().__init__()
@@ -363,14 +466,13 @@ class MMAELossPredictor(nn.Module):
 
     def forward(self, decoder_inputs, byte_predictions, packet_times, packet_lengths) -> torch.Tensor:
         """decoder_inputs [N, 1+L, D], byte_predictions [N, L, P], packet_* [N, num_packets] -> [N, L]."""
-        position_bias = None
+        attention_mask = None
         if self.pmp is not None:
             # The PMP bias covers the byte tokens; the CLS row and column (position 0) get no bias.
-            position_bias = self.pmp(byte_predictions, packet_times, packet_lengths, num_prefix_tokens=1)
+            attention_mask = self.pmp(byte_predictions, packet_times, packet_lengths, num_prefix_tokens=1)
         hidden_states = decoder_inputs
         for layer in self.layers:
-            # positional: gradient checkpointing (reentrant) only propagates gradients through positional inputs
-            hidden_states, _ = layer(hidden_states, position_bias)
+            hidden_states = layer(hidden_states, attention_mask)
         return self.pred(self.norm(hidden_states))[:, 1:].mean(dim=-1)
 
 
@@ -381,12 +483,13 @@ class MMAEPreTrainedModel(PreTrainedModel):
     config_class = MMAEConfig
     base_model_prefix = "mmae"
     main_input_name = "input_bytes"
-    input_modalities = ("text",)
+    input_modalities = "text"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["MMAELayer"]
+    _no_split_modules = ["MMAEEmbeddings", "MMAELayer", "MMAEDecoder", "MMAEPacketMaskPredictor"]
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
+    _can_record_outputs = {"hidden_states": MMAELayer, "attentions": MMAEAttention}
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -439,37 +542,21 @@ class MMAEModel(MMAEPreTrainedModel):
         self.encoder = MMAEEncoder(config)
         self.post_init()
 
-    def forward(
-        self,
-        input_bytes: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
+    @capture_outputs
+    def forward(self, input_bytes: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithPooling:
         r"""
         input_bytes (`torch.Tensor` of shape `(batch_size, num_bytes)`, uint8 or integer):
-            Raw flow bytes (data-contract column `payload`).
+            Raw flow bytes (data-contract column `input_bytes`).
 
         Returns `BaseModelOutputWithPooling` with `last_hidden_state` [B, 1+L, H], `pooler_output` [B, H] (the CLS
-        output, no extra pooling layer), `hidden_states` (embeddings + every block) when asked.
+        output, no extra pooling layer), and, when asked (`output_hidden_states` / `output_attentions`, as arguments
+        or in the config), `hidden_states` (embeddings + every block) and `attentions` (every block, [B, heads,
+        1+L, 1+L]; computed with the eager kernel).
         """
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = bool(output_attentions)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        hidden_states = self.embeddings(input_bytes)
-        hidden_states, all_hidden, all_attn = self.encoder(
-            hidden_states, output_hidden_states=output_hidden_states, output_attentions=output_attentions
-        )
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=hidden_states,
-            pooler_output=hidden_states[:, 0],
-            hidden_states=all_hidden,
-            attentions=all_attn,
-        )
-        return output if return_dict else output.to_tuple()
+        if kwargs.get("output_attentions") is None and self.config.output_attentions:
+            kwargs["output_attentions"] = True  # the attention layers return their weights only when told
+        hidden_states = self.encoder(self.embeddings(input_bytes), **kwargs)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=hidden_states[:, 0])
 
 
 def pairwise_ranking_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -487,7 +574,12 @@ def pairwise_ranking_loss(predicted: torch.Tensor, target: torch.Tensor) -> torc
 
 class MMAEForPreTraining(MMAEPreTrainedModel):
     """MMAE pre-training: FlowMix (or plain MAE masking), two-branch decoder with unmixing, PMP-biased loss predictor
-    with ranking loss, and mean-teacher distillation (`teacher_features` from `teacher_forward` of an EMA copy)."""
+    with ranking loss, and mean-teacher distillation (`teacher_features` from `teacher_forward` of an EMA copy).
+
+    `forward` runs five steps, each a method: `make_mask` (which tokens), `mix` (token embeddings, FlowMix-mixed or
+    reduced to the kept tokens), `encode`, `decode` (decoder and loss predictor, back to one row per flow with
+    `unmix`), and `compute_loss`. None of them waits on the host.
+    """
 
     def __init__(self, config: MMAEConfig):
         super().__init__(config)
@@ -522,6 +614,20 @@ class MMAEForPreTraining(MMAEPreTrainedModel):
         mask.scatter_(1, ids_shuffle[:, num_keep:], True)
         return mask, ids_shuffle
 
+    def _pairing(self, partner_index: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        """The FlowMix partners: `partner_index` checked to be a permutation (the one host sync of the forward, an
+        input check), or a random pairing when None."""
+        if partner_index is None:
+            return _random_pairing(batch, device)
+        partner_index = partner_index.to(device=device, dtype=torch.long)
+        if partner_index.shape != (batch,) or not torch.equal(
+            torch.sort(partner_index).values, torch.arange(batch, device=device)
+        ):
+            raise ValueError(
+                f"partner_index must be a permutation of 0..{batch - 1} (shape [{batch}]), got {partner_index.tolist()}"
+            )
+        return partner_index
+
     def _packet_signals(self, packet_lengths, packet_iats, packet_directions, batch, device):
         """Fixed transforms of the per-packet side information for the PMP (zeros when not given)."""
         shape = (batch, self.config.num_packets)
@@ -536,123 +642,67 @@ class MMAEForPreTraining(MMAEPreTrainedModel):
         )
         return times, lengths
 
-    # ---- teacher -------------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def teacher_forward(
+    # ---- the steps -----------------------------------------------------------------------------------------------
+    def mix(
         self,
         input_bytes: torch.Tensor,
-        packet_lengths: torch.Tensor | None = None,
-        packet_iats: torch.Tensor | None = None,
-        packet_directions: torch.Tensor | None = None,
-        **kwargs,
-    ) -> MMAETeacherOutput:
-        """Forward of the (EMA) teacher on the unmasked, unmixed flows: decoder features for the distillation and,
-        with guided masking, per-token predicted losses for the same batch."""
-        latent, _, _ = self.mmae.encoder(self.mmae.embeddings(input_bytes))
-        decoder_inputs = self.decoder.decoder_embed(latent) + self.decoder.decoder_pos_embed
-        features = self.decoder.features(decoder_inputs)[:, 1:]
-        logits = self.decoder.decoder_pred(features)
-        predicted = None
-        if self.loss_predictor is not None and self.config.use_guided_masking:
-            times, lengths = self._packet_signals(
-                packet_lengths, packet_iats, packet_directions, input_bytes.shape[0], input_bytes.device
-            )
-            predicted = self.loss_predictor(decoder_inputs, logits, times, lengths)
-        return MMAETeacherOutput(features=features, predicted_token_loss=predicted, logits=logits)
-
-    # ---- student -------------------------------------------------------------------------------------------------
-    def forward(
-        self,
-        input_bytes: torch.Tensor,
-        packet_lengths: torch.Tensor | None = None,
-        packet_iats: torch.Tensor | None = None,
-        packet_directions: torch.Tensor | None = None,
-        flow_stats: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
         partner_index: torch.Tensor | None = None,
-        mask_noise: torch.Tensor | None = None,
+        keep_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encoder inputs [B, 1 + L | 1 + K, H]: FlowMix puts the partner's tokens where `mask` is True
+        (`partner_index`); plain MAE keeps the `keep_index` tokens; neither: all tokens as they are."""
+        return self.mmae.embeddings(input_bytes, token_mask=mask, partner_index=partner_index, keep_index=keep_index)
+
+    def encode(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The encoder blocks: [B, 1 + N, H] -> latent [B, 1 + N, H]."""
+        return self.mmae.encoder(embeddings)
+
+    def decode(
+        self,
+        latent: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        keep_index: torch.Tensor | None = None,
+        packet_signals: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[MMAEDecoderOutput, torch.Tensor | None]:
+        """The reconstruction decoder (`MMAEDecoder`: FlowMix branches with `mask`, MAE with `keep_index`) and, given
+        the PMP signals `(times, lengths)` [B, num_packets], the loss predictor on the same decoder inputs.
+
+        Returns the decoder output (2B rows for FlowMix) and the predicted per-token losses (same rows, or None)."""
+        decoded = self.decoder(latent, token_mask=mask, keep_index=keep_index)
+        predicted = None
+        if self.loss_predictor is not None and packet_signals is not None:
+            times, lengths = packet_signals
+            repeats = decoded.inputs.shape[0] // times.shape[0]
+            predicted = self.loss_predictor(
+                decoded.inputs, decoded.logits, times.repeat(repeats, 1), lengths.repeat(repeats, 1)
+            )
+        return decoded, predicted
+
+    @staticmethod
+    def unmix(branches, mask: torch.Tensor, source_of: torch.Tensor | None):
+        """FlowMix branches [2B, L, ...] -> one row per flow [B, L, ...]: a flow's visible tokens from its own branch 1,
+        its masked tokens from branch 2 of the flow it was mixed into (`source_of` = argsort(partner_index)).
+        Without FlowMix (`source_of` None) the rows are returned as they are."""
+        if source_of is None:
+            return branches
+        batch, length = mask.shape
+        first, second = branches[:batch], branches[batch:][source_of]
+        selector = mask.view(batch, length, *([1] * (branches.ndim - 2)))
+        return torch.where(selector, first, second)
+
+    def compute_loss(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        features: torch.Tensor,
+        predicted_token_loss: torch.Tensor | None = None,
         teacher_features: torch.Tensor | None = None,
-        hard_token_scores: torch.Tensor | None = None,
-        hard_mask_share: float = 0.0,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> MMAEForPreTrainingOutput:
-        r"""
-        input_bytes (`torch.Tensor` of shape `(B, num_bytes)`, uint8 or integer): raw flow bytes.
-        packet_lengths (`(B, num_packets)` int), packet_iats (`(B, num_packets)` float seconds),
-        packet_directions (`(B, num_packets)` +1/-1/0): raw per-packet side information for the PMP (zeros if None).
-        flow_stats (`(B, num_flow_stats)`): accepted for the data contract; pairing is done by the collator.
-        partner_index (`torch.LongTensor` of shape `(B,)`): FlowMix partner of every flow (a permutation, normally an
-            involution from `DataCollatorForFlowMix`). None with FlowMix on: a random pairing is drawn.
-        mask_noise (`torch.FloatTensor` of shape `(B, L)`): uniform noise in [0, 1); the largest values are masked.
-            None: drawn with `torch.rand`.
-        teacher_features (`torch.FloatTensor` of shape `(B, L, D)`): `teacher_forward(...).features` of the mean
-            teacher; enables the distillation loss.
-        hard_token_scores (`torch.FloatTensor` of shape `(B, L)`): per-token difficulty for guided masking
-            (`teacher_forward(...).predicted_token_loss`).
-        hard_mask_share (`float`): share of the masked set taken from the hardest tokens (curriculum,
-            `mmae_hf.pmp.hard_mask_share`).
-        """
+    ) -> dict[str, torch.Tensor | None]:
+        """Reconstruction MSE (all tokens or the masked ones), pairwise ranking loss of the loss predictor, distillation
+        from the standardised teacher features, and their weighted sum `loss` (plus the detached `token_loss`)."""
         config = self.config
-        return_dict = return_dict if return_dict is not None else config.return_dict
-        embeddings = self.mmae.embeddings
-        normalized = embeddings.normalize(input_bytes)
-        batch, device = normalized.shape[0], normalized.device
-        length, width = config.num_tokens, config.bytes_per_token
-        target = normalized.view(batch, length, width)
-
-        if mask_noise is None:
-            mask_noise = torch.rand(batch, length, device=device)
-        mask, ids_shuffle = self.make_mask(mask_noise.to(device), hard_token_scores, hard_mask_share)
-        tokens = embeddings.patch_embeddings(normalized)
-        mask_token = self.decoder.mask_token.to(tokens.dtype)
-
-        if config.use_flowmix:
-            if partner_index is None:
-                partner_index = _random_pairing(batch, device)
-            partner_index = partner_index.to(device=device, dtype=torch.long)
-            if partner_index.shape != (batch,) or not torch.equal(
-                torch.sort(partner_index).values, torch.arange(batch, device=device)
-            ):
-                raise ValueError(
-                    f"partner_index must be a permutation of 0..{batch - 1} (shape [{batch}]), got {partner_index.tolist()}"
-                )
-            source_of = torch.argsort(partner_index)  # flow j whose partner is i: its branch 2 holds i's visible tokens
-            mixed = torch.where(mask.unsqueeze(-1), tokens[partner_index], tokens)
-            latent, _, _ = self.mmae.encoder(embeddings.add_cls_and_positions(mixed))
-            hidden = self.decoder.decoder_embed(latent)
-            cls = hidden[:, 1:2] if config.decoder_cls_from_first_patch else hidden[:, :1]
-            patches = hidden[:, 1:]
-            own = torch.where(mask.unsqueeze(-1), mask_token, patches)  # branch 1: own visible tokens
-            partner = torch.where(mask.unsqueeze(-1), patches, mask_token)  # branch 2: the partner's tokens
-            decoder_inputs = torch.cat(
-                [torch.cat([cls, own], dim=1), torch.cat([cls, partner], dim=1)], dim=0
-            ) + self.decoder.decoder_pos_embed
-
-            def unmix(both: torch.Tensor) -> torch.Tensor:
-                first, second = both[:batch], both[batch:][source_of]
-                selector = mask.view(batch, length, *([1] * (both.ndim - 2)))
-                return torch.where(selector, first, second)
-
-        else:
-            partner_index = None
-            num_keep = length - config.num_masked_tokens
-            keep_index = ids_shuffle[:, :num_keep]
-            kept = torch.gather(tokens, 1, keep_index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-            latent, _, _ = self.mmae.encoder(embeddings.add_cls_and_positions(kept, keep_index))
-            hidden = self.decoder.decoder_embed(latent)
-            d = hidden.shape[-1]
-            full = mask_token.expand(batch, length, d).clone()
-            full = full.scatter(1, keep_index.unsqueeze(-1).expand(-1, -1, d), hidden[:, 1:])
-            decoder_inputs = torch.cat([hidden[:, :1], full], dim=1) + self.decoder.decoder_pos_embed
-
-            def unmix(both: torch.Tensor) -> torch.Tensor:
-                return both
-
-        branch_features = self.decoder.features(decoder_inputs)[:, 1:]
-        branch_logits = self.decoder.decoder_pred(branch_features)
-        logits = unmix(branch_logits)
-        features = unmix(branch_features)
-
         token_loss = (logits.float() - target.float()).pow(2).mean(dim=-1)
         if config.reconstruction_loss_on == "all":
             reconstruction_loss = token_loss.mean()
@@ -660,14 +710,8 @@ class MMAEForPreTraining(MMAEPreTrainedModel):
             reconstruction_loss = (token_loss * mask).sum() / mask.sum().clamp(min=1)
         loss = reconstruction_loss
 
-        rank_loss = predicted_token_loss = None
-        if self.loss_predictor is not None:
-            times, lengths = self._packet_signals(packet_lengths, packet_iats, packet_directions, batch, device)
-            repeats = decoder_inputs.shape[0] // batch
-            predicted = self.loss_predictor(
-                decoder_inputs, branch_logits, times.repeat(repeats, 1), lengths.repeat(repeats, 1)
-            )
-            predicted_token_loss = unmix(predicted)
+        rank_loss = None
+        if predicted_token_loss is not None:
             rank_loss = pairwise_ranking_loss(predicted_token_loss, token_loss.detach())
             loss = loss + config.rank_loss_weight * rank_loss
 
@@ -685,20 +729,98 @@ class MMAEForPreTraining(MMAEPreTrainedModel):
             cosine = nn.functional.cosine_similarity(teacher, features.float(), dim=config.distillation_cosine_dim)
             distillation_loss = 1.0 - cosine.mean()
             loss = loss + config.distillation_loss_weight * distillation_loss
+        return {
+            "loss": loss,
+            "reconstruction_loss": reconstruction_loss,
+            "rank_loss": rank_loss,
+            "distillation_loss": distillation_loss,
+            "token_loss": token_loss.detach(),
+        }
 
-        output = MMAEForPreTrainingOutput(
-            loss=loss,
-            reconstruction_loss=reconstruction_loss,
-            rank_loss=rank_loss,
-            distillation_loss=distillation_loss,
+    # ---- teacher -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_forward(
+        self,
+        input_bytes: torch.Tensor,
+        packet_lengths: torch.Tensor | None = None,
+        packet_iats: torch.Tensor | None = None,
+        packet_directions: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MMAETeacherOutput:
+        """Forward of the (EMA) teacher on the unmasked, unmixed flows: decoder features for the distillation and,
+        with guided masking, per-token predicted losses for the same batch."""
+        signals = None
+        if self.config.use_guided_masking:
+            signals = self._packet_signals(
+                packet_lengths, packet_iats, packet_directions, input_bytes.shape[0], input_bytes.device
+            )
+        decoded, predicted = self.decode(self.encode(self.mix(input_bytes)), packet_signals=signals)
+        return MMAETeacherOutput(features=decoded.features, predicted_token_loss=predicted, logits=decoded.logits)
+
+    # ---- student -------------------------------------------------------------------------------------------------
+    @can_return_tuple
+    def forward(
+        self,
+        input_bytes: torch.Tensor,
+        packet_lengths: torch.Tensor | None = None,
+        packet_iats: torch.Tensor | None = None,
+        packet_directions: torch.Tensor | None = None,
+        partner_index: torch.Tensor | None = None,
+        mask_noise: torch.Tensor | None = None,
+        teacher_features: torch.Tensor | None = None,
+        hard_token_scores: torch.Tensor | None = None,
+        hard_mask_share: float = 0.0,
+        **kwargs,
+    ) -> MMAEForPreTrainingOutput:
+        r"""
+        input_bytes (`torch.Tensor` of shape `(B, num_bytes)`, uint8 or integer): raw flow bytes.
+        packet_lengths (`(B, num_packets)` int), packet_iats (`(B, num_packets)` float seconds),
+        packet_directions (`(B, num_packets)` +1/-1/0): raw per-packet side information for the PMP (zeros if None).
+        partner_index (`torch.LongTensor` of shape `(B,)`): FlowMix partner of every flow (a permutation, normally an
+            involution from `DataCollatorForFlowMix`). None with FlowMix on: a random pairing is drawn.
+        mask_noise (`torch.FloatTensor` of shape `(B, L)`): uniform noise in [0, 1); the largest values are masked.
+            None: drawn with `torch.rand`.
+        teacher_features (`torch.FloatTensor` of shape `(B, L, D)`): `teacher_forward(...).features` of the mean
+            teacher; enables the distillation loss.
+        hard_token_scores (`torch.FloatTensor` of shape `(B, L)`): per-token difficulty for guided masking
+            (`teacher_forward(...).predicted_token_loss`).
+        hard_mask_share (`float`): share of the masked set taken from the hardest tokens (curriculum,
+            `mmae_hf.pmp.hard_mask_share`).
+        Other keyword arguments (e.g. the collator's `flow_stats`, which pairing has already used) are ignored.
+        """
+        config = self.config
+        target = self.mmae.embeddings.normalize(input_bytes)  # also checks the input's shape and dtype
+        batch, device = target.shape[0], target.device
+        target = target.view(batch, config.num_tokens, config.bytes_per_token)
+
+        if mask_noise is None:
+            mask_noise = torch.rand(batch, config.num_tokens, device=device)
+        mask, ids_shuffle = self.make_mask(mask_noise.to(device), hard_token_scores, hard_mask_share)
+        if config.use_flowmix:
+            partner_index = self._pairing(partner_index, batch, device)
+            source_of = torch.argsort(partner_index)  # flow j whose partner is i: its branch 2 holds i's visible tokens
+            keep_index = None
+        else:
+            partner_index = source_of = None
+            keep_index = ids_shuffle[:, : config.num_tokens - config.num_masked_tokens]
+
+        latent = self.encode(self.mix(input_bytes, mask, partner_index, keep_index))
+        signals = None
+        if self.loss_predictor is not None:
+            signals = self._packet_signals(packet_lengths, packet_iats, packet_directions, batch, device)
+        decoded, predicted = self.decode(latent, mask if config.use_flowmix else None, keep_index, signals)
+        logits = self.unmix(decoded.logits, mask, source_of)
+        features = self.unmix(decoded.features, mask, source_of)
+        predicted_token_loss = None if predicted is None else self.unmix(predicted, mask, source_of)
+        losses = self.compute_loss(logits, target, mask, features, predicted_token_loss, teacher_features)
+        return MMAEForPreTrainingOutput(
+            **losses,
             logits=logits,
             mask=mask,
-            token_loss=token_loss.detach(),
             predicted_token_loss=predicted_token_loss,
             decoder_features=features,
             partner_index=partner_index,
         )
-        return output if return_dict else output.to_tuple()
 
 
 def _random_pairing(batch: int, device) -> torch.Tensor:
@@ -718,39 +840,31 @@ class MMAEForSequenceClassification(MMAEPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.mmae = MMAEModel(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)  # type: ignore[arg-type]
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_bytes: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutput:
         r"""
         input_bytes (`torch.Tensor` of shape `(B, num_bytes)`, uint8 or integer): raw flow bytes.
         labels (`torch.LongTensor` of shape `(B,)`, *optional*): class ids; gives the cross-entropy `loss`.
 
-        Returns `SequenceClassifierOutput` with `logits` [B, num_labels].
+        Returns `SequenceClassifierOutput` with `logits` [B, num_labels] (and the encoder's `hidden_states` /
+        `attentions` when asked for).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.mmae(
-            input_bytes,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
+        outputs = self.mmae(input_bytes, return_dict=True, **kwargs)
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, logits, self.config, **kwargs)
-        output = SequenceClassifierOutput(
+        return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = [

@@ -14,10 +14,11 @@ flows = classify("capture.pcap", top_k=3)
 ```
 
 Inputs: a path to a pcap / pcapng file, the bytes of one, a list of paths (one list of flow records per
-path), or flows that were already extracted (a dict with ``input_bytes`` or ``payload`` of shape
-``[1600]`` / ``[N, 1600]``, or a uint8 array of that shape). The flow and anonymisation settings come from the
-`MMAEFeatureExtractor` saved beside the weights (``preprocessor_config.json``), so inference sees exactly the
-preprocessing the model was trained with.
+path), or flows that were already extracted (a dict with ``input_bytes`` of shape ``[1600]`` / ``[N, 1600]``, or a
+uint8 array of that shape). Every input goes through the `MMAEFeatureExtractor` saved beside the weights
+(``preprocessor_config.json``): it cuts the flows with the settings the training data was built with and makes the
+model inputs, so inference sees exactly the preprocessing of training. A model folder without one gets the default
+extractor, with a warning.
 
 ``batch_size`` counts *flows*: one capture yields many flows, which are batched inside the pipeline (the
 stock pipeline batching pads tokenizer outputs and does not apply here), so the pipeline-level batching of
@@ -28,9 +29,10 @@ Out-of-distribution flag: ``ood`` is True when the highest class probability is 
 model has no calibrated threshold.
 
 Remote code: this file is copied next to the weights by ``pipe.save_pretrained`` and may then be loaded with
-``trust_remote_code=True`` in a process without mmae-hf. It therefore imports only numpy, torch and
-transformers at module level; the pcap reader (``mmae_hf.traffic``) is imported inside ``try`` blocks. Without
-mmae-hf installed the pipeline classifies pre-extracted flows; pcap input needs mmae-hf installed (``pip install .`` in a clone of its repository).
+``trust_remote_code=True`` in a process without mmae-hf. It therefore imports only numpy, torch, transformers and
+its single-dot siblings (`feature_extraction_mmae`, `data_contract`) at module level; the pcap reader
+(``mmae_hf.traffic``) is imported inside ``try`` blocks. Without mmae-hf installed the pipeline classifies
+pre-extracted flows; pcap input needs mmae-hf installed (``pip install .`` in a clone of its repository).
 """
 
 import inspect
@@ -46,39 +48,14 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import ChunkPipeline
 from transformers.utils import logging
 
+from .data_contract import BYTE_COLUMN, FLOW_METADATA_FIELDS, MODEL_INPUT_NAMES, is_capture_bytes
+from .feature_extraction_mmae import MMAEFeatureExtractor
+
 
 logger = logging.get_logger(__name__)
 
 TASK = "traffic-classification"
-
-# First four bytes of the capture formats the reader understands (classic pcap in both byte orders, micro-
-# and nanosecond precision; pcapng section header block).
-PCAP_MAGICS = (
-    b"\xd4\xc3\xb2\xa1",
-    b"\xa1\xb2\xc3\xd4",
-    b"\x4d\x3c\xb2\xa1",
-    b"\xa1\xb2\x3c\x4d",
-    b"\x0a\x0d\x0d\x0a",
-)
-
-# Per-flow metadata copied from the reader's FlowRecord into every prediction (in this order).
-FLOW_FIELDS = (
-    "source_file",
-    "src_ip",
-    "src_port",
-    "dst_ip",
-    "dst_port",
-    "protocol",
-    "start_time",
-    "end_time",
-    "packet_count",
-    "byte_count",
-)
-
-# Model inputs of the data contract (docs/INTERFACES.md); the pipeline passes those the model's forward takes.
-MODEL_INPUT_NAMES = ("input_bytes", "packet_lengths", "packet_iats", "packet_directions", "flow_stats")
-_ROW_COLUMN = {"input_bytes": "payload"}  # data-contract column that holds a model input, where names differ
-
+FLOW_FIELDS = FLOW_METADATA_FIELDS  # per-flow metadata copied into every prediction (in this order)
 DEFAULT_FLOW_BATCH_SIZE = 64
 
 
@@ -89,14 +66,6 @@ def _traffic_module():
     except ImportError:
         return None
     return traffic
-
-
-def _feature_extractor_class():
-    try:
-        from mmae_hf.feature_extraction_mmae import MMAEFeatureExtractor
-    except ImportError:
-        return None
-    return MMAEFeatureExtractor
 
 
 def _require_trained_head(model, allow_untrained_head: bool) -> None:
@@ -110,13 +79,28 @@ def _require_trained_head(model, allow_untrained_head: bool) -> None:
 
 def is_pcap_bytes(data: bytes) -> bool:
     """True when ``data`` starts with a pcap or pcapng magic number."""
-    return bytes(data[:4]) in PCAP_MAGICS
+    return is_capture_bytes(data)
 
 
 def _source_name(source: Any, default: str = "<bytes>") -> str:
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
     return default
+
+
+def _to_numpy(value):
+    return value.detach().cpu().numpy() if torch.is_tensor(value) else value
+
+
+def _flow_metadata(flow, source_name: str | None = None) -> dict:
+    """The `FLOW_FIELDS` of a flow (a `FlowRecord` or a row dict; missing ones None) as Python values."""
+    meta = {}
+    for field in FLOW_FIELDS:
+        value = flow.get(field) if isinstance(flow, dict) else getattr(flow, field, None)
+        meta[field] = value.item() if isinstance(value, np.generic) else value
+    if not meta["source_file"] and source_name is not None:
+        meta["source_file"] = source_name
+    return meta
 
 
 def _verify_weights(model, allow_mismatched_weights: bool) -> None:
@@ -152,12 +136,12 @@ class TrafficClassificationPipeline(ChunkPipeline):
     skipped and why, errors) for that input.
     """
 
-    # v5 component flags: no tokenizer / processors; the feature extractor is optional (it carries the flow
-    # settings, but pre-extracted flows and remote use without mmae-hf work without it).
-    _load_processor = False
-    _load_image_processor = False
-    _load_video_processor = False
-    _load_tokenizer = False
+    # v5 component flags: no tokenizer / processors; the feature extractor is loaded by `__init__` (the one saved
+    # beside the weights, else the default one with a warning).
+    _load_processor = False  # type: ignore[assignment]
+    _load_image_processor = False  # type: ignore[assignment]
+    _load_video_processor = False  # type: ignore[assignment]
+    _load_tokenizer = False  # type: ignore[assignment]
     _load_feature_extractor = None
 
     def __init__(self, *args, allow_untrained_head: bool = False, allow_mismatched_weights: bool = False, **kwargs):
@@ -169,31 +153,36 @@ class TrafficClassificationPipeline(ChunkPipeline):
         self.flow_batch_size = int(self._batch_size or DEFAULT_FLOW_BATCH_SIZE)
         self._batch_size = None
         if self.feature_extractor is None:
-            self.feature_extractor = self._load_saved_feature_extractor()
+            self.feature_extractor = self._load_saved_feature_extractor() or self._default_feature_extractor()
         self._check_feature_extractor()
         forward_params = inspect.signature(self.model.forward).parameters
         self.model_input_names = [name for name in MODEL_INPUT_NAMES if name in forward_params]
         if not self.model_input_names:
             raise ValueError(f"{type(self.model).__name__}.forward takes none of the inputs {MODEL_INPUT_NAMES}")
         self.last_accounting = None
-        self._warned_no_feature_extractor = False
 
     # ------------------------------------------------------------------ setup
     def _load_saved_feature_extractor(self):
         """The MMAEFeatureExtractor saved beside the weights, when the model was loaded from a folder."""
         folder = getattr(self.model, "name_or_path", None) or getattr(self.model.config, "_name_or_path", None)
-        extractor_class = _feature_extractor_class()
-        if not folder or extractor_class is None:
+        if not folder or not os.path.isfile(os.path.join(os.fspath(folder), "preprocessor_config.json")):
             return None
-        if not os.path.isfile(os.path.join(os.fspath(folder), "preprocessor_config.json")):
-            return None
-        return extractor_class.from_pretrained(folder)
+        return MMAEFeatureExtractor.from_pretrained(folder)
+
+    def _default_feature_extractor(self):
+        """The default MMAEFeatureExtractor, cut to the model's byte layout (for a model folder without one)."""
+        logger.warning(
+            "no MMAEFeatureExtractor (preprocessor_config.json) beside the model: flows are cut with the "
+            "default FlowOptions, which may differ from the preprocessing the model was trained with"
+        )
+        config = self.model.config
+        names = ("num_packets", "header_bytes", "payload_bytes")
+        return MMAEFeatureExtractor(flow_options={n: int(getattr(config, n)) for n in names if hasattr(config, n)})
 
     def _check_feature_extractor(self):
         """The extractor's byte layout must be the one the model was built for."""
-        extractor = self.feature_extractor
-        options = getattr(extractor, "flow_options", None)
-        if extractor is None or options is None:
+        options = getattr(self.feature_extractor, "flow_options", None)
+        if options is None:
             return
         options = options if isinstance(options, dict) else options.to_dict()
         config = self.model.config
@@ -342,7 +331,7 @@ class TrafficClassificationPipeline(ChunkPipeline):
         top_scores, top_ids = probs.topk(k, dim=-1)
         top_scores, top_ids = top_scores.tolist(), top_ids.tolist()
         threshold = ood_threshold if ood_threshold is not None else getattr(self.model.config, "ood_threshold", None)
-        id2label = self.model.config.id2label
+        id2label: dict = self.model.config.id2label or {}
         records = []
         for meta, scores, ids in zip(flows, top_scores, top_ids):
             labels = [{"label": id2label[int(i)], "score": float(s)} for s, i in zip(scores, ids)]
@@ -361,20 +350,22 @@ class TrafficClassificationPipeline(ChunkPipeline):
         return traffic.PacketAccounting() if traffic is not None else None
 
     def _iter_flows(self, source, accounting, errors="warn", source_name=None, error_holder=None):
-        """Yields ``(metadata dict, encodable flow)`` pairs for one input."""
+        """Yields ``(metadata dict, flow)`` pairs for one input; the feature extractor reads or splits it."""
         if isinstance(source, dict) or isinstance(source, np.ndarray) or torch.is_tensor(source):
-            yield from self._pre_extracted_flows(source)
+            source = {k: _to_numpy(v) for k, v in source.items()} if isinstance(source, dict) else _to_numpy(source)
+            for flow in self.feature_extractor.iter_flows(source):
+                yield _flow_metadata(flow), flow
             return
         if isinstance(source, (bytes, bytearray, memoryview)):
             if not is_pcap_bytes(source):
                 raise ValueError(
                     "bytes input must be a pcap or pcapng capture (no pcap magic number found); pass already "
-                    "extracted flows as a dict with 'input_bytes' or as a uint8 array instead"
+                    f"extracted flows as a dict with {BYTE_COLUMN!r} or as a uint8 array instead"
                 )
             source = bytes(source)
         elif not isinstance(source, (str, os.PathLike)) and not hasattr(source, "read"):
-            if hasattr(source, "payload"):  # a FlowRecord
-                yield self._record_metadata(source), source
+            if hasattr(source, BYTE_COLUMN):  # a FlowRecord
+                yield _flow_metadata(source), source
                 return
             raise TypeError(f"cannot classify an input of type {type(source).__name__}")
         name = source_name or _source_name(source)
@@ -386,9 +377,12 @@ class TrafficClassificationPipeline(ChunkPipeline):
             )
         if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
             raise FileNotFoundError(f"capture {name} does not exist")
+        records = self.feature_extractor.extract_flows(
+            source, accounting=accounting, strict=errors == "raise", source_name=name
+        )
         try:
-            for record in self._read_flows(source, accounting, name, strict=errors == "raise"):
-                yield self._record_metadata(record, name), record
+            for record in records:
+                yield _flow_metadata(record, name), record
         except traffic.PcapFormatError as error:
             if error_holder is not None:
                 error_holder.append(str(error))
@@ -404,71 +398,9 @@ class TrafficClassificationPipeline(ChunkPipeline):
             for message in accounting.errors:
                 logger.warning(f"{name}: {message}")
 
-    def _read_flows(self, source, accounting, name, strict=False):
-        """The reader's FlowRecords with the feature extractor's flow options (the training preprocessing)."""
-        traffic = _traffic_module()
-        extractor = self.feature_extractor
-        options = getattr(extractor, "flow_options", None)
-        if options is not None:
-            options = traffic.FlowOptions.from_dict(options) if isinstance(options, dict) else options
-        elif extractor is not None and hasattr(extractor, "extract_flows"):
-            return extractor.extract_flows(source, accounting=accounting)
-        else:
-            if not self._warned_no_feature_extractor:
-                logger.warning(
-                    "no MMAEFeatureExtractor (preprocessor_config.json) beside the model: flows are cut with the "
-                    "default FlowOptions, which may differ from the preprocessing the model was trained with"
-                )
-                self._warned_no_feature_extractor = True
-            options = traffic.FlowOptions()
-        return traffic.iter_flows(source, options, accounting=accounting, strict=strict, source_name=name)
-
-    @staticmethod
-    def _record_metadata(record, name=None) -> dict:
-        meta = {field: getattr(record, field, None) for field in FLOW_FIELDS}
-        if not meta["source_file"] and name is not None:
-            meta["source_file"] = name
-        return meta
-
-    def _pre_extracted_flows(self, source):
-        """Flows given as arrays / columns (no pcap reader needed)."""
-        if isinstance(source, dict):
-            columns = dict(source)
-            if "input_bytes" not in columns and "payload" in columns:
-                columns["input_bytes"] = columns.pop("payload")
-            if "input_bytes" not in columns:
-                raise ValueError("a dict input needs an 'input_bytes' (or 'payload') entry with the flow bytes")
-        else:
-            columns = {"input_bytes": source}
-        arrays = {}
-        for name in MODEL_INPUT_NAMES:
-            if name in columns:
-                value = columns[name]
-                value = value.cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
-                arrays[name] = value
-        payload = arrays["input_bytes"]
-        single = payload.ndim == 1
-        for name, value in arrays.items():
-            arrays[name] = value[None] if single else value
-        if arrays["input_bytes"].ndim != 2 or arrays["input_bytes"].shape[1] != self.num_bytes:
-            raise ValueError(
-                f"pre-extracted flows must have {self.num_bytes} bytes each, got an array of shape {payload.shape}"
-            )
-        count = arrays["input_bytes"].shape[0]
-        for index in range(count):
-            meta = {}
-            for field in FLOW_FIELDS:
-                value = columns.get(field)
-                if value is not None:
-                    value = value if single else value[index]
-                    meta[field] = value.item() if isinstance(value, np.generic) else value
-                else:
-                    meta[field] = None
-            yield meta, {name: value[index] for name, value in arrays.items()}
-
-    # ------------------------------------------------------------------ batching and encoding
+    # ------------------------------------------------------------------ batching
     def _chunks(self, flows, batch_size, mark_last=True):
-        """Groups ``(meta, flow)`` pairs into encoded chunks of at most ``batch_size`` flows.
+        """Groups ``(meta, flow)`` pairs into chunks of at most ``batch_size`` flows with their model inputs.
 
         With ``mark_last`` (the `ChunkPipeline` protocol) one full chunk is held back so that the final one can
         carry ``is_last=True``, and at least one (possibly empty) chunk is always yielded. Without it chunks are
@@ -479,7 +411,7 @@ class TrafficClassificationPipeline(ChunkPipeline):
         for item in flows:
             batch.append(item)
             if len(batch) >= batch_size:
-                chunk = self._encode(batch, is_last=False)
+                chunk = self._chunk(batch, is_last=False)
                 batch = []
                 if not mark_last:
                     yield chunk
@@ -490,136 +422,22 @@ class TrafficClassificationPipeline(ChunkPipeline):
         if batch:
             if pending is not None:
                 yield pending
-            yield self._encode(batch, is_last=True)
+            yield self._chunk(batch, is_last=True)
         elif pending is not None:
             pending["is_last"] = True
             yield pending
         elif mark_last:
-            yield self._encode([], is_last=True)
+            yield self._chunk([], is_last=True)
 
-    def _encode(self, batch, is_last):
-        metas = [meta for meta, _ in batch]
+    def _chunk(self, batch, is_last):
+        """One chunk: the flows' metadata and the model inputs the feature extractor makes of them."""
         flows = [flow for _, flow in batch]
-        if not flows:
-            inputs = {"input_bytes": torch.zeros(0, self.num_bytes, dtype=torch.uint8)}
-        elif isinstance(flows[0], dict):
-            inputs = {
-                name: torch.from_numpy(np.stack([np.asarray(flow[name]) for flow in flows]))
-                for name in self.model_input_names
-                if name in flows[0]
-            }
-            inputs["input_bytes"] = inputs["input_bytes"].to(torch.uint8)
-        elif self.feature_extractor is not None:
+        if flows:
             features = self.feature_extractor(flows, return_tensors="pt")
-            inputs = {name: features[name] for name in self.model_input_names if name in features}
+            inputs = {name: features[name] for name in self.model_input_names}
         else:
-            inputs = {}
-            for name in self.model_input_names:
-                attribute = _ROW_COLUMN.get(name, name)
-                if hasattr(flows[0], attribute):
-                    inputs[name] = torch.from_numpy(np.stack([getattr(flow, attribute) for flow in flows]))
-        if "input_bytes" not in inputs:
-            raise ValueError("the encoded flows lack 'input_bytes'")
-        return {"model_inputs": inputs, "flows": metas, "is_last": is_last}
-
-
-# ---------------------------------------------------------------------- helpers on datasets
-
-
-def _dataset_batches(dataset_split, batch_size, columns):
-    """Yields dicts of numpy arrays (``columns`` that exist) from an HF Dataset, a dict of arrays or an array."""
-    if hasattr(dataset_split, "with_format"):
-        present = [c for c in columns if c in dataset_split.column_names]
-        formatted = dataset_split.with_format("numpy", columns=present)
-        for start in range(0, len(formatted), batch_size):
-            yield formatted[start : start + batch_size]
-        return
-    if not isinstance(dataset_split, dict):
-        dataset_split = {"payload": dataset_split}
-    data = {c: np.asarray(dataset_split[c]) for c in columns if c in dataset_split}
-    total = len(next(iter(data.values())))
-    for start in range(0, total, batch_size):
-        yield {c: v[start : start + batch_size] for c, v in data.items()}
-
-
-@torch.no_grad()
-def predict_logits(model, dataset_split, batch_size: int = 256, device=None, transform=None) -> np.ndarray:
-    """Logits ``[N, num_labels]`` of ``model`` on the ``payload`` (or ``input_bytes``) column of a dataset split.
-
-    Args:
-        model: an MMAE classifier.
-        dataset_split: an HF `Dataset` with the data contract's columns, a dict of columns, or a uint8 array
-            ``[N, 1600]``.
-        transform (callable, *optional*): applied to each uint8 batch ``[n, 1600]`` before the model (used by the
-            shortcut report to occlude bytes).
-    """
-    was_training = model.training
-    model.eval()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    outputs = []
-    for batch in _dataset_batches(dataset_split, batch_size, ("payload", "input_bytes")):
-        payload = batch["payload"] if "payload" in batch else batch["input_bytes"]
-        payload = np.asarray(payload).astype(np.uint8, copy=False)
-        if transform is not None:
-            payload = transform(payload)
-        logits = model(input_bytes=torch.from_numpy(np.ascontiguousarray(payload)).to(device)).logits
-        outputs.append(logits.float().cpu().numpy())
-    model.train(was_training)
-    num_labels = model.config.num_labels
-    return np.concatenate(outputs) if outputs else np.zeros((0, num_labels), dtype=np.float32)
-
-
-def dataset_labels(dataset_split) -> np.ndarray:
-    """The integer ``label`` column of a dataset split."""
-    if hasattr(dataset_split, "with_format"):
-        return np.asarray(dataset_split.with_format("numpy", columns=["label"])["label"], dtype=np.int64)
-    return np.asarray(dataset_split["label"], dtype=np.int64)
-
-
-def _percentile_of_correct(logits, labels, percentile):
-    logits = np.asarray(logits, dtype=np.float64)
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    top = probs.max(-1)
-    correct = probs.argmax(-1) == np.asarray(labels)
-    if not correct.any():
-        return None
-    return float(np.percentile(top[correct], percentile))
-
-
-def calibrate_ood_threshold(
-    model, dataset_split, percentile: float = 5.0, batch_size: int = 256, device=None, set_config: bool = True
-) -> float | None:
-    """Calibrates the out-of-distribution threshold of ``model`` on a validation split.
-
-    The threshold is the ``percentile``-th percentile of the max-softmax probability over the correctly
-    classified flows of ``dataset_split`` (so about ``percentile`` % of correct in-distribution flows would be
-    flagged); a flow whose highest class probability falls below it is flagged ``ood`` by the pipeline.
-
-    Args:
-        model: an MMAE classifier (`MMAEForSequenceClassification`).
-        dataset_split: the *validation* split (HF `Dataset` with ``payload`` and ``label`` columns, or a dict of
-            those arrays). Never calibrate on the test split.
-        percentile (`float`, defaults to 5.0): share (%) of correct validation flows allowed below the threshold.
-        set_config (`bool`, defaults to True): store the result in ``model.config.ood_threshold`` (saved with
-            the model).
-
-    Returns:
-        The threshold, or None when the model classifies no validation flow correctly (config left unchanged).
-    """
-    if not 0.0 <= percentile <= 100.0:
-        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
-    logits = predict_logits(model, dataset_split, batch_size=batch_size, device=device)
-    labels = dataset_labels(dataset_split)
-    if len(labels) != len(logits):
-        raise ValueError(f"{len(labels)} labels for {len(logits)} flows")
-    threshold = _percentile_of_correct(logits, labels, percentile)
-    if threshold is None:
-        logger.warning("no validation flow is classified correctly; the OOD threshold was not calibrated")
-        return None
-    if set_config:
-        model.config.ood_threshold = threshold
-    return threshold
+            inputs = {BYTE_COLUMN: torch.zeros(0, self.num_bytes, dtype=torch.uint8)}
+        return {"model_inputs": inputs, "flows": [meta for meta, _ in batch], "is_last": is_last}
 
 
 def register_traffic_pipeline():
@@ -635,11 +453,20 @@ def register_traffic_pipeline():
     )
 
 
+def __getattr__(name):
+    # moved to mmae_hf.evaluation (the one OOD calibration); still importable from here where mmae-hf is installed
+    if name in ("calibrate_ood_threshold", "predict_logits", "dataset_labels"):
+        try:
+            from mmae_hf import evaluation
+        except ImportError:
+            pass
+        else:
+            return getattr(evaluation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "TrafficClassificationPipeline",
-    "calibrate_ood_threshold",
-    "predict_logits",
-    "dataset_labels",
     "register_traffic_pipeline",
     "is_pcap_bytes",
     "FLOW_FIELDS",

@@ -42,22 +42,31 @@ def hard_mask_share(step: int, total_steps: int, max_share: float) -> float:
     return float(max_share) * min(max(step, 0) / total_steps, 1.0)
 
 
+class MMAEPacketSignalConv(nn.Conv1d):
+    """Conv1d(1 -> embed_dim, kernel = stride = bytes_per_token) applied to a signal that is constant inside every
+    token: that convolution equals `value * weight.sum(-1) + bias`, which is what `forward` computes
+    (token values [N, L] -> [N, L, E]; no 1600-long signal is materialised). Its own forward, so that the weight is
+    only read where device-map / offload hooks have placed it."""
+
+    def forward(self, token_values: torch.Tensor) -> torch.Tensor:
+        return token_values.unsqueeze(-1) * self.weight.sum(dim=(1, 2)) + self.bias  # type: ignore[operator]
+
+
 class MMAEPacketSignalEmbedding(nn.Module):
     """Embeds one per-packet scalar signal as per-token vectors.
 
-    The official model repeats each packet's value over its bytes and runs a stride-`bytes_per_token` Conv1d. Since the
-    signal is constant inside a token, that convolution equals `value * weight.sum(-1) + bias`, which is what we compute
-    (no 1600-long signal is materialised). The parameter keeps the convolution's shape for checkpoint compatibility.
+    The official model repeats each packet's value over its bytes and runs a stride-`bytes_per_token` Conv1d
+    (`MMAEPacketSignalConv` computes the same without the repetition). The parameter keeps the convolution's shape for
+    checkpoint compatibility.
     """
 
     def __init__(self, embed_dim: int, bytes_per_token: int):
         super().__init__()
-        self.proj = nn.Conv1d(1, embed_dim, kernel_size=bytes_per_token, stride=bytes_per_token)
+        self.proj = MMAEPacketSignalConv(1, embed_dim, kernel_size=bytes_per_token, stride=bytes_per_token)
 
     def forward(self, token_values: torch.Tensor) -> torch.Tensor:
         # token_values: [N, L] -> [N, L, E]
-        weight = self.proj.weight.sum(dim=(1, 2))
-        return token_values.unsqueeze(-1) * weight + self.proj.bias
+        return self.proj(token_values)
 
 
 class MMAEPacketMaskPredictor(nn.Module):

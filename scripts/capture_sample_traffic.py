@@ -37,6 +37,7 @@ sessions; the bytes differ (TLS keys, timing), as in any real capture.
 """
 
 import argparse
+import functools
 import http.client
 import http.server
 import ipaddress
@@ -345,7 +346,7 @@ def https_api(session):
             if method == "POST":
                 body = json.dumps({"q": "x" * rng.randint(5, 400), "page": rng.randint(1, 9)}).encode()
             plan.append((method, rng.choice(endpoints), body, rng.uniform(0.02, 0.25)))
-        token = "%032x" % rng.getrandbits(128)
+        token = f"{rng.getrandbits(128):032x}"
 
         def job(plan=plan, token=token):
             conn = http.client.HTTPSConnection(session.hostname, session.port, timeout=10, context=client_ctx,
@@ -435,7 +436,7 @@ def tls_chat(session):
         while not stop.is_set():
             try:
                 raw, _ = srv.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break
@@ -454,8 +455,8 @@ def tls_chat(session):
         time.sleep(crng.uniform(0, 0.8))
         with client_ctx.wrap_socket(tcp_connect(session), server_hostname=session.hostname) as conn:
             conn.settimeout(15)
-            _send_msg(conn, {"type": "hello", "user": f"user{crng.randint(1, 50)}", "token": "%024x" %
-                             crng.getrandbits(96)})
+            _send_msg(conn, {"type": "hello", "user": f"user{crng.randint(1, 50)}", "token":
+                             f"{crng.getrandbits(96):024x}"})
 
             def reader():
                 try:
@@ -473,7 +474,7 @@ def tls_chat(session):
             r.join(timeout=5)
 
     try:
-        run_pool([lambda s=rng.random(): client(s) for _ in range(n_clients)], workers=n_clients)
+        run_pool([functools.partial(client, rng.random()) for _ in range(n_clients)], workers=n_clients)
     finally:
         stop.set()
         acceptor.join(timeout=15)
@@ -549,7 +550,7 @@ def smtp_starttls(session):
         while not stop.is_set():
             try:
                 raw, _ = srv.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break
@@ -613,7 +614,7 @@ def udp_stream(session):
         while not stop.is_set():
             try:
                 data, addr = srv.recvfrom(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break
@@ -657,7 +658,7 @@ def udp_stream(session):
 
     try:
         n = rng.randint(8, 11)
-        run_pool([lambda s=rng.random(): call(s) for _ in range(n)], workers=n)
+        run_pool([functools.partial(call, rng.random()) for _ in range(n)], workers=n)
     finally:
         time.sleep(0.1)
         stop.set()

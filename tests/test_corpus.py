@@ -79,9 +79,9 @@ def test_corpus_excludes_held_out_captures_and_payloads(corpus_setup):
     assert report["removed_held_out_payloads_by_source"] == {"repo-b": 2}
     held = load_from_disk(str(corpus_setup["evaluation"]))
     held_digests = {row.tobytes() for s in ("validation", "test")
-                    for row in payload_digests(np.asarray(held[s]["payload"], np.uint8))}
+                    for row in payload_digests(np.asarray(held[s]["input_bytes"], np.uint8))}
     for split in corpus:
-        digests = payload_digests(np.asarray(corpus[split]["payload"], np.uint8))
+        digests = payload_digests(np.asarray(corpus[split]["input_bytes"], np.uint8))
         assert not {row.tobytes() for row in digests} & held_digests
 
     # (3) unlabelled: the source is a string column, not a class; report, card and preprocessor config are there

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from dataset_pcaps import T0, flow, make_tree, write_pcap
+from dataset_pcaps import make_tree
 from test_flow_limits import deadline
 
 import mmae_hf.traffic.dataset as dataset_module
@@ -228,7 +228,7 @@ def test_options_object_and_keywords_build_the_same(small_tree):
     options = BuildOptions(progress=False, split_by="flow", seed=3)
     by_object = build_dataset(small_tree, None, options)
     overridden = build_dataset(small_tree, None, options, seed=4)
-    train = {name: sorted(map(bytes, result.dataset["train"]["payload"]))
+    train = {name: sorted(map(bytes, result.dataset["train"]["input_bytes"]))
              for name, result in (("keywords", by_keywords), ("object", by_object), ("overridden", overridden))}
     assert train["object"] == train["keywords"] != train["overridden"]  # keywords override the object's fields
     with pytest.raises(TypeError):

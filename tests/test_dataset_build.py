@@ -5,7 +5,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from dataset_pcaps import T0, flow, make_tree, write_pcap
 
@@ -35,9 +34,9 @@ def test_tree_build_contract_card_and_report(tree, tmp_path):
     assert set(dd) == {"train", "validation", "test"}
     feats = dd["train"].features
     assert feats["label"].names == ["chat", "video", "web"]
-    assert feats["payload"].length == 1600 and feats["payload"].feature.dtype == "uint8"
+    assert feats["input_bytes"].length == 1600 and feats["input_bytes"].feature.dtype == "uint8"
     assert feats["flow_stats"].length == len(FLOW_STAT_NAMES)
-    assert dd["train"].data.table.schema.field("payload").type.value_type.bit_width == 8
+    assert dd["train"].data.table.schema.field("input_bytes").type.value_type.bit_width == 8
     names = set().union(*(dd[s]["source_file"] for s in dd))
     assert "web/sub/deep.pcap" in names and "video/linked.pcap" in names
     # every row names its capture, and the group (= file) never spans two splits
@@ -193,7 +192,7 @@ def test_cli_push_to_hub_and_load_back(tree, tmp_path):
     import sys
     import textwrap
 
-    from mmae_hf.testing import FakeHub
+    from fake_hub import FakeHub
 
     repo_root = Path(__file__).resolve().parents[1]
     script = tmp_path / "client.py"
@@ -210,7 +209,7 @@ def test_cli_push_to_hub_and_load_back(tree, tmp_path):
         assert sorted(hub) == ["train", "validation"] and len(local["test"]) == 0  # the empty split stays local
         for split in ("train", "validation"):
             assert hub[split].features == local[split].features, split
-            assert hub[split]["payload"] == local[split]["payload"], split
+            assert hub[split]["input_bytes"] == local[split]["input_bytes"], split
             assert hub[split]["source_file"] == local[split]["source_file"], split
         print("LOADED-OK")
     """))

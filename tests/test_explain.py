@@ -166,7 +166,7 @@ def test_shortcut_report_on_synthetic_data(tiny_model):
     assert report["occlusions"]["addresses"]["accuracy_drop"] == 0.0
     assert report["occlusions"]["ports"]["nonzero_bytes_zeroed_fraction"] > 0.0
     # the payload numbers are exactly those of the model on payload-zeroed inputs
-    payload = np.asarray(split.with_format("numpy")["payload"]).astype(np.uint8)
+    payload = np.asarray(split.with_format("numpy")["input_bytes"]).astype(np.uint8)
     zeroed = occlude(payload, "payload")
     accuracy = float((predict_logits(tiny_model, zeroed).argmax(-1) == np.asarray(split["label"])).mean())
     assert report["occlusions"]["payload"]["accuracy"] == pytest.approx(accuracy)

@@ -99,7 +99,7 @@ LOAD_REMOTE = textwrap.dedent(
 
 
 def test_export_publishes_with_one_option_and_loads_by_repo_id_without_the_package(pretraining_run, tmp_path):
-    from mmae_hf.testing import FakeHub
+    from fake_hub import FakeHub
 
     repo_id = "tester/mmae-exported"
     with FakeHub() as hub:

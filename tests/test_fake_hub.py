@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from mmae_hf.testing import FakeHub
+from fake_hub import FakeHub
 
 CLIENT = textwrap.dedent(
     """

@@ -50,12 +50,12 @@ def test_pcap_rows_and_records_give_the_same_inputs():
     assert tuple(from_pcap["flow_stats"].shape) == (1, 27) and from_pcap["packet_directions"].dtype == torch.int8
     records = list(fe.extract_flows(data, accounting=PacketAccounting()))
     rows = [r.to_row() for r in records]
-    columns = {k: np.stack([r[k] for r in rows]) for k in ("payload", "packet_lengths", "packet_iats", "flow_stats")}
+    columns = {k: np.stack([r[k] for r in rows]) for k in ("input_bytes", "packet_lengths", "packet_iats", "flow_stats")}
     for inputs in (fe(records), fe(rows), fe(rows[0]), fe(columns)):
         assert np.array_equal(inputs["input_bytes"], from_pcap["input_bytes"].numpy())
         assert np.array_equal(inputs["packet_lengths"], from_pcap["packet_lengths"].numpy())
     assert not fe(columns)["packet_directions"].any()  # a missing column gives zeros
-    listed = fe({"payload": [list(rows[0]["payload"])] * 3})
+    listed = fe({"payload": [list(rows[0]["input_bytes"])] * 3})  # the old key is still accepted
     assert listed["input_bytes"].shape == (3, 1600)
     with pytest.raises(ValueError, match="expected"):
         fe({"payload": np.zeros((2, 100), dtype=np.uint8)})
@@ -68,7 +68,7 @@ def extraction_uses_the_stored_options(path, expected_flows):
                   key=lambda f: f.start_time)  # fmt: skip
     default = list(iter_flows(path))  # bidirectional: half as many flows, so the options really applied
     assert len(got) == len(want) == expected_flows == 2 * len(default)
-    assert all(np.array_equal(a.payload, b.payload) for a, b in zip(got, want))
+    assert all(np.array_equal(a.input_bytes, b.input_bytes) for a, b in zip(got, want))
 
 
 def test_extraction_uses_the_stored_options():

@@ -134,7 +134,7 @@ def test_collator_stacks_uint8_and_labels():
     dsd = make_synthetic_traffic_dataset(num_classes=2, flows_per_class=4, seed=0)
     view = finetuning.model_inputs_view(dsd["train"])
     rows = view.__getitems__([0, 1, 2])
-    assert rows[0]["payload"].dtype == np.int64  # the numpy formatter upcasts; the collator must undo it
+    assert rows[0]["input_bytes"].dtype == np.int64  # the numpy formatter upcasts; the collator must undo it
     batch = finetuning.FlowClassificationCollator()(rows)
     assert batch["input_bytes"].dtype == torch.uint8 and batch["input_bytes"].shape == (3, 1600)
     assert batch["labels"].dtype == torch.long

@@ -64,7 +64,7 @@ def test_summary_mean_std_and_markdown():
 def test_ablation_switches_exist_in_the_config():
     config = mmae_hf.MMAEConfig.from_preset("mmae-tiny")
     for variant in VARIANTS.values():
-        for key, value in variant.pretrain_overrides.items():
+        for key in variant.pretrain_overrides:
             assert hasattr(config, key), key
             mmae_hf.MMAEConfig.from_preset("mmae-tiny", **variant.pretrain_overrides)  # a valid combination
     assert VARIANTS["no_flowmix"].pretrain_overrides == {"use_flowmix": False}

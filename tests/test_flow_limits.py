@@ -36,7 +36,7 @@ def read(data, engine, **opts):
 def same_flows(a, b):
     assert len(a) == len(b)
     for x, y in zip(a, b):
-        assert np.array_equal(x.payload, y.payload) and np.array_equal(x.packet_lengths, y.packet_lengths)
+        assert np.array_equal(x.input_bytes, y.input_bytes) and np.array_equal(x.packet_lengths, y.packet_lengths)
         assert np.array_equal(x.packet_directions, y.packet_directions)
         assert np.allclose(x.packet_iats, y.packet_iats) and np.allclose(x.flow_stats, y.flow_stats, rtol=1e-5)
         assert (x.src_ip, x.src_port, x.dst_ip, x.dst_port, x.start_time, x.end_time, x.packet_count) == \

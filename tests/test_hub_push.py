@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from mmae_hf.testing import FakeHub
+from fake_hub import FakeHub
 from mmae_hf.testing.synthetic import make_synthetic_traffic_dataset
 
 REPO = Path(__file__).resolve().parents[1]

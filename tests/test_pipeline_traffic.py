@@ -237,7 +237,7 @@ def test_bad_inputs_have_clear_errors(classifier, tmp_path):
 def test_pre_extracted_flows(classifier, model_dir, crafted):
     model = MMAEForSequenceClassification.from_pretrained(model_dir).eval()
     flows = list(iter_flows(str(crafted), FlowOptions()))
-    payload = np.stack([f.payload for f in flows])
+    payload = np.stack([f.input_bytes for f in flows])
     records = classifier({"input_bytes": payload, "src_port": np.array([f.src_port for f in flows])})
     with torch.no_grad():
         probs = model(input_bytes=torch.from_numpy(payload)).logits.softmax(-1)
@@ -259,7 +259,7 @@ def trained_model():
     data = make_synthetic_traffic_dataset(num_classes=3, flows_per_class=16, seed=0, class_names=LABELS)
     model = MMAEForSequenceClassification(tiny_config(hidden_size=16, intermediate_size=32))
     train = data["train"].with_format("numpy")
-    inputs = torch.from_numpy(np.asarray(train["payload"]).astype(np.uint8))
+    inputs = torch.from_numpy(np.asarray(train["input_bytes"]).astype(np.uint8))
     labels = torch.from_numpy(np.asarray(train["label"]))
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -288,7 +288,7 @@ def test_calibrate_ood_threshold_and_flag_random_bytes(trained_model):
     assert all(r["ood"] == (r["score"] < threshold) for r in flagged)
     assert np.mean([r["ood"] for r in flagged]) >= 0.9
     test = data["test"].with_format("numpy")
-    in_distribution = classify({"input_bytes": np.asarray(test["payload"]).astype(np.uint8)})
+    in_distribution = classify({"input_bytes": np.asarray(test["input_bytes"]).astype(np.uint8)})
     assert np.mean([r["ood"] for r in in_distribution]) <= 0.5
     # the call-time override wins over the config
     assert not any(r["ood"] for r in classify({"input_bytes": noise}, ood_threshold=0.0))
@@ -308,7 +308,7 @@ def test_saved_pipeline_runs_in_a_fresh_process(classifier, crafted, tmp_path):
     assert (folder / "pipeline_traffic.py").is_file() and (folder / "preprocessor_config.json").is_file()
     expected = classifier(str(crafted))
     flows = list(iter_flows(str(crafted), FlowOptions()))
-    np.save(tmp_path / "payload.npy", np.stack([f.payload for f in flows]))
+    np.save(tmp_path / "payload.npy", np.stack([f.input_bytes for f in flows]))
     script = textwrap.dedent(
         f"""
         import json, sys

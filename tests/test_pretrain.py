@@ -61,14 +61,14 @@ def test_reader_matches_dataset_rows_and_keeps_dtypes(dataset_dir):
     reader = FlowBatchReader(train)
     batch = reader[[5, 0, 17]]
     reference = train.with_format("numpy")[[5, 0, 17]]
-    expected = {"payload": np.uint8, "packet_lengths": np.int32, "packet_iats": np.float32,
+    expected = {"input_bytes": np.uint8, "packet_lengths": np.int32, "packet_iats": np.float32,
                 "packet_directions": np.int8, "flow_stats": np.float32}
     for name, dtype in expected.items():
         assert batch[name].dtype == dtype, name
         np.testing.assert_array_equal(batch[name], np.asarray(reference[name]).astype(dtype))
-    assert batch["payload"].shape == (3, 1600)
+    assert batch["input_bytes"].shape == (3, 1600)
     rows = FlowBatchReader.to_rows(batch)
-    assert len(rows) == 3 and rows[1]["payload"].shape == (1600,)
+    assert len(rows) == 3 and rows[1]["input_bytes"].shape == (1600,)
 
 
 def test_only_the_train_split_is_read(dataset_dir, tmp_path):
@@ -216,8 +216,9 @@ def test_resume_ends_with_the_same_weights(dataset_dir, tmp_path, accumulation):
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
     # the logged trajectory is identical too (loss components of every step)
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "samples_per_second_per_process"}
-                          for line in path.read_text().splitlines()]
+    def strip(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "samples_per_second_per_process"}
+                for line in path.read_text().splitlines()]
     assert strip(tmp_path / "straight" / "metrics.jsonl") == strip(tmp_path / "resumed" / "metrics.jsonl")
 
 
@@ -303,7 +304,7 @@ def test_background_reading_keeps_the_order(dataset_dir):
     threaded = list(_BatchPrefetcher(reader, batches, num_workers=2))
     assert len(plain) == len(threaded) == 6
     for a, b in zip(plain, threaded):
-        np.testing.assert_array_equal(a["payload"], b["payload"])
+        np.testing.assert_array_equal(a["input_bytes"], b["input_bytes"])
 
 
 def test_a_launch_that_did_not_set_up_data_parallel_is_refused(dataset_dir, tmp_path, monkeypatch):

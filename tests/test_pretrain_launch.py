@@ -104,7 +104,7 @@ sys.exit(code)
 
 def test_pretrain_from_a_hub_dataset_id(tmp_path):
     """`--dataset org/name` reads the train split from the Hub (an offline fake Hub here) and keeps its preprocessor config."""
-    from mmae_hf.testing.fake_hub import FakeHub
+    from fake_hub import FakeHub
 
     out = tmp_path / "run"
     with FakeHub() as hub:

@@ -6,7 +6,7 @@ import pytest
 from mmae_hf.testing.synthetic import make_synthetic_traffic_dataset
 
 CONTRACT = {
-    "payload": ("uint8", 1600),
+    "input_bytes": ("uint8", 1600),
     "packet_lengths": ("int32", 5),
     "packet_iats": ("float32", 5),
     "packet_directions": ("int8", 5),
@@ -44,11 +44,11 @@ def test_features_splits_and_determinism(tmp_path):
 
 def test_classes_are_separable_by_their_bytes():
     dd = make_synthetic_traffic_dataset(num_classes=4, flows_per_class=8, seed=3)
-    payload = np.asarray(dd["train"].with_format("numpy")["payload"], dtype=np.float64)
+    payload = np.asarray(dd["train"].with_format("numpy")["input_bytes"], dtype=np.float64)
     labels = np.asarray(dd["train"]["label"])
     centroids = np.stack([payload[labels == c].mean(0) for c in range(4)])
     test = dd["test"].with_format("numpy")
-    test_payload = np.asarray(test["payload"], dtype=np.float64)
+    test_payload = np.asarray(test["input_bytes"], dtype=np.float64)
     nearest = ((test_payload[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
     assert (nearest == np.asarray(test["label"])).mean() == 1.0
     lengths = np.asarray(dd["train"].with_format("numpy")["packet_lengths"])

@@ -58,7 +58,7 @@ def test_label_map_of_publisher_names(recipe, names, expected):
 @pytest.mark.parametrize("recipe, names", [("iscx-vpn2016", VPN_NAMES), ("iscx-tor2016", TOR_NAMES),
                                            ("cic-iot2022", IOT_NAMES)])
 def test_recipe_builds_expected_class_set_from_crafted_captures(recipe, names, tmp_path):
-    for i, name in enumerate(names):
+    for name in names:
         # two distinct flows per capture; unidirectional recipes make each direction its own flow
         write_pcap(tmp_path / name, [flow(f"{name}/{k}", sport=30000 + k, packets=2) for k in range(2)])
     res = build_dataset(tmp_path, None, recipe=recipe, min_flows_per_class=0, max_flows_per_class=None,

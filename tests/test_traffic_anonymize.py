@@ -18,7 +18,7 @@ def one_flow(records, engine, **opts):
 
 
 def slots(flow, k=5):
-    return flow.payload.reshape(k, 320)
+    return flow.input_bytes.reshape(k, 320)
 
 
 def client_hello(sni: bytes) -> bytes:
@@ -54,7 +54,7 @@ def test_default_removes_addresses_ports_ids_checksums(engine):
         assert bytes(s[36:38]) == b"\0\0"  # TCP checksum
         assert s[8] == r[8] and s[33] == r[33]  # TTL and TCP flags kept
         assert np.array_equal(s[80:], r[80:])  # payload untouched
-    blob = f.payload.tobytes()
+    blob = f.input_bytes.tobytes()
     for needle in (bytes([198, 51, 100, 77]), bytes([203, 0, 113, 9]), struct.pack("!H", 51515), struct.pack("!H", 8443)):
         assert needle not in blob
     # sequence numbers relative to the first per direction: SYN 0, SYN-ACK 0, client ACK seq 1 / ack 0
@@ -82,19 +82,19 @@ def test_strict_masks_sni_http_host_and_dns_names(engine):
     pk = handshake(data=(hello,), close="none")
     f = one_flow(pk, engine, anonymize="strict")
     d = one_flow(pk, engine, anonymize="default")
-    assert b"secret.example.com" in d.payload.tobytes()
-    assert b"secret" not in f.payload.tobytes() and b"example" not in f.payload.tobytes()
-    diff = np.flatnonzero(f.payload != d.payload)
+    assert b"secret.example.com" in d.input_bytes.tobytes()
+    assert b"secret" not in f.input_bytes.tobytes() and b"example" not in f.input_bytes.tobytes()
+    diff = np.flatnonzero(f.input_bytes != d.input_bytes)
     assert len(diff) == len(b"secret.example.com")  # only the name bytes were touched
     http = b"GET / HTTP/1.1\r\nHost: intranet.corp\r\nUser-Agent: x\r\n\r\n"
     f = one_flow(handshake(data=(http,), sport=80, close="none"), engine, anonymize="strict")
-    blob = f.payload.tobytes()
+    blob = f.input_bytes.tobytes()
     assert b"intranet" not in blob and b"User-Agent: x" in blob and b"Host:" in blob
     from scapy.layers.dns import DNS, DNSQR
 
     query = bytes(DNS(id=7, qd=DNSQR(qname="private.host.lan")))
     f = one_flow([(0.0, udp(dport=53, payload=query))], engine, anonymize="strict")
-    blob = f.payload.tobytes()
+    blob = f.input_bytes.tobytes()
     assert b"private" not in blob and b"host" not in blob
     assert bytes(slots(f)[0][80:82]) == b"\x00\x07"  # DNS id kept, only names masked
 

@@ -32,7 +32,7 @@ def test_bidirectional_flow_layout_and_stats(engine):
     assert f.packet_lengths.tolist() == [40, 40, 40, 45, 47]
     assert np.allclose(f.packet_iats, [0, 0.01, 0.01, 0.01, 0.01], atol=1e-6)
     # slot 3 = [IP+TCP header (40 bytes) zero-padded to 80 | payload "hello" zero-padded to 240]
-    slot = f.payload[3 * 320 : 4 * 320]
+    slot = f.input_bytes[3 * 320 : 4 * 320]
     assert bytes(slot[:40]) == pk[3][1][:40] and not slot[40:80].any()
     assert bytes(slot[80:85]) == b"hello" and not slot[85:].any()
     lengths = [40, 40, 40, 45, 47, 40, 40, 40]
@@ -113,7 +113,7 @@ def test_short_flows_empty_payloads_and_min_packets(engine):
     pk = [(0.0, tcp(flags="S")), (0.1, tcp(src="10.0.0.2", dst="10.0.0.1", sport=443, dport=40000, flags="SA"))]
     (f,), _ = run(pk, engine)
     assert f.packet_count == 2 and f.packet_directions.tolist() == [1, -1, 0, 0, 0]
-    assert not f.payload[2 * 320 :].any() and not f.payload[80:320].any()
+    assert not f.input_bytes[2 * 320 :].any() and not f.input_bytes[80:320].any()
     assert f.packet_lengths.tolist() == [40, 40, 0, 0, 0] and stat(f, "zero_payload_fraction") == 1.0
     flows, acc = run(pk + [(0.2, udp())], engine, min_packets=2)
     assert len(flows) == 1 and acc.skipped == {"short_flow": 1} and acc.flows == 1
@@ -150,7 +150,7 @@ def test_engines_agree_on_many_interleaved_flows():
         b = sorted(iter_flows(data, opts, engine="fast"), key=lambda f: (f.start_time, f.src_ip, f.src_port))
         assert len(a) == len(b) > 0
         for x, y in zip(a, b):
-            assert np.array_equal(x.payload, y.payload)
+            assert np.array_equal(x.input_bytes, y.input_bytes)
             assert np.array_equal(x.packet_lengths, y.packet_lengths)
             assert np.array_equal(x.packet_directions, y.packet_directions)
             assert np.allclose(x.packet_iats, y.packet_iats)
@@ -164,7 +164,7 @@ def engines_agree(files):
         b = list(iter_flows(path, engine="fast"))
         assert len(a) == len(b)
         for x, y in zip(sorted(a, key=lambda f: f.start_time), sorted(b, key=lambda f: f.start_time)):
-            assert np.array_equal(x.payload, y.payload) and np.allclose(x.flow_stats, y.flow_stats, rtol=1e-5, atol=1e-6)
+            assert np.array_equal(x.input_bytes, y.input_bytes) and np.allclose(x.flow_stats, y.flow_stats, rtol=1e-5, atol=1e-6)
 
 
 def test_engines_agree_on_the_sample_traffic():
@@ -220,7 +220,7 @@ def test_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
     monkeypatch.setattr(fastflows, "_key_hash", lambda keys: np.zeros(len(keys), dtype=np.uint64))  # all collide
     got = sorted(iter_flows(data, engine="fast"), key=lambda f: (f.start_time, f.src_port))
     assert len(got) == len(want) == 50
-    assert all(np.array_equal(a.payload, b.payload) and a.packet_count == b.packet_count for a, b in zip(got, want))
+    assert all(np.array_equal(a.input_bytes, b.input_bytes) and a.packet_count == b.packet_count for a, b in zip(got, want))
 
 
 def test_engines_agree_at_the_active_timeout_edge():
@@ -235,7 +235,7 @@ def test_engines_agree_at_the_active_timeout_edge():
 
 
 def _same_record(x, y):
-    assert np.array_equal(x.payload, y.payload)
+    assert np.array_equal(x.input_bytes, y.input_bytes)
     assert np.array_equal(x.packet_lengths, y.packet_lengths)
     assert np.array_equal(x.packet_directions, y.packet_directions)
     assert np.allclose(x.packet_iats, y.packet_iats)
@@ -255,7 +255,7 @@ def test_packet_cap_keeps_the_first_packets_and_counts_the_rest(engine):
     _same_record(f, want)
     assert f.packet_count == 5 and f.byte_count == 40 * 3 + 45 + 47 and f.end_time == pytest.approx(0.04)
     assert f.packet_lengths.tolist() == [40, 40, 40, 45, 47, 0, 0] and f.packet_directions.tolist()[5:] == [0, 0]
-    assert not f.payload[5 * 320 :].any()
+    assert not f.input_bytes[5 * 320 :].any()
     assert stat(f, "fin_count") == 0 and stat(f, "syn_count") == 2 and stat(f, "duration") == pytest.approx(0.04)
     assert stat(f, "packets_per_second") == pytest.approx(5 / 0.04, rel=1e-4)
     assert acc.packets_read == 8 and acc.packets_in_flows == 5 and acc.flows == 1

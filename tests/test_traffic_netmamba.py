@@ -74,7 +74,7 @@ def flow_route_mismatches(rows, root, engine):
             flows = [f for f in flows if direction_key(f) == r["direction_key"]]
         assert len(flows) == 1, r["output"]
         assert flows[0].packet_count == int(r["n_packets"]), r["output"]
-        if sha(flows[0].payload) != r["sha256"]:
+        if sha(flows[0].input_bytes) != r["sha256"]:
             mismatches.append(r["output"])
     return mismatches
 
@@ -194,6 +194,6 @@ def test_synthetic_fixtures(shared_dir):
         if rip and r["pcap"][:3] not in FILE_ONLY:
             flows = list(iter_flows(path, FlowOptions(bidirectional=False, **NO_TIMEOUTS)))
             assert len(flows) == 1, r["pcap"]
-            if sha(flows[0].payload) != r["sha256"]:
+            if sha(flows[0].input_bytes) != r["sha256"]:
                 mismatches.append(("flow", r["output_file"]))
     assert mismatches == []

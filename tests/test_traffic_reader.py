@@ -75,7 +75,7 @@ def test_link_types(linktype, v6, engine):
     assert flows[0].packet_count == len(pk)
     first_ip = pk[0][1]
     # the header part starts at the IP header whatever the link layer was
-    assert flows[0].payload[0] == first_ip[0]
+    assert flows[0].input_bytes[0] == first_ip[0]
 
 
 def test_vlan_and_qinq_tags():
@@ -166,7 +166,7 @@ def test_corrupt_record_length_and_bad_magic(tmp_path):
     acc = PacketAccounting()
     flows = list(iter_flows(str(p), accounting=acc))
     assert acc.packets_read == 3 and sum(f.packet_count for f in flows) == 3
-    assert f"bad.pcap: corrupt record header" in acc.errors[0] and f"offset {off}" in acc.errors[0]
+    assert "bad.pcap: corrupt record header" in acc.errors[0] and f"offset {off}" in acc.errors[0]
     junk = tmp_path / "junk.pcap"
     junk.write_bytes(b"GIF89a......")
     with pytest.raises(PcapFormatError, match=r"junk\.pcap: not a pcap or pcapng file .* at byte offset 0"):
@@ -177,7 +177,7 @@ def test_pcapng_truncated_block_reported():
     pk = handshake()
     data = pcapng_bytes([(1, None)], [(0, t, ether(p)) for t, p in pk])
     acc = PacketAccounting()
-    flows = list(iter_flows(data[:-10], accounting=acc, source_name="x.pcapng"))
+    list(iter_flows(data[:-10], accounting=acc, source_name="x.pcapng"))
     assert acc.packets_read == len(pk) - 1 and "x.pcapng" in acc.errors[0] and "pcapng block" in acc.errors[0]
 
 

@@ -235,7 +235,7 @@ def test_pretrain_errors_are_one_line(tmp_path, capsys):
         "(FlowMix pairs flows), got 3")
     assert pretrain.main(["--dataset", "/no/such/data", "--output_dir", str(out), "--config", "mmae-tiny"]) == 2
     assert only_line(capsys.readouterr().err) == (
-        "pretrain.py: error: /no/such/data: no such folder (and not a Hub id of the form org/name)")
+        "pretrain.py: error: /no/such/data: no such dataset folder, and not a Hub dataset id (owner/name)")
 
 
 def test_pretrain_old_spellings(capsys):

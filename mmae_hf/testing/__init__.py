@@ -1,5 +1,2 @@
-"""Test helpers shipped with mmae_hf: synthetic datasets (and, where present, an offline fake Hub)."""
-
-from .fake_hub import FakeHub
-
-__all__ = ["FakeHub"]
+"""Helpers for tests, examples and smoke runs: synthetic flow datasets with the exact data contract
+(`mmae_hf.testing.synthetic`). The offline stand-in Hub used by the test suite lives in `tests/fake_hub.py`."""

@@ -2,7 +2,7 @@
 
 `make_synthetic_traffic_dataset` returns a `datasets.DatasetDict` (train / validation / test) whose
 columns and features are those of the data contract (docs/INTERFACES.md): one row = one flow, the
-1600-byte `payload` (5 packets x (80 header bytes + 240 payload bytes)), per-packet lengths,
+1600-byte `input_bytes` (5 packets x (80 header bytes + 240 payload bytes)), per-packet lengths,
 inter-arrival times and directions, 27 flow statistics, a `ClassLabel` and the metadata columns.
 
 The bytes are not real traffic. Each class has its own *signature*: a fixed 16-byte key that tiles
@@ -17,12 +17,10 @@ Splits are made by capture file (`group`), never by row: flow ``i`` of a class b
 
 import numpy as np
 
-NUM_PACKETS = 5
-HEADER_BYTES = 80
-PAYLOAD_BYTES = 240
+from ..data_contract import BYTE_COLUMN, HEADER_BYTES, NUM_FLOW_STATS, NUM_PACKETS, PAYLOAD_BYTES
+
 PACKET_BYTES = HEADER_BYTES + PAYLOAD_BYTES
 NUM_BYTES = NUM_PACKETS * PACKET_BYTES
-NUM_FLOW_STATS = 27
 
 # capture index (flow_index % 4) -> split
 _SPLIT_OF_CAPTURE = ("train", "train", "validation", "test")
@@ -102,7 +100,7 @@ def _make_flow(class_id, flow_index, rng):
     start_time = 1_700_000_000.0 + class_id * 3600.0 + flow_index * 7.5
     capture = flow_index % len(_SPLIT_OF_CAPTURE)
     return _SPLIT_OF_CAPTURE[capture], {
-        "payload": payload.reshape(-1),
+        BYTE_COLUMN: payload.reshape(-1),
         "packet_lengths": lengths,
         "packet_iats": iats,
         "packet_directions": directions,
@@ -128,7 +126,7 @@ def _to_dataset(rows, features, class_names):
 
     source_files = [f"{class_names[r['label']]}/capture_{r['capture']}.pcap" for r in rows]
     columns = {
-        "payload": fixed("payload", np.uint8, NUM_BYTES),
+        BYTE_COLUMN: fixed(BYTE_COLUMN, np.uint8, NUM_BYTES),
         "packet_lengths": fixed("packet_lengths", np.int32, NUM_PACKETS),
         "packet_iats": fixed("packet_iats", np.float32, NUM_PACKETS),
         "packet_directions": fixed("packet_directions", np.int8, NUM_PACKETS),

@@ -14,10 +14,12 @@ from .core import (
     PcapFormatError,
 )
 from .flows import iter_flows
+from .loading import DatasetLoadError, load_traffic_dataset
 from .netmamba import netmamba_file_array
 
 __all__ = [
     "ANONYMIZATION_PROFILES",
+    "DatasetLoadError",
     "FLOW_STAT_NAMES",
     "NUM_FLOW_STATS",
     "SKIP_REASONS",
@@ -26,5 +28,6 @@ __all__ = [
     "PacketAccounting",
     "PcapFormatError",
     "iter_flows",
+    "load_traffic_dataset",
     "netmamba_file_array",
 ]

@@ -6,6 +6,8 @@ flow become slots, so this code runs on a small share of all packets and is writ
 
 import numpy as np
 
+from ..data_contract import IPV4, IPV6, PROTOCOL_TCP, TCP, UDP, HeaderField
+
 TCP_ACK = 0x10
 
 
@@ -68,30 +70,35 @@ def _zero(buf: bytearray, start: int, stop: int) -> None:
         buf[start:stop] = bytes(stop - start)
 
 
+def _zero_field(buf: bytearray, field: HeaderField, base: int = 0) -> None:
+    _zero(buf, base + field.offset, base + field.end)
+
+
 def _anonymise_header(header, ip_version, l4, protocol, tcp_flags, direction, seq_base):
     if ip_version == 4:
-        _zero(header, 4, 6)  # identification
-        _zero(header, 10, 12)  # header checksum
-        _zero(header, 12, 20)  # addresses
+        for name in ("id", "checksum", "src", "dst"):
+            _zero_field(header, IPV4[name])
     else:
         if len(header) > 1:
-            header[1] &= 0xF0  # flow label (low 4 bits of byte 1, bytes 2-3)
-        _zero(header, 2, 4)
-        _zero(header, 8, 40)  # addresses
-    _zero(header, l4, l4 + 4)  # ports
-    if protocol == 6:
-        _zero(header, l4 + 16, l4 + 18)  # checksum
-        if len(header) >= l4 + 12:
-            seq = int.from_bytes(header[l4 + 4 : l4 + 8], "big")
-            ack = int.from_bytes(header[l4 + 8 : l4 + 12], "big")
+            header[1] &= 0xF0  # flow label: the low 4 bits of byte 1 and bytes 2-3 of version_class_flow
+        _zero(header, 2, IPV6["version_class_flow"].end)
+        _zero_field(header, IPV6["src"])
+        _zero_field(header, IPV6["dst"])
+    _zero(header, l4, l4 + TCP["dst_port"].end)  # ports (the same place in TCP and UDP)
+    if protocol == PROTOCOL_TCP:
+        _zero_field(header, TCP["checksum"], l4)
+        seq_at, ack_at = l4 + TCP["seq"].offset, l4 + TCP["ack"].offset
+        if len(header) >= l4 + TCP["ack"].end:
+            seq = int.from_bytes(header[seq_at : seq_at + 4], "big")
+            ack = int.from_bytes(header[ack_at : ack_at + 4], "big")
             base = seq_base if seq_base is not None else SequenceBase()
             rel_seq, rel_ack = base.relative(direction, seq, ack, tcp_flags)
-            header[l4 + 4 : l4 + 8] = rel_seq.to_bytes(4, "big")
-            header[l4 + 8 : l4 + 12] = rel_ack.to_bytes(4, "big")
+            header[seq_at : seq_at + 4] = rel_seq.to_bytes(4, "big")
+            header[ack_at : ack_at + 4] = rel_ack.to_bytes(4, "big")
         else:
-            _zero(header, l4 + 4, l4 + 12)
+            _zero(header, seq_at, l4 + TCP["ack"].end)
     else:
-        _zero(header, l4 + 6, l4 + 8)  # checksum
+        _zero_field(header, UDP["checksum"], l4)
 
 
 # ------------------------------------------------------------------ strict: cleartext names

@@ -2,6 +2,19 @@
 
 from pathlib import Path
 
+from ..data_contract import (
+    BYTE_COLUMN,
+    COLUMN_DESCRIPTIONS,
+    FLOW_ARRAY_COLUMNS,
+    FLOW_SCALAR_COLUMNS,
+    FLOW_STAT_NAMES,
+    IPV4_FIELDS,
+    IPV6_FIELDS,
+    TCP_FIELDS,
+    UDP_FIELDS,
+    column_widths,
+)
+
 # Unit and meaning of each flow statistic, keyed by name (the order is `FLOW_STAT_NAMES`).
 # Lengths are IP total lengths (IPv6: 40 + payload length); times are seconds.
 STAT_DEFINITIONS = {
@@ -66,9 +79,25 @@ def class_count_table(report: dict) -> str:
 def stat_definitions_table(stat_names=None) -> str:
     """Markdown table of the ``flow_stats`` columns: index, name, unit, meaning."""
     if stat_names is None:
-        from . import FLOW_STAT_NAMES as stat_names
+        stat_names = FLOW_STAT_NAMES
     rows = [[i, f"`{name}`", *STAT_DEFINITIONS.get(name, ("", ""))] for i, name in enumerate(stat_names)]
     return _table(["index", "name", "unit", "meaning"], rows, numeric=False)
+
+
+def columns_table(flow_options: dict) -> str:
+    """Markdown table of the data contract's columns for a byte layout: name, type, meaning."""
+    widths = column_widths(flow_options["num_packets"], flow_options["header_bytes"], flow_options["payload_bytes"])
+    rows = [[f"`{name}`", f"{dtype} x {widths[name]}", COLUMN_DESCRIPTIONS[name]] for name, dtype in FLOW_ARRAY_COLUMNS.items()]
+    rows.append(["`label`", "ClassLabel", COLUMN_DESCRIPTIONS["label"]])
+    rows += [[f"`{name}`", "string", COLUMN_DESCRIPTIONS[name]] for name in ("source_file", "group")]
+    rows += [[f"`{name}`", dtype, COLUMN_DESCRIPTIONS[name]] for name, dtype in FLOW_SCALAR_COLUMNS.items()]
+    return _table(["column", "type", "meaning"], rows, numeric=False)
+
+
+def header_fields_table() -> str:
+    """Markdown table of the IPv4 / IPv6 / TCP / UDP header fields: field, offset, length."""
+    fields = (*IPV4_FIELDS, *IPV6_FIELDS, *TCP_FIELDS, *UDP_FIELDS)
+    return _table(["field", "offset", "bytes"], [[f"`{f.name}`", f.offset, f.length] for f in fields])
 
 
 def make_dataset_card(report: dict, *, pretty_name=None, license=None):
@@ -79,8 +108,6 @@ def make_dataset_card(report: dict, *, pretty_name=None, license=None):
     ``unknown``, with a line in the card saying that the builder cannot know it.
     """
     from huggingface_hub import DatasetCard, DatasetCardData
-
-    from . import FLOW_STAT_NAMES
 
     opts = report["flow_options"]
     split = report["split"]
@@ -143,7 +170,7 @@ def make_dataset_card(report: dict, *, pretty_name=None, license=None):
 Flow-level encrypted-traffic classification data built with mmae-hf
 (`mmae_hf.traffic.dataset.build_dataset`, version {report['mmae_hf_version']}). One row is one flow ({direction}):
 the first {opts['num_packets']} packets x ({opts['header_bytes']} header bytes from the IP header on +
-{opts['payload_bytes']} transport-payload bytes) in `payload`, per-packet lengths, gaps and directions,
+{opts['payload_bytes']} transport-payload bytes) in `{BYTE_COLUMN}`, per-packet lengths, gaps and directions,
 {len(FLOW_STAT_NAMES)} flow statistics, the class in `label` and the capture it came from in `source_file`.
 
 ```python
@@ -181,6 +208,14 @@ Exact duplicate payloads: {dup.get('duplicate_clusters', 0)} clusters, {flows['r
 ({dup.get('removed_within_split', 0)} within a split, {dup.get('removed_across_splits', 0)} across splits:
 {dup.get('across_split_pairs', {})}). Payloads shared by different classes (label conflicts): {len(conflicts)}.
 
+## Columns
+
+{columns_table(opts)}
+
+Header bytes of each packet slot (offsets from the start of the IP header, or of the TCP/UDP header after it):
+
+{header_fields_table()}
+
 ## Flow statistics (`flow_stats`)
 
 Raw values, no scaling; statistics of an empty set are 0.
@@ -191,4 +226,11 @@ Raw values, no scaling; statistics of an empty set are 0.
     return DatasetCard(content)
 
 
-__all__ = ["STAT_DEFINITIONS", "class_count_table", "make_dataset_card", "stat_definitions_table"]
+__all__ = [
+    "STAT_DEFINITIONS",
+    "class_count_table",
+    "columns_table",
+    "header_fields_table",
+    "make_dataset_card",
+    "stat_definitions_table",
+]

@@ -4,10 +4,16 @@ Everything here is torch-free (numpy only) so that dataset building runs on any 
 """
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ..data_contract import BYTE_COLUMN
+from ..data_contract import FLOW_STAT_NAMES as FLOW_STAT_NAMES  # re-exported
+from ..data_contract import NUM_FLOW_STATS as NUM_FLOW_STATS  # re-exported
+
 
 ANONYMIZATION_PROFILES = ("none", "netmamba", "default", "strict")
 """Names accepted by ``FlowOptions.anonymize``.
@@ -23,55 +29,6 @@ ANONYMIZATION_PROFILES = ("none", "netmamba", "default", "strict")
   the HTTP ``Host:`` header value, DNS/mDNS/LLMNR query and answer names. (QUIC Initial packets are
   encrypted with keys derived from public values; they are not decrypted, so their SNI stays as captured.)
 """
-
-FLOW_STAT_NAMES = (
-    # IP total length (IPv6: 40 + payload length) of every packet of the flow
-    "packet_count",
-    "byte_count",
-    "length_mean",
-    "length_std",
-    "length_min",
-    "length_max",
-    "fwd_length_mean",
-    "bwd_length_mean",
-    "bwd_length_max",
-    # timing (seconds); IATs between consecutive packets of the flow in capture order, negative gaps clipped to 0
-    "duration",
-    "iat_mean",
-    "iat_std",
-    "iat_min",
-    "iat_max",
-    "fwd_iat_mean",
-    # transport payload bytes (TCP/UDP payload length from the IP length fields)
-    "payload_mean",
-    "payload_max",
-    "zero_payload_fraction",
-    # rates (0 when the flow lasts 0 s)
-    "packets_per_second",
-    "bytes_per_second",
-    # TCP flag counts (0 for UDP)
-    "syn_count",
-    "fin_count",
-    "rst_count",
-    "psh_count",
-    # bidirectional shape (unidirectional mode: 1, 1, 0)
-    "fwd_packet_fraction",
-    "fwd_byte_fraction",
-    "direction_changes",
-)
-"""The 27 raw per-flow statistics in ``FlowRecord.flow_stats`` (and the ``flow_stats`` column), in order.
-
-They follow the proposal of method.md §2.2 in its bidirectional variant, restricted to quantities that can be
-accumulated in O(1) memory per flow over the whole flow: the medians and quartiles of the proposal are replaced by
-``fwd_length_mean``, ``bwd_length_mean``, ``bwd_length_max`` and ``fwd_iat_mean``; ``n_pure_ACK``, ``is_TCP`` and
-``n_distinct_lengths`` are replaced by the three direction statistics (``protocol`` is its own column).
-Values are raw (no log, no scaling); standard deviations are population standard deviations; statistics of an empty
-set (e.g. IATs of a one-packet flow, backward lengths of a flow with no reply) are 0. Identifier-like fields (addresses,
-ports, TTL, window) are deliberately absent.
-"""
-
-NUM_FLOW_STATS = len(FLOW_STAT_NAMES)
-assert NUM_FLOW_STATS == 27
 
 SKIP_REASONS = (
     "non_ip",  # link layer carries no IPv4/IPv6 (ARP, LLDP, ...)
@@ -254,7 +211,8 @@ class FlowRecord:
     """One flow: the model's byte layout, per-packet side channels and raw flow statistics.
 
     Shapes for the default options (5 packets, 80 + 240 bytes):
-        payload: uint8 [1600], packets in order, each ``[header 80 | payload 240]``, anonymised, zero-padded.
+        input_bytes: uint8 [1600], packets in order, each ``[header 80 | payload 240]``, anonymised, zero-padded
+            (``payload`` is a deprecated alias).
         packet_lengths: int32 [5], IP total length (IPv6: 40 + payload length), 0 where absent.
         packet_iats: float32 [5], seconds since the previous packet of the flow (first = 0), 0 where absent.
         packet_directions: int8 [5], +1 initiator -> responder, -1 back, 0 absent.
@@ -262,7 +220,7 @@ class FlowRecord:
     ``src_*`` is the initiator (the sender of the first packet), ``dst_*`` the responder.
     """
 
-    payload: np.ndarray
+    input_bytes: np.ndarray
     packet_lengths: np.ndarray
     packet_iats: np.ndarray
     packet_directions: np.ndarray
@@ -281,7 +239,7 @@ class FlowRecord:
     def to_row(self, keep_addresses: bool = False) -> dict[str, Any]:
         """The data-contract row (see docs/INTERFACES.md); without ``label`` and ``group``, which the builder adds."""
         row = {
-            "payload": self.payload,
+            BYTE_COLUMN: self.input_bytes,
             "packet_lengths": self.packet_lengths,
             "packet_iats": self.packet_iats,
             "packet_directions": self.packet_directions,
@@ -297,5 +255,8 @@ class FlowRecord:
             row.update(src_ip=self.src_ip, dst_ip=self.dst_ip, src_port=int(self.src_port), dst_port=int(self.dst_port))
         return row
 
-    def stats_dict(self) -> dict[str, float]:
-        return dict(zip(FLOW_STAT_NAMES, self.flow_stats.tolist()))
+    @property
+    def payload(self) -> np.ndarray:
+        """Deprecated alias of `input_bytes` (the byte column's old name)."""
+        warnings.warn("FlowRecord.payload is deprecated; use FlowRecord.input_bytes", DeprecationWarning, stacklevel=2)
+        return self.input_bytes

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data_contract import BYTE_COLUMN
+
 CORPUS_REPORT_NAME = "corpus_report.json"
 CORPUS_CARD_NAME = "README.md"
 HELD_OUT_SPLITS = ("validation", "test")
@@ -56,14 +58,13 @@ class EvaluationSet:
 
 def read_evaluation_set(path) -> EvaluationSet:
     """Read the held-out captures and payload digests of a dataset built by ``build_dataset`` (a save_to_disk folder)."""
-    from datasets import load_from_disk
-
     from .dataset import payload_digests
+    from .loading import load_traffic_dataset
 
     path = Path(path)
     if not (path / "dataset_dict.json").is_file():
         raise ValueError(f"{path}: not a dataset folder written by build_dataset.py (no dataset_dict.json)")
-    dsd = load_from_disk(str(path))
+    dsd = load_traffic_dataset(path)
     groups, digests = set(), []
     for split in HELD_OUT_SPLITS:
         if split not in dsd or len(dsd[split]) == 0:
@@ -82,7 +83,7 @@ def read_evaluation_set(path) -> EvaluationSet:
 
 def _payload_matrix(ds) -> np.ndarray:
     """All payload rows of a split as ``uint8 [N, width]`` (zero-copy arrow read)."""
-    column = ds.with_format("arrow")[:]["payload"].combine_chunks()
+    column = ds.with_format("arrow")[:][BYTE_COLUMN].combine_chunks()
     return column.values.to_numpy(zero_copy_only=False).astype(np.uint8, copy=False).reshape(len(ds), -1)
 
 
@@ -141,9 +142,10 @@ def build_pretraining_corpus(inputs, output_dir, *, evaluation_sets=(), include_
         validation_size: share of the corpus captures held out (by capture) for diagnostics.
         max_flows_per_source: a seeded sample of at most this many train flows per source (None: all).
     """
-    from datasets import Dataset, DatasetDict, Value, concatenate_datasets, load_from_disk
+    from datasets import DatasetDict, Value, concatenate_datasets
 
     from .dataset import build_dataset, payload_digests
+    from .loading import load_traffic_dataset
 
     started = time.perf_counter()
     output_dir = Path(output_dir)
@@ -187,10 +189,9 @@ def build_pretraining_corpus(inputs, output_dir, *, evaluation_sets=(), include_
                               "capture_errors": result.report["errors"]})
             splits.append(result.dataset)
         for path in include_train:
-            dsd = load_from_disk(str(path))
-            train = dsd["train"]
+            train = load_traffic_dataset(path, "train")
             name = Path(path).name
-            splits.append(DatasetDict({"train": train.map(lambda b: {"label_name": [name] * len(b["payload"])},
+            splits.append(DatasetDict({"train": train.map(lambda b, name=name: {"label_name": [name] * len(b[BYTE_COLUMN])},
                                                           batched=True),
                                        }))
             licenses.setdefault(name, "see the dataset card of " + name)
@@ -301,7 +302,7 @@ def corpus_card(report: dict) -> str:
     total = sum(report["flows"].values())
     licenses = sorted({str(v) for v in report["licenses"].values() if v})
     lines = ["---", "license: other", "task_categories:", "- feature-extraction", "tags:", "- network-traffic",
-             "- encrypted-traffic", "- pcap", "- unlabelled", f"pretty_name: MMAE pre-training corpus", "---", "",
+             "- encrypted-traffic", "- pcap", "- unlabelled", "pretty_name: MMAE pre-training corpus", "---", "",
              "# MMAE pre-training corpus", "",
              f"{total:,} unlabelled flows (train {report['flows'].get('train', 0):,}, held-out validation "
              f"{report['flows'].get('validation', 0):,}, split by capture), anonymisation profile "

@@ -35,32 +35,30 @@ from typing import Any
 
 import numpy as np
 
+from ..data_contract import (
+    ADDRESS_COLUMNS,
+    BYTE_COLUMN,
+    CAPTURE_SUFFIXES,
+    FLOW_ARRAY_COLUMNS,
+    FLOW_SCALAR_COLUMNS,
+    PREPROCESSOR_CONFIG_NAME,
+    preprocessor_config_json,
+)
 from .atomic import OutputWriteError, StagedFolder, describe_os_error, free_bytes
 from .dedup import deduplicate
+from .loading import load_traffic_dataset
 from .pcapio import special_file_kind
 from .splits import SPLIT_NAMES, split_flows
 
-PCAP_SUFFIXES = (".pcap", ".pcapng", ".cap")
+PCAP_SUFFIXES = CAPTURE_SUFFIXES
 REPORT_NAME = "build_report.json"
 MAX_FILES_IN_REPORT = 10_000  # above this, build_report.json lists only the captures with problems
 CARD_NAME = "README.md"
 
-# Per-flow scalar columns of the data contract and their numpy dtypes.
-_SCALARS = {
-    "start_time": np.float64,
-    "end_time": np.float64,
-    "packet_count": np.int64,
-    "byte_count": np.int64,
-    "protocol": np.int8,
-}
-_VECTORS = {
-    "payload": np.uint8,
-    "packet_lengths": np.int32,
-    "packet_iats": np.float32,
-    "packet_directions": np.int8,
-    "flow_stats": np.float32,
-}
-_ADDRESS_COLUMNS = ("src_ip", "dst_ip", "src_port", "dst_port")
+# Per-flow scalar and array columns of the data contract and their numpy dtypes.
+_SCALARS = {name: np.dtype(dtype) for name, dtype in FLOW_SCALAR_COLUMNS.items()}
+_VECTORS = {name: np.dtype(dtype) for name, dtype in FLOW_ARRAY_COLUMNS.items()}
+_ADDRESS_COLUMNS = tuple(ADDRESS_COLUMNS)
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -198,7 +196,7 @@ def read_manifest(manifest, *, file_column: str = "file", label_column: str = "l
 # ----------------------------------------------------------------------------------------------- extraction
 def _empty_columns(num_bytes: int, num_packets: int, num_stats: int, keep_addresses: bool) -> dict:
     cols = {
-        "payload": np.zeros((0, num_bytes), np.uint8),
+        BYTE_COLUMN: np.zeros((0, num_bytes), np.uint8),
         "packet_lengths": np.zeros((0, num_packets), np.int32),
         "packet_iats": np.zeros((0, num_packets), np.float32),
         "packet_directions": np.zeros((0, num_packets), np.int8),
@@ -283,7 +281,7 @@ def _extract_one(task) -> dict:
         error = str(exc) if name in str(exc) else f"{name}: {type(exc).__name__}: {exc}"
     columns = _records_to_columns(records, options, _WORKER["num_stats"], _WORKER["keep_addresses"])
     result = {"index": index, "name": name, "num_flows": len(records), "start_time": columns["start_time"],
-              "digest": payload_digests(columns["payload"]), "accounting": accounting.to_dict(), "error": error}
+              "digest": payload_digests(columns[BYTE_COLUMN]), "accounting": accounting.to_dict(), "error": error}
     if _WORKER["spill_dir"] is not None:
         np.savez(spill_path(_WORKER["spill_dir"], index), **columns)  # plain arrays only: loads without pickle
     else:
@@ -377,23 +375,12 @@ def contract_features(class_names, *, keep_addresses: bool = False, num_bytes: i
     """The `datasets.Features` of the data contract (docs/INTERFACES.md) for these class names."""
     from datasets import ClassLabel, Features, List, Value
 
-    spec = {
-        "payload": List(Value("uint8"), length=num_bytes),
-        "packet_lengths": List(Value("int32"), length=num_packets),
-        "packet_iats": List(Value("float32"), length=num_packets),
-        "packet_directions": List(Value("int8"), length=num_packets),
-        "flow_stats": List(Value("float32"), length=num_stats),
-        "label": ClassLabel(names=list(class_names)),
-        "source_file": Value("string"),
-        "group": Value("string"),
-        "start_time": Value("float64"),
-        "end_time": Value("float64"),
-        "packet_count": Value("int64"),
-        "byte_count": Value("int64"),
-        "protocol": Value("int8"),
-    }
+    widths = {BYTE_COLUMN: num_bytes, "flow_stats": num_stats}
+    spec = {name: List(Value(dtype), length=widths.get(name, num_packets)) for name, dtype in FLOW_ARRAY_COLUMNS.items()}
+    spec.update(label=ClassLabel(names=list(class_names)), source_file=Value("string"), group=Value("string"))
+    spec.update({name: Value(dtype) for name, dtype in FLOW_SCALAR_COLUMNS.items()})
     if keep_addresses:
-        spec.update(src_ip=Value("string"), dst_ip=Value("string"), src_port=Value("int32"), dst_port=Value("int32"))
+        spec.update({name: Value(dtype) for name, dtype in ADDRESS_COLUMNS.items()})
     return Features(spec)
 
 
@@ -969,24 +956,10 @@ def _build(plan: _Plan, build: BuildOptions, work: Path, output_dir, started: fl
 
 
 def _save_preprocessor(output_dir: Path, options):
-    """Save the feature extractor config (the flow options) beside the data, so training and inference reuse them.
-
-    Through `MMAEFeatureExtractor.save_pretrained` when that class is importable; otherwise the same JSON it
-    writes (``feature_extractor_type``, ``flow_options``, ``model_input_names``), which it loads later.
-    """
-    name = "preprocessor_config.json"
-    try:
-        from ..feature_extraction_mmae import MMAEFeatureExtractor
-    except ImportError:
-        config = {
-            "feature_extractor_type": "MMAEFeatureExtractor",
-            "flow_options": options.to_dict(),
-            "model_input_names": ["input_bytes", "packet_lengths", "packet_iats", "packet_directions", "flow_stats"],
-        }
-        (output_dir / name).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        return name
-    MMAEFeatureExtractor(flow_options=options.to_dict()).save_pretrained(str(output_dir))
-    return name
+    """Save the feature extractor config (the flow options) beside the data, so training and inference reuse them:
+    the file `MMAEFeatureExtractor.save_pretrained` writes, from the data contract (no transformers needed)."""
+    (output_dir / PREPROCESSOR_CONFIG_NAME).write_text(preprocessor_config_json(options.to_dict()))
+    return PREPROCESSOR_CONFIG_NAME
 
 
 def push_dataset(dataset, repo_id: str, *, report: dict, card=None, private: bool = False, output_dir=None) -> str:
@@ -1052,25 +1025,6 @@ def verify_saved_splits(path, dataset) -> None:
     if wrong:
         raise ValueError(f"{path}: the saved splits do not match {REPORT_NAME} ({'; '.join(wrong)}): the folder is "
                          "incomplete or was changed after the build; rebuild it")
-
-
-def load_traffic_dataset(path_or_repo, **kwargs):
-    """The `DatasetDict` of a built dataset: a ``save_to_disk`` folder, a folder of parquet files, or a Hub id.
-
-    A folder whose splits disagree with its ``build_report.json`` is refused (`verify_saved_splits`)."""
-    from datasets import load_dataset, load_from_disk
-
-    path = Path(path_or_repo)
-    if path.is_dir():
-        if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
-            loaded = load_from_disk(str(path), **kwargs)
-        else:
-            loaded = load_dataset(str(path), **kwargs)
-        verify_saved_splits(path, loaded)
-        return loaded
-    if path.exists():
-        raise ValueError(f"{path}: not a dataset folder (expected a save_to_disk folder or parquet files)")
-    return load_dataset(str(path_or_repo), **kwargs)
 
 
 __all__ = [

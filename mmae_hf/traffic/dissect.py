@@ -8,6 +8,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data_contract import (
+    IPV4,
+    IPV4_MIN_HEADER,
+    IPV6,
+    IPV6_HEADER,
+    PROTOCOL_TCP,
+    PROTOCOL_UDP,
+    TCP,
+    TCP_MIN_HEADER,
+    UDP,
+    UDP_HEADER,
+)
 from .core import SKIP_REASONS
 from .pcapio import RecordChunk
 
@@ -144,26 +156,26 @@ def dissect(chunk: RecordChunk, drop_service_chatter: bool = False) -> PacketBat
     idx = np.flatnonzero(is_v4)
     if len(idx):
         p = l3[idx]
-        b0 = _u8(data, p)
+        b0 = _u8(data, p + IPV4["version_ihl"].offset)
         ihl = (b0 & 15) * 4
-        tot = _u16(data, p + 2)
+        tot = _u16(data, p + IPV4["total_length"].offset)
         # total length 0: a segmentation-offload capture (TSO/GSO); the frame holds the whole datagram
         tot = np.where(tot == 0, frame_end[idx] - p, tot)
-        frag = _u16(data, p + 6)
+        frag = _u16(data, p + IPV4["flags_fragment"].offset)
         r = np.zeros(len(idx), dtype=np.int8)
         # non-first fragments carry no transport header; a first fragment (MF set, offset 0) is kept
         r[(frag & 0x1FFF) != 0] = R_FRAGMENT
-        r[(b0 >> 4 != 4) | (ihl < 20) | (tot < ihl)] = R_MALFORMED
+        r[(b0 >> 4 != 4) | (ihl < IPV4_MIN_HEADER) | (tot < ihl)] = R_MALFORMED
         r[(r == OK) & (p + ihl > frame_end[idx])] = R_TRUNCATED
         reason[idx] = np.where(r != OK, r, reason[idx])
         ip_version[idx] = 4
         l4[idx] = p + ihl
         ip_end[idx] = p + tot
         ip_length[idx] = tot
-        protocol[idx] = _u8(data, p + 9)
-        cols = np.arange(4)
-        src_addr[idx, :4] = data.take(p[:, None] + 12 + cols, mode="clip")
-        dst_addr[idx, :4] = data.take(p[:, None] + 16 + cols, mode="clip")
+        protocol[idx] = _u8(data, p + IPV4["protocol"].offset)
+        cols = np.arange(IPV4["src"].length)
+        src_addr[idx, :4] = data.take(p[:, None] + IPV4["src"].offset + cols, mode="clip")
+        dst_addr[idx, :4] = data.take(p[:, None] + IPV4["dst"].offset + cols, mode="clip")
 
     # ---- IPv6 (+ extension headers)
     idx = np.flatnonzero(is_v6)
@@ -171,10 +183,10 @@ def dissect(chunk: RecordChunk, drop_service_chatter: bool = False) -> PacketBat
         p = l3[idx]
         r = np.zeros(len(idx), dtype=np.int8)
         r[(_u8(data, p) >> 4) != 6] = R_MALFORMED
-        r[(r == OK) & (p + 40 > frame_end[idx])] = R_TRUNCATED
-        plen = _u16(data, p + 4)
-        nh = _u8(data, p + 6)
-        pos = p + 40
+        r[(r == OK) & (p + IPV6_HEADER > frame_end[idx])] = R_TRUNCATED
+        plen = _u16(data, p + IPV6["payload_length"].offset)
+        nh = _u8(data, p + IPV6["next_header"].offset)
+        pos = p + IPV6_HEADER
         for _ in range(8):
             ext = (r == OK) & np.isin(nh, IPV6_EXTENSION_HEADERS)
             if not ext.any():
@@ -194,49 +206,49 @@ def dissect(chunk: RecordChunk, drop_service_chatter: bool = False) -> PacketBat
                 r[fe[(fo & 0xFFF8) != 0]] = R_FRAGMENT
             nh[e] = _u8(data, pos[e])
             pos[e] = pos[e] + size
-        r[(r == OK) & (pos > p + 40 + plen)] = R_MALFORMED
+        r[(r == OK) & (pos > p + IPV6_HEADER + plen)] = R_MALFORMED
         reason[idx] = np.where(r != OK, r, reason[idx])
         ip_version[idx] = 6
         l4[idx] = pos
-        ip_end[idx] = p + 40 + plen
-        ip_length[idx] = 40 + plen
+        ip_end[idx] = p + IPV6_HEADER + plen
+        ip_length[idx] = IPV6_HEADER + plen
         protocol[idx] = nh
-        cols = np.arange(16)
-        src_addr[idx] = data.take(p[:, None] + 8 + cols, mode="clip")
-        dst_addr[idx] = data.take(p[:, None] + 24 + cols, mode="clip")
+        cols = np.arange(IPV6["src"].length)
+        src_addr[idx] = data.take(p[:, None] + IPV6["src"].offset + cols, mode="clip")
+        dst_addr[idx] = data.take(p[:, None] + IPV6["dst"].offset + cols, mode="clip")
 
     # ---- transport
-    reason[(reason == OK) & (protocol != 6) & (protocol != 17)] = R_TRANSPORT
+    reason[(reason == OK) & (protocol != PROTOCOL_TCP) & (protocol != PROTOCOL_UDP)] = R_TRANSPORT
     src_port = np.zeros(n, dtype=np.int64)
     dst_port = np.zeros(n, dtype=np.int64)
     tcp_flags = np.zeros(n, dtype=np.int64)
     seq = np.zeros(n, dtype=np.int64)
     ack = np.zeros(n, dtype=np.int64)
     payload_start = np.zeros(n, dtype=np.int64)
-    tcp = np.flatnonzero((reason == OK) & (protocol == 6))
+    tcp = np.flatnonzero((reason == OK) & (protocol == PROTOCOL_TCP))
     if len(tcp):
         p = l4[tcp]
         r = np.zeros(len(tcp), dtype=np.int8)
-        r[p + 20 > frame_end[tcp]] = R_TRUNCATED
-        doff = (_u8(data, p + 12) >> 4) * 4
-        r[(r == OK) & ((doff < 20) | (p + doff > ip_end[tcp]))] = R_MALFORMED
+        r[p + TCP_MIN_HEADER > frame_end[tcp]] = R_TRUNCATED
+        doff = (_u8(data, p + TCP["data_offset"].offset) >> 4) * 4
+        r[(r == OK) & ((doff < TCP_MIN_HEADER) | (p + doff > ip_end[tcp]))] = R_MALFORMED
         reason[tcp] = r
-        src_port[tcp] = _u16(data, p)
-        dst_port[tcp] = _u16(data, p + 2)
-        seq[tcp] = _u32(data, p + 4)
-        ack[tcp] = _u32(data, p + 8)
-        tcp_flags[tcp] = _u8(data, p + 13)
+        src_port[tcp] = _u16(data, p + TCP["src_port"].offset)
+        dst_port[tcp] = _u16(data, p + TCP["dst_port"].offset)
+        seq[tcp] = _u32(data, p + TCP["seq"].offset)
+        ack[tcp] = _u32(data, p + TCP["ack"].offset)
+        tcp_flags[tcp] = _u8(data, p + TCP["flags"].offset)
         payload_start[tcp] = p + doff
-    udp = np.flatnonzero((reason == OK) & (protocol == 17))
+    udp = np.flatnonzero((reason == OK) & (protocol == PROTOCOL_UDP))
     if len(udp):
         p = l4[udp]
         r = np.zeros(len(udp), dtype=np.int8)
-        r[p + 8 > frame_end[udp]] = R_TRUNCATED
-        r[(r == OK) & (p + 8 > ip_end[udp])] = R_MALFORMED
+        r[p + UDP_HEADER > frame_end[udp]] = R_TRUNCATED
+        r[(r == OK) & (p + UDP_HEADER > ip_end[udp])] = R_MALFORMED
         reason[udp] = r
-        src_port[udp] = _u16(data, p)
-        dst_port[udp] = _u16(data, p + 2)
-        payload_start[udp] = p + 8
+        src_port[udp] = _u16(data, p + UDP["src_port"].offset)
+        dst_port[udp] = _u16(data, p + UDP["dst_port"].offset)
+        payload_start[udp] = p + UDP_HEADER
     if drop_service_chatter:
         chatter = np.isin(src_port, SERVICE_CHATTER_PORTS) | np.isin(dst_port, SERVICE_CHATTER_PORTS)
         reason[(reason == OK) & chatter] = R_FILTERED

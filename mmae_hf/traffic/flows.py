@@ -30,7 +30,7 @@ import heapq
 import math
 import os
 import socket
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -150,7 +150,7 @@ class FlowState:
         iats[: len(self.iats)] = self.iats
         dirs[: len(self.dirs)] = self.dirs
         return FlowRecord(
-            payload=slots_to_array(self.slots, k, options.slot_bytes),
+            input_bytes=slots_to_array(self.slots, k, options.slot_bytes),
             packet_lengths=lens,
             packet_iats=iats,
             packet_directions=dirs,
@@ -219,7 +219,7 @@ class _AssemblerBase:
         excess = len(self.active) - cap
         if not cap or excess <= 0:
             return
-        for key, st in heapq.nsmallest(excess, self.active.items(), key=lambda item: (item[1].last, item[1].order)):
+        for key, _ in heapq.nsmallest(excess, self.active.items(), key=lambda item: (item[1].last, item[1].order)):
             self._emit(self.active.pop(key))
         self.accounting.flows_evicted_by_cap += excess
 

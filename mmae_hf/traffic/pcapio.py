@@ -12,24 +12,18 @@ import io
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
+from ..data_contract import PCAP_MAGICS as _PCAP_MAGICS, PCAPNG_MAGIC as _PCAPNG_SHB
 from .core import PcapFormatError
 
 BLOCK_SIZE = 4 << 20
 MAX_RECORD = 1 << 18  # 256 KiB: larger than any real frame (jumbo frames, 64 KiB GRO/TSO, USB captures)
 MAX_PCAPNG_BLOCK = 1 << 24
-
-_PCAP_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
-    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
-    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
-    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
-}
-_PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 
 
 _SPECIAL_FILES = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),

@@ -24,7 +24,7 @@ Class counts with the full data: ISCX-VPN2016 7 (the paper's README says 8, an u
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from collections.abc import Callable
 
 # NetMamba's splitter: per capture, every packet of one 5-tuple (as seen, not canonicalised) is one flow
 PAPER_FLOW_OPTIONS = {"bidirectional": False, "idle_timeout": 1e9, "active_timeout": 1e9, "tcp_close": False}

@@ -10,69 +10,18 @@ Sampling: `EpochBatchSampler` gives every process its own share of each epoch's 
 must be even), and can start in the middle of an epoch (exact resume).
 """
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from ..traffic.dataset import verify_saved_splits
+from ..data_contract import FLOW_ARRAY_COLUMNS, PREPROCESSOR_CONFIG_NAME, column_widths
+from ..traffic.loading import DatasetLoadError, load_traffic_dataset, rename_legacy_columns
 
 # data-contract column -> (numpy dtype, values per row)
-CONTRACT_COLUMNS = {
-    "payload": (np.uint8, 1600),
-    "packet_lengths": (np.int32, 5),
-    "packet_iats": (np.float32, 5),
-    "packet_directions": (np.int8, 5),
-    "flow_stats": (np.float32, 27),
-}
+CONTRACT_COLUMNS = {name: (np.dtype(dtype), column_widths()[name]) for name, dtype in FLOW_ARRAY_COLUMNS.items()}
 PRETRAINING_COLUMNS = tuple(CONTRACT_COLUMNS)
-PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 # split names pre-training refuses: their flows are for model selection and evaluation only
 HELD_OUT_SPLITS = ("validation", "valid", "val", "dev", "test", "eval", "evaluation")
-
-
-class DatasetLoadError(ValueError):
-    """A dataset folder or Hub id that cannot be used for pre-training (message names it and why)."""
-
-
-def _load_dataset_dict_or_split(source, split, cache_dir=None):
-    import datasets
-
-    path = Path(source)
-    if path.is_dir():
-        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-            loaded = datasets.load_from_disk(str(path))  # save_to_disk output
-            try:
-                verify_saved_splits(path, loaded)  # a half-rewritten folder must not train silently
-            except ValueError as error:
-                raise DatasetLoadError(str(error)) from error
-        else:
-            try:
-                loaded = datasets.load_dataset(str(path), cache_dir=cache_dir)  # parquet/arrow/csv folder
-            except Exception as error:  # noqa: BLE001 - re-raised with the folder named
-                raise DatasetLoadError(f"{source}: could not load a dataset from this folder ({error})") from error
-    elif path.exists():
-        raise DatasetLoadError(f"{source}: is a file; pass the dataset folder (save_to_disk or parquet shards) or a Hub id")
-    else:
-        text = str(source)
-        if text.startswith((".", os.sep, "~")) or text.count("/") > 1:
-            raise DatasetLoadError(f"{source}: no such folder (and not a Hub id of the form org/name)")
-        try:
-            loaded = datasets.load_dataset(text, split=split, cache_dir=cache_dir)
-        except Exception as error:  # noqa: BLE001
-            raise DatasetLoadError(
-                f"{source}: not a local folder, and split {split!r} could not be loaded from the Hub ({error})"
-            ) from error
-        return loaded
-    if isinstance(loaded, datasets.Dataset):
-        raise DatasetLoadError(
-            f"{source}: holds a single unsplit Dataset; pre-training needs a DatasetDict with a {split!r} split "
-            "(so that validation/test flows are provably held out)"
-        )
-    if split not in loaded:
-        raise DatasetLoadError(f"{source}: has no split {split!r} (splits: {sorted(loaded)})")
-    return loaded[split]
 
 
 def load_pretraining_split(source, split="train", cache_dir=None, allow_held_out_split=False):
@@ -93,7 +42,7 @@ def load_pretraining_split(source, split="train", cache_dir=None, allow_held_out
             f"{source}: refusing to pre-train on split {split!r}: validation/test flows must stay unseen "
             "(pre-train on 'train' or on an external unlabelled corpus)"
         )
-    dataset = _load_dataset_dict_or_split(source, split, cache_dir=cache_dir)
+    dataset = load_traffic_dataset(source, split, cache_dir=cache_dir, allow_unsplit=False)
     check_pretraining_columns(dataset, source)
     return dataset
 
@@ -146,11 +95,12 @@ class FlowBatchReader:
         dataset (`datasets.Dataset`): a split with the data-contract columns.
         columns (`tuple[str]`, defaults to `PRETRAINING_COLUMNS`): columns to read.
 
-    ``reader[indices]`` returns ``{"payload": uint8 [n, 1600], "packet_lengths": int32 [n, 5],
+    ``reader[indices]`` returns ``{"input_bytes": uint8 [n, 1600], "packet_lengths": int32 [n, 5],
     "packet_iats": float32 [n, 5], "packet_directions": int8 [n, 5], "flow_stats": float32 [n, 27]}``.
     """
 
     def __init__(self, dataset, columns=PRETRAINING_COLUMNS):
+        dataset = rename_legacy_columns(dataset)
         check_pretraining_columns(dataset)
         unknown = [c for c in columns if c not in CONTRACT_COLUMNS]
         if unknown:
@@ -230,10 +180,6 @@ class EpochBatchSampler:
 
     def __iter__(self):
         return self.iter_from(0)
-
-
-def write_json(path, payload):
-    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 __all__ = [

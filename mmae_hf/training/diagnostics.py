@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data_contract import BYTE_COLUMN
+
 # byte categories of `byte_field_codes` (one int8 code per input byte)
 FIELD_NAMES = ("ip_header", "tcp_header", "udp_header", "tls_record_header", "payload", "padding")
 _CODE = {name: i for i, name in enumerate(FIELD_NAMES)}
@@ -173,18 +175,18 @@ def reconstruct_masked_bytes(model, columns: dict, seed: int = 0, batch_size: in
     was_training = model.training
     model.eval()
     predicted, masked = [], []
-    n = len(columns["payload"])
+    n = len(columns[BYTE_COLUMN])
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         batch = {name: torch.from_numpy(np.ascontiguousarray(columns[name][start:stop]))
-                 for name in ("payload", "packet_lengths", "packet_iats", "packet_directions")}
+                 for name in (BYTE_COLUMN, "packet_lengths", "packet_iats", "packet_directions")}
         size = stop - start
         noise = torch.rand(size, config.num_tokens, generator=generator)
         partner = None
         if config.use_flowmix:
             partner = (random_pairing(size, generator) if pairing == "random" else greedy_symmetric_pairing(
                 transform_flow_stats(torch.from_numpy(np.asarray(columns["flow_stats"][start:stop], np.float32)))))
-        out = model(input_bytes=batch["payload"], packet_lengths=batch["packet_lengths"],
+        out = model(input_bytes=batch[BYTE_COLUMN], packet_lengths=batch["packet_lengths"],
                     packet_iats=batch["packet_iats"], packet_directions=batch["packet_directions"],
                     partner_index=partner, mask_noise=noise)
         values = ((out.logits.float().reshape(size, -1) * 0.5 + 0.5) * 255.0).round().clamp(0, 255)

@@ -18,7 +18,7 @@
    feature extractor's ``preprocessor_config.json``, metrics, confusion matrix, model card ``README.md``) and
    optionally upload it to the Hub.
 
-Batches are built from the dataset's numpy format with a collator that stacks the payload bytes back into
+Batches are built from the dataset's numpy format with a collator that stacks the flow bytes back into
 ``uint8`` (the numpy/torch formatters upcast integer columns to int64; see docs in hf-notes §4).
 """
 
@@ -38,11 +38,19 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ..argparsing import renamed_fields
-from ..checks import check_model_source, could_be_hub_id, error_line, hub_load_error
-from ..evaluation import calibrate_ood_threshold, classification_metrics, headline, write_evaluation
+from ..checks import check_model_source, hub_load_error
+from ..data_contract import BYTE_COLUMN
+from ..evaluation import (
+    calibrate_ood_threshold,
+    classification_metrics,
+    headline,
+    softmax,
+    to_jsonable,
+    write_evaluation,
+)
 from ..progress import evaluation_log_callback, progress_wanted
 from ..traffic.atomic import StagedFolder, atomic_write_text
-from ..traffic.dataset import verify_saved_splits
+from ..traffic.loading import load_traffic_dataset as open_traffic_dataset
 from .layer_decay import format_parameter_groups, layer_decay_parameter_groups
 
 logger = logging.getLogger(__name__)
@@ -183,38 +191,18 @@ def resolve_recipe(args: FinetuneArguments, num_train_rows: int) -> FinetuneArgu
 
 
 def load_traffic_dataset(source):
-    """Load a flow ``DatasetDict`` from a folder or a Hub repo id and normalise the split names.
+    """The flow ``DatasetDict`` for fine-tuning, with its split names normalised (``valid``/``val``/``dev`` become
+    ``validation``) and checked: train, validation and test, each non-empty with ``input_bytes`` and a ClassLabel
+    ``label``.
 
-    Accepted: a ``DatasetDict`` (returned as is), a ``save_to_disk`` folder (``dataset_dict.json``), a folder with
-    parquet shards (``data/<split>-*.parquet`` or ``<split>/*.parquet``, as written by the dataset builder and by
-    ``push_to_hub``), or a Hub repo id. Split names ``valid``/``val``/``dev`` become ``validation``.
+    ``source``: a ``DatasetDict``, or anything `mmae_hf.traffic.load_traffic_dataset` opens (a ``save_to_disk``
+    folder, parquet shards as written by the dataset builder and by ``push_to_hub``, a Hub repo id).
     """
     import datasets
 
-    if isinstance(source, datasets.DatasetDict):
-        dsd = source
-    else:
-        path = Path(source)
-        if path.is_dir():
-            if (path / "dataset_dict.json").is_file():
-                dsd = datasets.load_from_disk(str(path))
-                verify_saved_splits(path, dsd)  # a half-rewritten folder must not train silently
-            else:
-                data_files = _parquet_data_files(path)
-                if not data_files:
-                    raise FileNotFoundError(
-                        f"{path}: no dataset found (expected dataset_dict.json or parquet shards named after their split)")
-                dsd = datasets.load_dataset("parquet", data_files=data_files)
-        elif path.exists():
-            raise ValueError(f"{path}: a dataset must be a folder or a Hub repo id, not a file")
-        elif not could_be_hub_id(source):
-            raise FileNotFoundError(f"{source}: no such dataset folder, and not a Hub dataset id (owner/name)")
-        else:
-            try:
-                dsd = datasets.load_dataset(str(source))
-            except Exception as error:  # noqa: BLE001 - datasets raises many types; re-raised with the id named
-                raise ValueError(f"{source}: not a local folder, and it could not be loaded from the Hub "
-                                 f"({error_line(error)})") from error
+    dsd = open_traffic_dataset(source)
+    if isinstance(dsd, datasets.Dataset):
+        dsd = datasets.DatasetDict({"train": dsd})
     renamed = {}
     for canonical, aliases in SPLIT_ALIASES.items():
         for alias in aliases:
@@ -226,7 +214,7 @@ def load_traffic_dataset(source):
         raise ValueError(f"{source}: dataset has splits {sorted(dsd)}; fine-tuning needs train, validation and test "
                          f"(missing: {', '.join(missing)})")
     for name, ds in renamed.items():
-        for column in ("payload", "label"):
+        for column in (BYTE_COLUMN, "label"):
             if column not in ds.column_names:
                 raise ValueError(f"{source}: split {name!r} has no {column!r} column (columns: {ds.column_names})")
         if len(ds) == 0:
@@ -234,17 +222,6 @@ def load_traffic_dataset(source):
     if not hasattr(renamed["train"].features["label"], "names"):
         raise ValueError(f"{source}: the 'label' column must be a ClassLabel (class names are needed for id2label)")
     return datasets.DatasetDict(renamed)
-
-
-def _parquet_data_files(path: Path) -> dict[str, list[str]]:
-    files: dict[str, list[str]] = {}
-    for aliases in SPLIT_ALIASES.values():
-        for alias in aliases:
-            found = sorted(path.glob(f"data/{alias}-*.parquet")) + sorted(path.glob(f"data/{alias}/*.parquet")) + \
-                sorted(path.glob(f"{alias}/*.parquet")) + sorted(path.glob(f"{alias}-*.parquet"))
-            if found:
-                files[alias] = [str(f) for f in found]
-    return files
 
 
 def label_names_of(dsd) -> list[str]:
@@ -284,23 +261,23 @@ def check_classes(dsd, label_names: list[str], source) -> dict[str, list[str]]:
 
 def model_inputs_view(ds):
     """The two columns the classifier needs, as numpy rows (cheap: no copy of the arrow data)."""
-    return ds.select_columns(["payload", "label"]).with_format("numpy")
+    return ds.select_columns([BYTE_COLUMN, "label"]).with_format("numpy")
 
 
 class FlowClassificationCollator:
-    """Rows ``{"payload": int array [1600], "label": int}`` -> ``{"input_bytes": uint8 [B,1600], "labels": long [B]}``."""
+    """Rows ``{"input_bytes": int array [1600], "label": int}`` -> ``{"input_bytes": uint8 [B,1600], "labels": long [B]}``."""
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        payload = np.stack([np.asarray(r["payload"]) for r in rows]).astype(np.uint8, copy=False)
-        batch = {"input_bytes": torch.from_numpy(payload)}
+        payload = np.stack([np.asarray(r[BYTE_COLUMN]) for r in rows]).astype(np.uint8, copy=False)
+        batch = {BYTE_COLUMN: torch.from_numpy(payload)}
         if "label" in rows[0]:
             batch["labels"] = torch.as_tensor(np.asarray([int(r["label"]) for r in rows]), dtype=torch.long)
         return batch
 
 
 def payload_matrix(ds) -> np.ndarray:
-    """All payloads of a split as one ``uint8 [N, 1600]`` array (zero-copy arrow read: may be read-only)."""
-    column = ds.with_format("arrow")[:]["payload"] if len(ds) else None
+    """The ``input_bytes`` of a split as one ``uint8 [N, 1600]`` array (zero-copy arrow read: may be read-only)."""
+    column = ds.with_format("arrow")[:][BYTE_COLUMN] if len(ds) else None
     if column is None:
         return np.zeros((0, 1600), dtype=np.uint8)
     values = column.combine_chunks()
@@ -446,7 +423,7 @@ def make_training_arguments(args: FinetuneArguments, output_dir: Path,
         seed=args.seed,
         data_seed=args.seed,
         dataloader_num_workers=args.dataloader_num_workers,
-        remove_unused_columns=False,  # the collator needs "payload", which is not a forward() argument
+        remove_unused_columns=False,  # the collator takes the rows as they are (input_bytes and label)
         label_names=["labels"],
         disable_tqdm=not progress_wanted(args.disable_tqdm),  # bars only on a terminal
     )
@@ -525,7 +502,7 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
     test_pred = trainer.predict(model_inputs_view(dsd["test"]), metric_key_prefix="test")
     test_logits = test_pred.predictions[0] if isinstance(test_pred.predictions, tuple) else test_pred.predictions
     test_metrics = classification_metrics(test_pred.label_ids, test_logits.argmax(-1), label_names)
-    test_probs = _softmax(test_logits)
+    test_probs = softmax(test_logits)
     ood_rate = float((test_probs.max(-1) < threshold).mean()) if threshold is not None else None
 
     model_name = args.model_name or out.name
@@ -591,11 +568,11 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
         summary["files"]["model_card"] = str(model_dir / "README.md")
         eval_stage.commit()
         model_stage.commit()
-    atomic_write_text(out / "results.json", json.dumps(_jsonable(summary), indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
 
     if args.push_to_hub:  # the folder is complete by now: a push never publishes a half-written model
         summary["hub_url"] = push_model_folder(model_dir, args.hub_model_id, private=args.hub_private_repo)
-        atomic_write_text(out / "results.json", json.dumps(_jsonable(summary), indent=2) + "\n")
+        atomic_write_text(out / "results.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
     return summary
 
 
@@ -612,9 +589,13 @@ def save_model_folder(model, model_dir: Path, dataset_source: str | None = None,
 
     name_pipeline(model.config)
     model.save_pretrained(model_dir)
+    from transformers.dynamic_module_utils import get_relative_import_files
+
     from .. import pipeline_traffic
 
-    shutil.copy(pipeline_traffic.__file__, model_dir / "pipeline_traffic.py")
+    # the pipeline's file and the single-dot siblings it imports (the feature extractor, the data contract)
+    for source in (pipeline_traffic.__file__, *get_relative_import_files(pipeline_traffic.__file__)):
+        shutil.copy(source, model_dir / Path(source).name)
     _carry_feature_extractor(model_dir, [dataset_source, pretrained])
     return model_dir
 
@@ -694,8 +675,8 @@ def _recipe(args: FinetuneArguments, training_args: TrainingArguments) -> dict[s
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "learning_rate": args.learning_rate, "layer_decay": args.layer_decay, "weight_decay": args.weight_decay,
         "warmup_ratio": args.warmup_ratio, "lr_scheduler": "linear warm-up then cosine",
-        "label_smoothing": args.label_smoothing_factor, "optimizer": "AdamW (betas %.3g, %.3g)" % (
-            training_args.adam_beta1, training_args.adam_beta2),
+        "label_smoothing": args.label_smoothing_factor, "optimizer": (
+            f"AdamW (betas {training_args.adam_beta1:.3g}, {training_args.adam_beta2:.3g})"),
         "max_grad_norm": args.max_grad_norm, "freeze_encoder": args.freeze_encoder, "seed": args.seed,
         "precision": "bf16" if args.bf16 else "fp32",
         "selection": f"best validation macro-F1 (evaluated {evaluated})",
@@ -715,26 +696,8 @@ def _dataset_flow_options(dataset_source: str | None) -> dict | None:
     return (report or {}).get("flow_options")
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(-1, keepdims=True)
-
-
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
-        return None
-    return obj
 
 
 __all__ = [

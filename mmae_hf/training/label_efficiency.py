@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data_contract import BYTE_COLUMN
+
 MODELS = ("finetune", "scratch", "probe", "random_probe", "extra_trees", "random_forest_bytes")
 MODEL_LABELS = {
     "finetune": "MMAE pre-trained, fine-tuned",
@@ -75,7 +77,7 @@ class _DatasetCache:
         self.name = Path(path).name
         self.dsd = load_traffic_dataset(self.path)
         self.label_names = list(self.dsd["train"].features["label"].names)
-        self.splits = {s: _columns(self.dsd[s], ("payload", "label")) for s in ("train", "validation", "test")}
+        self.splits = {s: _columns(self.dsd[s], (BYTE_COLUMN, "label")) for s in ("train", "validation", "test")}
         self._features = {}
 
     def labels(self, split):
@@ -85,7 +87,7 @@ class _DatasetCache:
         from .diagnostics import encoder_features
 
         if key not in self._features:
-            self._features[key] = {s: encoder_features(encoder, self.splits[s]["payload"], pooling)
+            self._features[key] = {s: encoder_features(encoder, self.splits[s][BYTE_COLUMN], pooling)
                                    for s in ("train", "validation", "test")}
         return self._features[key]
 
@@ -138,7 +140,7 @@ def run_one(model_name: str, data: _DatasetCache, k, seed: int, settings: LabelE
             x = {s: flow_feature_matrix(data.dsd[s])[0] for s in ("train", "validation", "test")}
             tree = make_tree_model("extra_trees", seed, settings.tree_estimators)
         else:
-            x = {s: data.splits[s]["payload"] for s in ("train", "validation", "test")}
+            x = {s: data.splits[s][BYTE_COLUMN] for s in ("train", "validation", "test")}
             tree = make_tree_model("random_forest", seed, settings.tree_estimators)
         tree.fit(x["train"][rows], y_train)
         result.update({s: _scores(data.labels(s), tree.predict(x[s]), data.label_names)

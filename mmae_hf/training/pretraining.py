@@ -39,6 +39,9 @@ import numpy as np
 import torch
 
 from ..argparsing import renamed_fields
+from ..data_contract import BYTE_COLUMN
+from ..evaluation import to_jsonable as _jsonable
+from ..traffic.loading import rename_legacy_columns
 from .data import (
     EpochBatchSampler,
     FlowBatchReader,
@@ -350,18 +353,6 @@ def set_generator_state(generator, saved):
         raise CheckpointError(f"unknown generator kind {saved['kind']!r}")
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def collator_state(collator):
     """The collator's random state: its ``state_dict()`` when it has one, else its ``generator`` attribute."""
     if hasattr(collator, "state_dict") and callable(collator.state_dict):
@@ -649,10 +640,11 @@ def _setup_run(args, dataset, model_cls) -> _Run:
 
         with PartialState(cpu=use_cpu).main_process_first():
             dataset = load_pretraining_split(args.dataset, split=args.split, cache_dir=args.dataset_cache_dir)
-    width = dataset.features["payload"].length
+    dataset = rename_legacy_columns(dataset)  # also a dataset object built by an older mmae-hf
+    width = dataset.features[BYTE_COLUMN].length
     if width not in (None, -1) and width != config.num_bytes:
         raise ValueError(
-            f"{args.dataset}: payload has {width} bytes per flow but the model config expects {config.num_bytes} "
+            f"{args.dataset}: {BYTE_COLUMN} has {width} bytes per flow but the model config expects {config.num_bytes} "
             f"(num_packets={config.num_packets} x (header_bytes={config.header_bytes} + payload_bytes={config.payload_bytes}))"
         )
     reader = FlowBatchReader(dataset)

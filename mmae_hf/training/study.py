@@ -139,7 +139,7 @@ def study_markdown(study: dict[str, Any]) -> str:
 
 
 def now_utc() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 __all__ = ["DEFAULT_VARIANTS", "PRETRAININGS", "VARIANTS", "Variant", "now_utc", "results_table",
