@@ -1,7 +1,6 @@
-"""The main job: scripts/demo.sh is well-formed and its pipeline (pre-train -> fine-tune -> table) runs end to end.
-
-The full demo (setup + real sample traffic, minutes) is run by hand: `bash scripts/demo.sh`. Here the same
-`train/run_study.py` path runs on a tiny synthetic dataset with a 2-step pre-training and 1 fine-tuning epoch.
+"""The main job: scripts/demo.sh is well-formed, and a shortened demo (2 fine-tuning steps, 2 flows per class) runs
+end to end on the committed sample traffic with the shipped checkpoint; the study path (`train/run_study.py`:
+pre-train -> fine-tune -> table) runs on a tiny synthetic dataset.
 """
 
 import importlib.util
@@ -29,19 +28,21 @@ def _options(parser):
     return {opt for action in parser._actions for opt in action.option_strings}
 
 
-def _command_flags(text, script):
-    """Long options passed to ``python <script>`` in demo.sh (continuation lines joined)."""
-    joined = text.replace("\\\n", " ")
-    lines = [line for line in joined.splitlines() if f"python {script}" in line]
-    assert lines, f"demo.sh does not call {script}"
-    return set(re.findall(r"\s(--[a-z][a-z0-9-]*)", " ".join(lines)))
-
-
 def test_demo_script_is_valid_and_uses_existing_options():
     text = DEMO.read_text()
     subprocess.run(["bash", "-n", str(DEMO)], check=True)
-    assert "bash scripts/setup.sh" in text and "outputs/demo" in text
-    run_study = _load(REPO / "train" / "run_study.py", "_demo_run_study")
+    assert "bash scripts/setup.sh" in text and "outputs/demo" in text and "checkpoints/mmae-small" in text
+    study = _load(REPO / "train" / "run_label_efficiency.py", "_demo_label_efficiency")
+    assert _command_flags(text, "train/run_label_efficiency.py") <= _options(_capture_parser(study.parse_args))
+    assert _command_flags(text, "dataset_scripts/build_dataset.py") <= set(
+        opt for opt in re.findall(r"--[a-z][a-z0-9-]*", (REPO / "dataset_scripts" / "build_dataset.py").read_text()))
+    sample = REPO / "examples" / "sample_traffic"
+    classes = [d for d in sample.iterdir() if d.is_dir() and list(d.glob("*.pcap*"))]
+    assert len(classes) >= 2, "the demo needs the committed sample traffic (>= 2 classes)"
+    assert (REPO / "checkpoints" / "mmae-small" / "model.safetensors").is_file(), "the demo needs the shipped checkpoint"
+
+
+def _capture_parser(parse_args):
     import argparse
 
     captured = {}
@@ -54,17 +55,44 @@ def test_demo_script_is_valid_and_uses_existing_options():
     argparse.ArgumentParser.parse_args = fake_parse
     try:
         with pytest.raises(SystemExit):
-            run_study.parse_args([])
+            parse_args([])
     finally:
         argparse.ArgumentParser.parse_args = original
-    assert _command_flags(text, "train/run_study.py") <= _options(captured["parser"])
-    build = _load(REPO / "dataset_scripts" / "build_dataset.py", "_demo_build")
-    assert _command_flags(text, "dataset_scripts/build_dataset.py") <= set(
-        opt for opt in re.findall(r"--[a-z][a-z0-9-]*", (REPO / "dataset_scripts" / "build_dataset.py").read_text()))
-    assert hasattr(build, "main")
-    sample = REPO / "examples" / "sample_traffic"
-    classes = [d for d in sample.iterdir() if d.is_dir() and list(d.glob("*.pcap*"))]
-    assert len(classes) >= 2, "the demo needs the committed sample traffic (>= 2 classes)"
+    return captured["parser"]
+
+
+def _command_flags(text, script):
+    """Long options passed to ``python <script>`` in demo.sh (continuation lines joined)."""
+    joined = text.replace("\\\n", " ")
+    lines = [line for line in joined.splitlines() if f"python {script}" in line]
+    assert lines, f"demo.sh does not call {script}"
+    return set(re.findall(r"\s(--[a-z][a-z0-9_-]*)", " ".join(lines)))
+
+
+def test_shortened_demo_runs_end_to_end(tmp_path):
+    import os
+
+    env = {**os.environ, "DEMO_SKIP_SETUP": "1", "DEMO_OUT": str(tmp_path / "demo"), "DEMO_MAX_STEPS": "2",
+           "DEMO_FEW": "2", "DEMO_JOBS": "2"}
+    result = subprocess.run(["bash", str(DEMO)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "\r" not in log  # no progress bars in a log
+    assert len(log.splitlines()) < 80, log
+    for line in ("1/4 set up", "2/4 captures -> flow dataset", "3/4 fine-tune checkpoints/mmae-small", "4/4 done"):
+        assert line in log
+    for model in ("MMAE pre-trained, fine-tuned", "same encoder from scratch", "ExtraTrees, flow statistics",
+                  "random forest, raw 1600 bytes"):
+        assert model in result.stdout
+    assert "with 2 labelled flows per class, the pre-trained encoder fine-tuned scores" in result.stdout
+    study = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert {r["k"] for r in study["runs"]} == {"2", "all"}
+    finetuned = [r for r in study["runs"] if r["model"] == "finetune"]
+    assert all(r["steps"] == 2 for r in finetuned)
+    model_dir = tmp_path / "demo" / "runs" / "dataset" / "finetune" / "kall" / "seed0" / "model"
+    assert (model_dir / "README.md").is_file() and (model_dir / "preprocessor_config.json").is_file()
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["architectures"] == ["MMAEForSequenceClassification"] and len(config["id2label"]) == 6
 
 
 def test_pipeline_pretrain_finetune_table_on_synthetic(tmp_path):

@@ -29,15 +29,15 @@ def parse_args(argv=None):
     p.add_argument("--ks", nargs="+", default=["5", "10", "25", "50", "all"], help="flows per class, or 'all'")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--finetune-arg", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--finetune_arg", "--finetune-arg", dest="finetune_arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a FinetuneArguments field for both fine-tuned models, e.g. learning_rate=1e-3 (repeatable); "
                         "default: the recipe train/finetune.py picks")
-    p.add_argument("--probe-pooling", default="cls", choices=["cls", "mean", "cls+mean"])
+    p.add_argument("--probe_pooling", "--probe-pooling", dest="probe_pooling", default="cls", choices=["cls", "mean", "cls+mean"])
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
     p.add_argument("--explain", action="store_true", help="print what the table means, in words, after it")
     p.add_argument("--name", default="label_efficiency", help="result file name")
-    p.add_argument("--output-dir", default=str(REPO / "outputs" / "label-efficiency"), help="run cache")
-    p.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--output_dir", "--output-dir", dest="output_dir", default=str(REPO / "outputs" / "label-efficiency"), help="run cache")
+    p.add_argument("--results_dir", "--results-dir", dest="results_dir", default=str(REPO / "benchmarks" / "results"))
     return p.parse_args(argv)
 
 

@@ -15,6 +15,7 @@ Every choice (checkpoint, C, trees) is made on validation; test is scored once p
 (``<output_dir>/runs/<dataset>/<model>/k<k>/seed<seed>.json``) so an interrupted study continues where it stopped.
 """
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -117,7 +118,10 @@ def run_one(model_name: str, data: _DatasetCache, k, seed: int, settings: LabelE
         source = {"pretrained": settings.checkpoint} if model_name == "finetune" else {"preset": settings.checkpoint}
         args = FinetuneArguments(dataset=data.path, output_dir=str(out), seed=seed, few_shot_k=k, few_shot_seed=seed,
                                  report_to="none", save_total_limit=1, **source, **settings.finetune_overrides)
-        summary = run_finetuning(args, dataset=data.dsd)
+        out.mkdir(parents=True, exist_ok=True)
+        # the Trainer's evaluation lines go to the run's own log: the study prints one line per run
+        with open(out / "train.log", "w") as log, contextlib.redirect_stdout(log):
+            summary = run_finetuning(args)  # reads the folder: the model folder gets the dataset's feature extractor
         if summary["num_train_rows_used"] != len(rows):
             raise AssertionError(f"fine-tuning used {summary['num_train_rows_used']} rows, the subset has {len(rows)}")
         result.update(validation=summary["validation"], test={k2: v for k2, v in summary["test"].items()
@@ -188,6 +192,11 @@ _WORKER_STATE: dict = {}
 
 def _run_task(settings: LabelEfficiencySettings, path: str, k, seed: int, model_name: str) -> dict:
     """One run, with the dataset and the encoders loaded once per process (also in a pool's worker)."""
+    if "quiet" not in _WORKER_STATE:  # a spawned worker starts with the libraries' bars on
+        from ..progress import progress_wanted, set_library_progress_bars
+
+        set_library_progress_bars(progress_wanted(False))
+        _WORKER_STATE["quiet"] = True
     data = _WORKER_STATE.get(("data", path))
     if data is None:
         data = _WORKER_STATE[("data", path)] = _DatasetCache(path)
