@@ -91,6 +91,7 @@ HELP = {
     "save_teacher": "also save the EMA teacher in OUTPUT_DIR/teacher",
     "overwrite_output_dir": "start over in a folder holding an earlier run's checkpoints (deletes them)",
     "torch_threads": "CPU threads per process (on small shared machines 1 can be much faster than all cores)",
+    "torch_compile": "compile the student's and teacher's forward (torch.compile; the first step pays the compilation)",
     "disable_tqdm": "no progress bar at all (--no_progress works too); without it the bar is drawn only when stderr "
                     "is a terminal",
 }
