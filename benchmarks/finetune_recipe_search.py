@@ -38,6 +38,9 @@ CANDIDATES = {
                         "layer_decay": 1.0, "eval_every_steps": 60},
     "steps300-lr1e-3-nols": {"max_steps": 300, "learning_rate": 1e-3, "per_device_train_batch_size": 32,
                              "layer_decay": 1.0, "label_smoothing_factor": 0.0, "eval_every_steps": 30},
+    # the small-data recipe as train/finetune.py picks it, with the head on the CLS output or on the token mean
+    "small_data-cls": {"recipe": "small_data", "classifier_pooling": "cls"},
+    "small_data-mean": {"recipe": "small_data", "classifier_pooling": "mean"},
 }
 
 
@@ -50,54 +53,45 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=sorted(CANDIDATES))
     p.add_argument("--output-dir", default=str(REPO / "outputs" / "recipe-search"))
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     p.add_argument("--name", default="finetune_recipe_search")
     args = p.parse_args(argv)
 
     import mmae_hf  # noqa: F401
-    from mmae_hf.training.label_efficiency import LabelEfficiencySettings, _DatasetCache, run_one
+    from mmae_hf.training.label_efficiency import LabelEfficiencySettings, run_study
 
     started = time.time()
-    datasets = [_DatasetCache(d) for d in args.datasets]
+    names = [Path(d).name for d in args.datasets]
     records = []
     for name in args.candidates:
-        out = Path(args.output_dir) / name
-        settings = LabelEfficiencySettings(checkpoint=args.checkpoint, datasets=args.datasets, output_dir=str(out),
-                                           finetune_overrides=CANDIDATES[name])
-        for data in datasets:
-            for k in args.ks:
-                for seed in args.seeds:
-                    for model in ("finetune", "scratch"):
-                        cache = out / "runs" / data.name / model / f"k{k}" / f"seed{seed}.json"
-                        if cache.is_file():
-                            run = json.loads(cache.read_text())
-                        else:
-                            run = run_one(model, data, k, seed, settings, {})
-                            cache.parent.mkdir(parents=True, exist_ok=True)
-                            cache.write_text(json.dumps(run, indent=2) + "\n")
-                        records.append({"recipe": name, "dataset": data.name, "k": k, "seed": seed, "model": model,
-                                        "validation_macro_f1": run["validation"]["macro_f1"],
-                                        "steps": run.get("steps"), "seconds": run["seconds"]})
-                        print(f"[recipe] {name} {data.name} k={k} seed {seed} {model}: validation macro-F1 "
-                              f"{run['validation']['macro_f1']:.3f}", flush=True)
+        settings = LabelEfficiencySettings(checkpoint=args.checkpoint, datasets=args.datasets,
+                                           output_dir=str(Path(args.output_dir) / name), ks=args.ks, seeds=args.seeds,
+                                           models=["finetune", "scratch"], finetune_overrides=CANDIDATES[name])
+        study = run_study(settings, progress=lambda line: None, jobs=args.jobs)
+        for run in study["runs"]:
+            records.append({"recipe": name, "dataset": run["dataset"], "k": run["k"], "seed": run["seed"],
+                            "model": run["model"], "validation_macro_f1": run["validation"]["macro_f1"],
+                            "steps": run.get("steps"), "seconds": run["seconds"]})
+            print(f"[recipe] {name} {run['dataset']} k={run['k']} seed {run['seed']} {run['model']}: validation "
+                  f"macro-F1 {run['validation']['macro_f1']:.3f}", flush=True)
     table = []
     for name in args.candidates:
         mine = [r for r in records if r["recipe"] == name]
         row = {"recipe": name, "overrides": CANDIDATES[name]}
         for model in ("finetune", "scratch"):
             row[model] = float(np.mean([r["validation_macro_f1"] for r in mine if r["model"] == model]))
-        for data in datasets:
+        for dataset in names:
             for model in ("finetune", "scratch"):
-                row[f"{data.name}/{model}"] = float(np.mean([r["validation_macro_f1"] for r in mine
-                                                             if r["model"] == model and r["dataset"] == data.name]))
+                row[f"{dataset}/{model}"] = float(np.mean([r["validation_macro_f1"] for r in mine
+                                                           if r["model"] == model and r["dataset"] == dataset]))
         row["both"] = (row["finetune"] + row["scratch"]) / 2
         table.append(row)
     best = max(table, key=lambda r: r["both"])
-    result = {"checkpoint": args.checkpoint, "datasets": [d.name for d in datasets], "ks": args.ks,
+    result = {"checkpoint": args.checkpoint, "datasets": names, "ks": args.ks,
               "seeds": args.seeds, "table": table, "best": best["recipe"], "records": records,
               "seconds": round(time.time() - started, 1)}
     results = REPO / "benchmarks" / "results"
     (results / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    names = [d.name for d in datasets]
     lines = [f"# Fine-tuning recipe search (validation macro-F1 only; k = {args.ks}, seeds {args.seeds})", "",
              f"Checkpoint: `{args.checkpoint}`. Best mean over both initialisations: **{best['recipe']}**.", "",
              "| recipe | pre-trained | scratch | mean | " + " | ".join(f"{n} pre-trained | {n} scratch" for n in names)

@@ -834,7 +834,8 @@ def _random_pairing(batch: int, device) -> torch.Tensor:
 
 
 class MMAEForSequenceClassification(MMAEPreTrainedModel):
-    """MMAE encoder with a linear classifier on the CLS output (official head, no final LayerNorm)."""
+    """MMAE encoder with a linear classifier on the CLS output (official head, no final LayerNorm) or, with
+    `config.classifier_pooling="mean"`, on the mean of the byte-token outputs."""
 
     def __init__(self, config: MMAEConfig):
         super().__init__(config)
@@ -858,7 +859,11 @@ class MMAEForSequenceClassification(MMAEPreTrainedModel):
         `attentions` when asked for).
         """
         outputs = self.mmae(input_bytes, return_dict=True, **kwargs)
-        logits = self.classifier(outputs.pooler_output)
+        if getattr(self.config, "classifier_pooling", "cls") == "mean":  # (configs saved before the option: "cls")
+            pooled = outputs.last_hidden_state[:, 1:].mean(dim=1)
+        else:
+            pooled = outputs.pooler_output
+        logits = self.classifier(pooled)
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, logits, self.config, **kwargs)

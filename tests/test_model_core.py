@@ -383,3 +383,24 @@ def test_biased_attention_paths_agree():
     with torch.no_grad():
         without = model(**batch).predicted_token_loss
     torch.testing.assert_close(with_grad.detach(), without, atol=1e-5, rtol=1e-4)
+
+
+def test_classifier_pooling_reads_the_cls_output_or_the_token_mean(tmp_path):
+    import mmae_hf  # noqa: F401
+    from mmae_hf import MMAEConfig, MMAEForSequenceClassification
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (3, 1600), dtype=torch.uint8)
+    model = MMAEForSequenceClassification(MMAEConfig.from_preset("mmae-tiny", num_labels=4)).eval()
+    with torch.no_grad():
+        hidden = model.mmae(input_bytes=x).last_hidden_state
+        assert torch.allclose(model(input_bytes=x).logits, model.classifier(hidden[:, 0]))
+        model.config.classifier_pooling = "mean"
+        assert torch.allclose(model(input_bytes=x).logits, model.classifier(hidden[:, 1:].mean(dim=1)))
+    model.save_pretrained(tmp_path)  # the choice travels with the weights
+    reloaded = MMAEForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert reloaded.config.classifier_pooling == "mean"
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_bytes=x).logits, model(input_bytes=x).logits)
+    with pytest.raises(ValueError, match="classifier_pooling must be 'cls' or 'mean'"):
+        MMAEConfig(classifier_pooling="max")

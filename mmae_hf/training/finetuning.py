@@ -102,6 +102,7 @@ class FinetuneArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "debug: cap on training rows"})
     few_shot_k: int | None = field(default=None, metadata={"help": "train on k flows per class of the train split, drawn by --few_shot_seed (label-efficiency runs)"})
     few_shot_seed: int | None = field(default=None, metadata={"help": "seed of the --few_shot_k subset (default: --seed)"})
+    classifier_pooling: str | None = field(default=None, metadata={"help": "cls or mean: what the classification head reads, the CLS output or the mean of the token outputs (default: the recipe's)"})
     head_warmup_steps: int | None = field(default=None, metadata={"help": "optimizer steps that train only the classifier head before the encoder joins, so a pre-trained encoder is not disturbed by a random head's gradients (default: the recipe's)"})
     eval_every_steps: int | None = field(default=None, metadata={"help": "with a step budget: evaluate (and checkpoint) every N steps (default: a tenth of the budget with small_data, a quarter otherwise)"})
     allow_mismatched_weights: bool = field(default=False, metadata={
@@ -141,6 +142,8 @@ class FinetuneArguments:
         for name in ("few_shot_k", "eval_every_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} {getattr(self, name)}: must be >= 1")
+        if self.classifier_pooling not in (None, "cls", "mean"):
+            raise ValueError(f"--classifier_pooling {self.classifier_pooling}: use cls or mean")
         if self.head_warmup_steps is not None and self.head_warmup_steps < 0:
             raise ValueError(f"--head_warmup_steps {self.head_warmup_steps}: must be >= 0")
 
@@ -153,9 +156,10 @@ class FinetuneArguments:
 # a handful of steps (the epoch recipe scored 0.22 validation macro-F1 there, this one 0.47).
 RECIPES = {
     "small_data": {"per_device_train_batch_size": 32, "learning_rate": 1e-3, "layer_decay": 1.0,
-                   "head_warmup_steps": 50, "min_steps": 300, "min_epochs": 10, "evaluations": 10},
+                   "head_warmup_steps": 50, "classifier_pooling": "cls", "min_steps": 300, "min_epochs": 10,
+                   "evaluations": 10},
     "epochs": {"num_train_epochs": 10.0, "per_device_train_batch_size": 64, "learning_rate": 5e-4,
-               "layer_decay": 0.75, "head_warmup_steps": 0},
+               "layer_decay": 0.75, "head_warmup_steps": 0, "classifier_pooling": "cls"},
 }
 SMALL_DATA_MAX_ROWS = 2000  # auto: small_data up to this many training flows
 
@@ -168,7 +172,7 @@ def resolve_recipe(args: FinetuneArguments, num_train_rows: int) -> FinetuneArgu
         "small_data" if num_train_rows <= SMALL_DATA_MAX_ROWS else "epochs")
     recipe = RECIPES[name]
     values = {key: recipe[key] for key in ("per_device_train_batch_size", "learning_rate", "layer_decay",
-                                           "head_warmup_steps") if getattr(args, key) is None}
+                                           "head_warmup_steps", "classifier_pooling") if getattr(args, key) is None}
     values["recipe"] = name
     batch = values.get("per_device_train_batch_size", args.per_device_train_batch_size)
     length_given = (args.max_steps is not None and args.max_steps > 0) or args.num_train_epochs is not None
@@ -356,6 +360,7 @@ def build_model(args: FinetuneArguments, label_names: list[str]):
 
     id2label = {i: name for i, name in enumerate(label_names)}
     label2id = {name: i for i, name in enumerate(label_names)}
+    pooling = {"classifier_pooling": args.classifier_pooling} if args.classifier_pooling else {}
     if args.pretrained:
         from ..weight_check import load_checked
 
@@ -369,14 +374,15 @@ def build_model(args: FinetuneArguments, label_names: list[str]):
             # names a damaged file
             model = load_checked(
                 AutoModelForSequenceClassification, args.pretrained, allow_mismatched_weights=args.allow_mismatched_weights,
-                num_labels=len(label_names), id2label=id2label, label2id=label2id, dtype=torch.float32)
+                num_labels=len(label_names), id2label=id2label, label2id=label2id, dtype=torch.float32,
+                **pooling)
         except OSError as error:  # a Hub id that is not there, or no network
             raise hub_load_error(args.pretrained, error, "--pretrained") from error
     else:
         from .pretraining import load_model_config
 
         # a preset name, or a config.json / model folder: "the same encoder from scratch" as a given checkpoint
-        config = load_model_config(args.preset, {"id2label": id2label, "label2id": label2id})
+        config = load_model_config(args.preset, {"id2label": id2label, "label2id": label2id, **pooling})
         config.architectures = None
         model = MMAEForSequenceClassification(config)
     if args.freeze_encoder:
@@ -663,7 +669,7 @@ def describe_pretraining(pretrained: str | None) -> dict[str, Any] | None:
 def _recipe_summary(args: FinetuneArguments) -> str:
     length = f"{args.max_steps} steps" if args.max_steps and args.max_steps > 0 else f"{args.num_train_epochs:g} epochs"
     return (f"{length}, batch {args.per_device_train_batch_size}, lr {args.learning_rate:g}, layer decay "
-            f"{args.layer_decay:g}, head warm-up {args.head_warmup_steps} steps")
+            f"{args.layer_decay:g}, head warm-up {args.head_warmup_steps} steps, head on {args.classifier_pooling}")
 
 
 def _recipe(args: FinetuneArguments, training_args: TrainingArguments) -> dict[str, Any]:
@@ -671,6 +677,7 @@ def _recipe(args: FinetuneArguments, training_args: TrainingArguments) -> dict[s
     evaluated = f"every {args.eval_every_steps} steps" if args.max_steps > 0 else "every epoch"
     return {
         "recipe": args.recipe, **length, "head_warmup_steps": args.head_warmup_steps,
+        "classifier_pooling": args.classifier_pooling,
         "batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "learning_rate": args.learning_rate, "layer_decay": args.layer_decay, "weight_decay": args.weight_decay,
