@@ -77,8 +77,9 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def bench_model(preset: str, capture: Path, batch_size: int, num_labels: int, folder: Path,
-                max_flows: int | None = None) -> dict:
+def bench_model(
+    preset: str, capture: Path, batch_size: int, num_labels: int, folder: Path, max_flows: int | None = None
+) -> dict:
     import torch
 
     from mmae_hf import MMAEConfig, MMAEForSequenceClassification
@@ -96,7 +97,9 @@ def bench_model(preset: str, capture: Path, batch_size: int, num_labels: int, fo
         pass
     classify = TrafficClassificationPipeline(
         model=MMAEForSequenceClassification.from_pretrained(folder, dtype=torch.float32),
-        device=-1, task="traffic-classification", batch_size=batch_size,
+        device=-1,
+        task="traffic-classification",
+        batch_size=batch_size,
     )
     # warm-up: one small batch (first-call allocations, lazy imports)
     import numpy as np
@@ -166,8 +169,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--models", nargs="+", default=["mmae-base", "mmae-tiny"])
     parser.add_argument("--repeat", type=int, default=1, help="merge this many time-shifted copies of the set")
-    parser.add_argument("--base-max-flows", type=int, default=512,
-                        help="stop mmae-base after this many flows (about 5.5 GFLOP per flow on CPU; 0 = all)")
+    parser.add_argument(
+        "--base-max-flows",
+        type=int,
+        default=512,
+        help="stop mmae-base after this many flows (about 5.5 GFLOP per flow on CPU; 0 = all)",
+    )
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
 

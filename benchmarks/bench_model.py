@@ -135,8 +135,12 @@ def worker_pretrain(preset, bf16, batch_size, steps):
         step()
     seconds = (time.perf_counter() - t0) / steps
     cpu = (time.process_time() - c0) / steps
-    return {"seconds_per_step": seconds, "samples_per_s": batch_size / seconds, "flops_per_step": flops,
-            "cpu_seconds_per_step": cpu}
+    return {
+        "seconds_per_step": seconds,
+        "samples_per_s": batch_size / seconds,
+        "flops_per_step": flops,
+        "cpu_seconds_per_step": cpu,
+    }
 
 
 def worker_inference(preset, bf16, batch_size, batches):
@@ -156,8 +160,12 @@ def worker_inference(preset, bf16, batch_size, batches):
         run()
     seconds = (time.perf_counter() - t0) / batches
     cpu = (time.process_time() - c0) / batches
-    return {"seconds_per_batch": seconds, "flows_per_s": batch_size / seconds, "flops_per_batch": flops,
-            "cpu_seconds_per_batch": cpu}
+    return {
+        "seconds_per_batch": seconds,
+        "flows_per_s": batch_size / seconds,
+        "flops_per_batch": flops,
+        "cpu_seconds_per_batch": cpu,
+    }
 
 
 def worker_curve(preset, steps, batch_size):
@@ -192,8 +200,20 @@ def worker(args):
 
 
 def run_worker(kind, preset="mmae-tiny", bf16=False, batch_size=32, steps=1, threads=None):
-    cmd = [sys.executable, __file__, "--worker", kind, "--preset", preset, "--batch-size", str(batch_size),
-           "--steps", str(steps), "--threads", str(threads or torch.get_num_threads())]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--preset",
+        preset,
+        "--batch-size",
+        str(batch_size),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(threads or torch.get_num_threads()),
+    ]
     if bf16:
         cmd.append("--bf16")
     t0 = time.perf_counter()
@@ -201,7 +221,7 @@ def run_worker(kind, preset="mmae-tiny", bf16=False, batch_size=32, steps=1, thr
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker {kind} {preset} failed:\n{proc.stderr[-3000:]}")
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     return result
 
@@ -210,9 +230,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["mmae-base", "mmae-tiny"])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (rough numbers)")
-    parser.add_argument("--num-threads", type=int, default=None,
-                        help="torch threads per measurement (default: torch's default); on a loaded shared machine 1 "
-                             "thread avoids the spin-wait collapse of OpenMP under contention")
+    parser.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        help="torch threads per measurement (default: torch's default); on a loaded shared machine 1 "
+        "thread avoids the spin-wait collapse of OpenMP under contention",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="mmae-tiny", help=argparse.SUPPRESS)
@@ -235,14 +259,18 @@ def main():
     print(f"load average before: {report['load_average_before']}", flush=True)
     matmul = run_worker("matmul", threads=threads)
     report["matmul_flops_per_s"] = {"float32": matmul["float32"], "bfloat16": matmul["bfloat16"]}
-    print(f"matmul 2048^3: float32 {matmul['float32'] / 1e9:.1f} GFLOP/s, bf16 {matmul['bfloat16'] / 1e9:.1f} GFLOP/s", flush=True)
+    print(
+        f"matmul 2048^3: float32 {matmul['float32'] / 1e9:.1f} GFLOP/s, bf16 {matmul['bfloat16'] / 1e9:.1f} GFLOP/s",
+        flush=True,
+    )
     for preset in args.presets:
         base = preset == "mmae-base"
         entry = {}
         for precision, bf16 in (("float32", False), ("bf16_autocast", True)):
             reference = matmul["bfloat16" if bf16 else "float32"]
-            pre = run_worker("pretrain", preset, bf16, batch_size=32, steps=1 if (base or args.quick) else 5,
-                             threads=threads)
+            pre = run_worker(
+                "pretrain", preset, bf16, batch_size=32, steps=1 if (base or args.quick) else 5, threads=threads
+            )
             pre["flops_per_s"] = pre["flops_per_step"] / pre["seconds_per_step"]
             pre["fraction_of_float32_matmul"] = pre["flops_per_s"] / matmul["float32"]
             pre["fraction_of_same_dtype_matmul"] = pre["flops_per_s"] / reference
@@ -251,12 +279,15 @@ def main():
             # Load-robust view: work per CPU-second of this process vs the per-thread matmul rate (on a shared machine
             # the wall clock also counts the time other processes hold the cores).
             per_thread = matmul["float32"] / threads
-            pre["fraction_of_float32_matmul_by_cpu_time"] = pre["flops_per_step"] / pre["cpu_seconds_per_step"] / per_thread
+            pre["fraction_of_float32_matmul_by_cpu_time"] = (
+                pre["flops_per_step"] / pre["cpu_seconds_per_step"] / per_thread
+            )
             pre["samples_per_cpu_second"] = 32 / pre["cpu_seconds_per_step"]
             if base:
                 pre["speedup_vs_official_if_2_cores_busy"] = 2 * pre["samples_per_cpu_second"] / OFFICIAL_SAMPLES_PER_S
-            inf = run_worker("inference", preset, bf16, batch_size=256, steps=1 if (base or args.quick) else 5,
-                             threads=threads)
+            inf = run_worker(
+                "inference", preset, bf16, batch_size=256, steps=1 if (base or args.quick) else 5, threads=threads
+            )
             inf["flops_per_s"] = inf["flops_per_batch"] / inf["seconds_per_batch"]
             inf["fraction_of_float32_matmul"] = inf["flops_per_s"] / matmul["float32"]
             inf["fraction_of_same_dtype_matmul"] = inf["flops_per_s"] / reference

@@ -107,7 +107,11 @@ def scapy_flows(path: str, limit: int, options: FlowOptions):
             if ip.frag:
                 acc.skip("ip_fragment")
                 continue
-            ipv, src, dst = 4, socket.inet_pton(socket.AF_INET, ip.src) + bytes(12), socket.inet_pton(socket.AF_INET, ip.dst) + bytes(12)
+            ipv, src, dst = (
+                4,
+                socket.inet_pton(socket.AF_INET, ip.src) + bytes(12),
+                socket.inet_pton(socket.AF_INET, ip.dst) + bytes(12),
+            )
             ip_len = ip.len
             l4_off = ip.ihl * 4
         elif IPv6 in pkt:
@@ -180,7 +184,11 @@ def compare(a, b) -> dict:
         and np.allclose(x.flow_stats, y.flow_stats, rtol=1e-4, atol=1e-5)
         for x, y in zip(a, b)
     )
-    return {"flows": [len(a), len(b)], "identical_payload": bool(same_payload), "identical_side_channels": bool(same_side)}
+    return {
+        "flows": [len(a), len(b)],
+        "identical_payload": bool(same_payload),
+        "identical_side_channels": bool(same_side),
+    }
 
 
 def main() -> None:
@@ -223,21 +231,32 @@ def main() -> None:
         o_acc = PacketAccounting()
         o_flows = list(iter_flows(sub, opts, accounting=o_acc, engine="fast"))
         check = compare(s_flows, o_flows)
-        check["accounting_equal"] = s_acc.to_dict()["skipped"] == o_acc.to_dict()["skipped"] and s_acc.packets_read == o_acc.packets_read
+        check["accounting_equal"] = (
+            s_acc.to_dict()["skipped"] == o_acc.to_dict()["skipped"] and s_acc.packets_read == o_acc.packets_read
+        )
     load_after = os.getloadavg()
 
     scapy_pps = s_acc.packets_read / s_dt
     result = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "pinned_cores": 1,
-                    "loadavg_before": load_before, "loadavg_after": load_after},  # fmt: skip
-        "capture": {"source": "ndpi-encrypted-services flow pcaps, concatenated, re-timed, address-shifted",
-                    "packets_1x": n1, f"packets_{args.scale}x": nbig},  # fmt: skip
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "pinned_cores": 1,
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+        },  # fmt: skip
+        "capture": {
+            "source": "ndpi-encrypted-services flow pcaps, concatenated, re-timed, address-shifted",
+            "packets_1x": n1,
+            f"packets_{args.scale}x": nbig,
+        },  # fmt: skip
         "ours_1x": ours_1x,
         f"ours_{args.scale}x": ours_big,
         "scapy_reference": {"packets": s_acc.packets_read, "seconds": s_dt, "packets_per_second": scapy_pps},
         "speedup_vs_scapy": ours_1x["packets_per_second"] / scapy_pps,
         "memory": {
-            "max_rss_mb_1x": ours_1x["max_rss_mb"], f"max_rss_mb_{args.scale}x": ours_big["max_rss_mb"],
+            "max_rss_mb_1x": ours_1x["max_rss_mb"],
+            f"max_rss_mb_{args.scale}x": ours_big["max_rss_mb"],
             "rss_after_imports_mb_1x": ours_1x["rss_after_imports_mb"],
             f"rss_after_imports_mb_{args.scale}x": ours_big["rss_after_imports_mb"],
             "tracemalloc_peak_mb_1x": trace_1x["tracemalloc_peak_mb"],

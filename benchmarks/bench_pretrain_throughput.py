@@ -36,11 +36,32 @@ def free_port():
 
 def run_one(config, processes, steps, batch_size, data_dir, work_dir, use_gpu, threads):
     out = work_dir / f"{config}-{processes}p-{threads}t"
-    script_args = [str(REPO / "train" / "pretrain.py"), "--dataset", str(data_dir), "--config", config,
-                   "--output_dir", str(out), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch_size),
-                   "--save_steps", "0", "--logging_steps", str(steps), "--report_to", "none", "--disable_tqdm"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HOME=str(work_dir / "hf_home"),
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    script_args = [
+        str(REPO / "train" / "pretrain.py"),
+        "--dataset",
+        str(data_dir),
+        "--config",
+        config,
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        str(steps),
+        "--per_device_train_batch_size",
+        str(batch_size),
+        "--save_steps",
+        "0",
+        "--logging_steps",
+        str(steps),
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+    ]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        HF_HOME=str(work_dir / "hf_home"),
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
     if not use_gpu:
         script_args.append("--use_cpu")
     if processes == 1:
@@ -48,9 +69,23 @@ def run_one(config, processes, steps, batch_size, data_dir, work_dir, use_gpu, t
     else:
         if not use_gpu:
             env["ACCELERATE_USE_CPU"] = "1"
-        command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
-                   "--num_processes", str(processes), "--num_machines", "1", "--main_process_port", str(free_port()),
-                   "--mixed_precision", "no", "--dynamo_backend", "no"] + script_args
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.accelerate_cli",
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            str(free_port()),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ] + script_args
     load_before = os.getloadavg()
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -75,15 +110,21 @@ def run_one(config, processes, steps, batch_size, data_dir, work_dir, use_gpu, t
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--configs", nargs="+", default=["mmae-tiny", "mmae-base"])
     parser.add_argument("--processes", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is not timed)")
     parser.add_argument("--batch-size", type=int, default=16, help="flows per process per step")
-    parser.add_argument("--single-process-threads", nargs="+", type=int, default=None,
-                        help="CPU threads for the 1-process runs, one run each (default: all cores); "
-                             "multi-process runs use cores / processes each")
+    parser.add_argument(
+        "--single-process-threads",
+        nargs="+",
+        type=int,
+        default=None,
+        help="CPU threads for the 1-process runs, one run each (default: all cores); "
+        "multi-process runs use cores / processes each",
+    )
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "pretrain_throughput.json"))
     args = parser.parse_args(argv)
 
@@ -113,6 +154,7 @@ def main(argv=None):
                     row = run_one(config, processes, args.steps, args.batch_size, data, work, use_gpu, threads)
                     print(json.dumps(row), flush=True)
                     results.append(row)
+
     def git(*command):
         try:
             return subprocess.run(["git", *command], cwd=str(REPO), capture_output=True, text=True).stdout.strip()
@@ -124,9 +166,12 @@ def main(argv=None):
         # the model code measured: uncommitted edits in the working tree change the numbers
         "uncommitted_changes_in_mmae_hf": bool(git("status", "--porcelain", "--", "mmae_hf")),
         "what": "pre-training flows/s per process (train/pretrain.py, teacher + FlowMix + PMP + AdamW, fp32), "
-                "first step excluded",
-        "command": "python benchmarks/bench_pretrain_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "device": torch.cuda.get_device_name(0) if use_gpu else f"CPU ({platform.processor() or platform.machine()}, {cores} cores)",
+        "first step excluded",
+        "command": "python benchmarks/bench_pretrain_throughput.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "device": torch.cuda.get_device_name(0)
+        if use_gpu
+        else f"CPU ({platform.processor() or platform.machine()}, {cores} cores)",
         "torch": torch.__version__,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "note": "shared machine: see load_average_1min_before_after; numbers under load are lower bounds",

@@ -76,17 +76,22 @@ def write_normal(path: Path, packets: int, per_flow: int = 20, concurrent: int =
         client = struct.pack("!I", (10 << 24) | (i % 60000) + 256)
         server = socket.inet_aton("192.0.2.1")
         cport, c_seq, s_seq = 1024 + i % 60000, 1000, 5000
-        out = [(client, server, cport, 443, 0x02, c_seq, 0, b""), (server, client, 443, cport, 0x12, s_seq, c_seq + 1, b""),
-               (client, server, cport, 443, 0x10, c_seq + 1, s_seq + 1, b"")]
+        out = [
+            (client, server, cport, 443, 0x02, c_seq, 0, b""),
+            (server, client, 443, cport, 0x12, s_seq, c_seq + 1, b""),
+            (client, server, cport, 443, 0x10, c_seq + 1, s_seq + 1, b""),
+        ]
         for k in range(per_flow - 6):
             size = 100 + (i * 37 + k * 211) % 1300
             if k % 2 == 0:
                 out.append((client, server, cport, 443, 0x18, c_seq + 1, s_seq + 1, body[:size]))
             else:
                 out.append((server, client, 443, cport, 0x18, s_seq + 1, c_seq + 1, body[:size]))
-        out += [(client, server, cport, 443, 0x11, c_seq + 2, s_seq + 2, b""),
-                (server, client, 443, cport, 0x11, s_seq + 2, c_seq + 3, b""),
-                (client, server, cport, 443, 0x10, c_seq + 3, s_seq + 3, b"")]
+        out += [
+            (client, server, cport, 443, 0x11, c_seq + 2, s_seq + 2, b""),
+            (server, client, 443, cport, 0x11, s_seq + 2, c_seq + 3, b""),
+            (client, server, cport, 443, 0x10, c_seq + 3, s_seq + 3, b""),
+        ]
         return out
 
     def records():
@@ -121,11 +126,16 @@ def measure(path: str, engine: str) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     import mmae_hf
 
-    return {"flows": flows, "packets": acc.packets_read, "seconds": round(seconds, 3),
-            "packets_per_second": round(acc.packets_read / seconds), "peak_rss_mb": round(peak, 1),
-            "rss_growth_mb": round(peak - rss_after_import, 1),
-            "accounting": {k: v for k, v in acc.to_dict().items() if k not in ("errors",)},
-            "mmae_hf_from": str(Path(mmae_hf.__file__).parent.parent.name)}
+    return {
+        "flows": flows,
+        "packets": acc.packets_read,
+        "seconds": round(seconds, 3),
+        "packets_per_second": round(acc.packets_read / seconds),
+        "peak_rss_mb": round(peak, 1),
+        "rss_growth_mb": round(peak - rss_after_import, 1),
+        "accounting": {k: v for k, v in acc.to_dict().items() if k not in ("errors",)},
+        "mmae_hf_from": str(Path(mmae_hf.__file__).parent.parent.name),
+    }
 
 
 def _run_child(path: Path, engine: str, code: str | None, timeout: float, memory_limit_mb: int | None) -> dict:
@@ -153,14 +163,21 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="scan flows")
     p.add_argument("--normal-packets", type=int, default=1_000_000)
     p.add_argument("--engines", nargs="+", default=["fast"], choices=("fast", "reference"))
-    p.add_argument("--reference-max-flows", type=int, default=100_000,
-                   help="skip the (slow) reference engine on scans larger than this")
+    p.add_argument(
+        "--reference-max-flows",
+        type=int,
+        default=100_000,
+        help="skip the (slow) reference engine on scans larger than this",
+    )
     p.add_argument("--code", help="import mmae_hf from this source tree instead of this checkout")
     p.add_argument("--label", default="after", help="name of this series in the results (e.g. before / after)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
     p.add_argument("--memory-limit-mb", type=int, default=12_000, help="address-space limit per measurement")
-    p.add_argument("--workdir", help="folder for the generated captures, kept and reused (default: a temp folder, "
-                   "removed at the end); never inside the repository")
+    p.add_argument(
+        "--workdir",
+        help="folder for the generated captures, kept and reused (default: a temp folder, "
+        "removed at the end); never inside the repository",
+    )
     p.add_argument("--output", default=str(HERE / "results" / "scan_memory.json"))
     p.add_argument("--measure", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -191,21 +208,32 @@ def main(argv=None) -> int:
                 continue
             load = os.getloadavg()
             result = _run_child(path, engine, args.code, args.timeout, args.memory_limit_mb)
-            row = {"series": args.label, "capture": name, "capture_mb": round(path.stat().st_size / 2**20, 1),
-                   "engine": engine, "load_before": [round(x, 2) for x in load], **result}
+            row = {
+                "series": args.label,
+                "capture": name,
+                "capture_mb": round(path.stat().st_size / 2**20, 1),
+                "engine": engine,
+                "load_before": [round(x, 2) for x in load],
+                **result,
+            }
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
 
     out = Path(args.output)
     previous = json.loads(out.read_text()) if out.is_file() else {}
     series = {k: v for k, v in previous.get("series", {}).items() if k != args.label}
-    series[args.label] = {"rows": rows, "code": "this checkout" if not args.code else "--code tree",
-                          "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-                          "date": time.strftime("%Y-%m-%d %H:%M")}
-    result = {"benchmark": "bench_scan.py", "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                                         "platform": platform.platform()},
-              "note": "one pinned core per measurement; peak_rss_mb = ru_maxrss of the measuring process",
-              "series": series}
+    series[args.label] = {
+        "rows": rows,
+        "code": "this checkout" if not args.code else "--code tree",
+        "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    result = {
+        "benchmark": "bench_scan.py",
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "note": "one pinned core per measurement; peak_rss_mb = ru_maxrss of the measuring process",
+        "series": series,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(result))
@@ -215,16 +243,20 @@ def main(argv=None) -> int:
 
 
 def format_table(result: dict) -> str:
-    lines = ["| series | capture | engine | packets | flows | packets/s | peak RSS MB | RSS growth MB | evicted by cap |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| series | capture | engine | packets | flows | packets/s | peak RSS MB | RSS growth MB | evicted by cap |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for label, series in result["series"].items():
         for r in series["rows"]:
             if "failed" in r:
                 lines.append(f"| {label} | {r['capture']} | {r['engine']} | | | | | | {r['failed']} |")
                 continue
             evicted = r["accounting"].get("flows_evicted_by_cap", "-")
-            lines.append(f"| {label} | {r['capture']} | {r['engine']} | {r['packets']} | {r['flows']} | "
-                         f"{r['packets_per_second']:,} | {r['peak_rss_mb']} | {r['rss_growth_mb']} | {evicted} |")
+            lines.append(
+                f"| {label} | {r['capture']} | {r['engine']} | {r['packets']} | {r['flows']} | "
+                f"{r['packets_per_second']:,} | {r['peak_rss_mb']} | {r['rss_growth_mb']} | {evicted} |"
+            )
     return "\n".join(lines)
 
 

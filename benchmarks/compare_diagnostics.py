@@ -33,9 +33,12 @@ def summarize(run: dict, step=None) -> dict:
             row[f"{pooling}_{split}_random"] = float(np.mean([random["probe"][k][f"{split}_macro_f1"] for k in keys]))
             for k_name in ("k=10", "k=25", "k=all"):
                 sub = [k for k in keys if k.endswith(k_name)]
-                row[f"{pooling}_{split}_{k_name}"] = float(np.mean([chosen["probe"][k][f"{split}_macro_f1"] for k in sub]))
-                row[f"{pooling}_{split}_{k_name}_random"] = float(np.mean(
-                    [random["probe"][k][f"{split}_macro_f1"] for k in sub]))
+                row[f"{pooling}_{split}_{k_name}"] = float(
+                    np.mean([chosen["probe"][k][f"{split}_macro_f1"] for k in sub])
+                )
+                row[f"{pooling}_{split}_{k_name}_random"] = float(
+                    np.mean([random["probe"][k][f"{split}_macro_f1"] for k in sub])
+                )
     recon = chosen.get("reconstruction", {}).get("all", {})
     if recon.get("mean_baseline_rmse"):
         row["rmse_ratio"] = recon["model_rmse"] / recon["mean_baseline_rmse"]
@@ -46,21 +49,26 @@ def summarize(run: dict, step=None) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("names", nargs="*", help="diagnostics names (default: every JSON in the folder)")
     p.add_argument("--step", type=int)
     p.add_argument("--output", default=str(RESULTS / "comparison.md"))
     args = p.parse_args(argv)
     names = args.names or sorted(f.stem for f in RESULTS.glob("*.json"))
     rows = [summarize(json.loads((RESULTS / f"{n}.json").read_text()), args.step) for n in names]
-    lines = ["# Pre-training variants compared (probe macro-F1 averaged over datasets, k in {10, 25, all}, 3 seeds)", "",
-             "Validation is what a recipe is chosen on; test is reported only. Random = the same probe on a random "
-             "encoder of the same config. RMSE ratio: masked-byte RMSE on held-out corpus flows / mean-byte baseline "
-             "(random partners; in brackets with the training collator's look-alike partners).", "",
-             "| run | step | tokens | mask | FlowMix | pairing | guided | CLS val (random) | mean val (random) | "
-             "CLS test (random) | mean test (random) | RMSE ratio |",
-             "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Pre-training variants compared (probe macro-F1 averaged over datasets, k in {10, 25, all}, 3 seeds)",
+        "",
+        "Validation is what a recipe is chosen on; test is reported only. Random = the same probe on a random "
+        "encoder of the same config. RMSE ratio: masked-byte RMSE on held-out corpus flows / mean-byte baseline "
+        "(random partners; in brackets with the training collator's look-alike partners).",
+        "",
+        "| run | step | tokens | mask | FlowMix | pairing | guided | CLS val (random) | mean val (random) | "
+        "CLS test (random) | mean test (random) | RMSE ratio |",
+        "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         c = r["config"]
         ratio = f"{r['rmse_ratio']:.2f}" if "rmse_ratio" in r else "-"
@@ -73,7 +81,8 @@ def main(argv=None):
             f"{r['cls_validation']:.3f} ({r['cls_validation_random']:.3f}) | "
             f"{r['mean_validation']:.3f} ({r['mean_validation_random']:.3f}) | "
             f"{r['cls_test']:.3f} ({r['cls_test_random']:.3f}) | {r['mean_test']:.3f} ({r['mean_test_random']:.3f}) "
-            f"| {ratio} |")
+            f"| {ratio} |"
+        )
     text = "\n".join(lines) + "\n"
     Path(args.output).write_text(text)
     print(text)

@@ -54,7 +54,9 @@ def main():
         results["pyarrow_fixed_size_list"] = (args.rows, time.perf_counter() - t)
 
         t = time.perf_counter()
-        ds = Dataset.from_dict({k: (v.tolist() if v.dtype == object else v) for k, v in cols.items()}, features=features)
+        ds = Dataset.from_dict(
+            {k: (v.tolist() if v.dtype == object else v) for k, v in cols.items()}, features=features
+        )
         ds.save_to_disk(f"{tmp}/b")
         results["from_dict_numpy"] = (args.rows, time.perf_counter() - t)
 

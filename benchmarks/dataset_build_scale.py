@@ -61,14 +61,30 @@ def main():
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--flows-per-file", type=int, default=1000)
     args = parser.parse_args()
-    base = subprocess.run([sys.executable, "-c", "import resource, mmae_hf.traffic.dataset, datasets; "
-                           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"],
-                          capture_output=True, text=True, check=True)
-    out = {"rss_after_imports_mb": int(base.stdout.split()[-1]), "files": args.files, "flows_per_file": args.flows_per_file,
-           "payload_mb": round(args.files * args.flows_per_file * 1600 / 2**20)}
+    base = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import resource, mmae_hf.traffic.dataset, datasets; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = {
+        "rss_after_imports_mb": int(base.stdout.split()[-1]),
+        "files": args.files,
+        "flows_per_file": args.flows_per_file,
+        "payload_mb": round(args.files * args.flows_per_file * 1600 / 2**20),
+    }
     for budget in (2048, 16):
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(args.files), str(args.flows_per_file), str(budget)],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, str(args.files), str(args.flows_per_file), str(budget)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out[f"max_memory_mb={budget}"] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(budget, out[f"max_memory_mb={budget}"])
     Path("benchmarks/results").mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--run", required=True, help="pre-training output folder")
     p.add_argument("--corpus", help="corpus folder with a validation split (reconstruction diagnostics)")
     p.add_argument("--eval-datasets", nargs="*", default=[], help="labelled dataset folders for the probes")
@@ -61,8 +62,9 @@ def checkpoints_of(run: Path, only=None):
     return [(s, p) for s, p in found if not only or s in only]
 
 
-def columns_of(ds, names=("input_bytes", "packet_lengths", "packet_iats", "packet_directions", "flow_stats", "label",
-                          "protocol")):
+def columns_of(
+    ds, names=("input_bytes", "packet_lengths", "packet_iats", "packet_directions", "flow_stats", "label", "protocol")
+):
     out = {}
     table = ds.with_format("arrow")[:]
     for name in names:
@@ -85,8 +87,16 @@ def main(argv=None):
     from mmae_hf.configuration_mmae import MMAEConfig
     from mmae_hf.modeling_mmae import MMAEForPreTraining
     from mmae_hf.training.diagnostics import (
-        FIELD_NAMES, byte_field_codes, encoder_features, few_shot_indices, linear_probe, load_pretraining_checkpoint,
-        most_frequent_bytes, reconstruct_masked_bytes, reconstruction_by_field)
+        FIELD_NAMES,
+        byte_field_codes,
+        encoder_features,
+        few_shot_indices,
+        linear_probe,
+        load_pretraining_checkpoint,
+        most_frequent_bytes,
+        reconstruct_masked_bytes,
+        reconstruction_by_field,
+    )
 
     torch.set_num_threads(1)
     run = Path(args.run)
@@ -129,21 +139,36 @@ def main(argv=None):
         else:
             model = load_pretraining_checkpoint(path, config)
         model.eval()
-        entry = {"step": step, "source": "random init" if path is None else str(path.relative_to(run)),
-                 "probe": {}, "losses": {k: v for k, v in metrics.get(step, {}).items()
-                                         if k in ("loss", "reconstruction_loss", "rank_loss", "distillation_loss")}}
+        entry = {
+            "step": step,
+            "source": "random init" if path is None else str(path.relative_to(run)),
+            "probe": {},
+            "losses": {
+                k: v
+                for k, v in metrics.get(step, {}).items()
+                if k in ("loss", "reconstruction_loss", "rank_loss", "distillation_loss")
+            },
+        }
         for dname, splits in evals.items():
             for pooling in args.poolings:
-                feats = {s: encoder_features(model.mmae, splits[s]["input_bytes"], pooling)
-                         for s in ("train", "validation", "test")}
+                feats = {
+                    s: encoder_features(model.mmae, splits[s]["input_bytes"], pooling)
+                    for s in ("train", "validation", "test")
+                }
                 for k in ks:
                     scores = []
                     for seed in args.seeds:
                         rows = few_shot_indices(splits["train"]["label"], k, seed)
-                        r = linear_probe(feats["train"][rows], splits["train"]["label"][rows],
-                                         feats["validation"], splits["validation"]["label"],
-                                         feats["test"], splits["test"]["label"],
-                                         num_labels=splits["num_labels"], seed=seed)
+                        r = linear_probe(
+                            feats["train"][rows],
+                            splits["train"]["label"][rows],
+                            feats["validation"],
+                            splits["validation"]["label"],
+                            feats["test"],
+                            splits["test"]["label"],
+                            num_labels=splits["num_labels"],
+                            seed=seed,
+                        )
                         scores.append(r)
                         if k is None:
                             break  # all rows: the subset does not depend on the seed
@@ -152,27 +177,57 @@ def main(argv=None):
                         "validation_macro_f1": float(np.mean([s["validation"]["macro_f1"] for s in scores])),
                         "test_macro_f1": float(np.mean([s["test"]["macro_f1"] for s in scores])),
                         "test_macro_f1_std": float(np.std([s["test"]["macro_f1"] for s in scores], ddof=1))
-                        if len(scores) > 1 else 0.0,
-                        "seeds": len(scores)}
+                        if len(scores) > 1
+                        else 0.0,
+                        "seeds": len(scores),
+                    }
         if recon is not None:
             held, codes, baseline, mean_baseline = recon
             for pairing in ("random", "similar") if config.use_flowmix else ("random",):
                 predicted, masked = reconstruct_masked_bytes(model, held, seed=0, pairing=pairing)
                 key = "reconstruction" if pairing == "random" else "reconstruction_similar_partner"
-                entry[key] = reconstruction_by_field(predicted, masked, held["input_bytes"], codes, baseline,
-                                                     mean_baseline)
+                entry[key] = reconstruction_by_field(
+                    predicted, masked, held["input_bytes"], codes, baseline, mean_baseline
+                )
         results.append(entry)
-        print(f"[diagnose] step {step}: " + ", ".join(
-            f"{k} {v['test_macro_f1']:.3f}" for k, v in entry["probe"].items() if "k=10" in k or "k=all" in k)
-            + (f"; masked-byte RMSE {entry['reconstruction']['all']['model_rmse']:.1f} "
-               f"(position-mean baseline {entry['reconstruction']['all']['mean_baseline_rmse']:.1f})" if recon else ""),
-            flush=True)
+        print(
+            f"[diagnose] step {step}: "
+            + ", ".join(
+                f"{k} {v['test_macro_f1']:.3f}" for k, v in entry["probe"].items() if "k=10" in k or "k=all" in k
+            )
+            + (
+                f"; masked-byte RMSE {entry['reconstruction']['all']['model_rmse']:.1f} "
+                f"(position-mean baseline {entry['reconstruction']['all']['mean_baseline_rmse']:.1f})"
+                if recon
+                else ""
+            ),
+            flush=True,
+        )
 
-    out = {"name": name, "run": str(run), "config": {k: getattr(config, k) for k in (
-               "hidden_size", "num_hidden_layers", "bytes_per_token", "mask_ratio", "use_flowmix", "flowmix_pairing",
-               "use_teacher", "use_pmp", "use_guided_masking", "reconstruction_loss_on")},
-           "ks": args.ks, "seeds": args.seeds, "points": results, "field_names": list(FIELD_NAMES),
-           "seconds": round(time.time() - started, 1)}
+    out = {
+        "name": name,
+        "run": str(run),
+        "config": {
+            k: getattr(config, k)
+            for k in (
+                "hidden_size",
+                "num_hidden_layers",
+                "bytes_per_token",
+                "mask_ratio",
+                "use_flowmix",
+                "flowmix_pairing",
+                "use_teacher",
+                "use_pmp",
+                "use_guided_masking",
+                "reconstruction_loss_on",
+            )
+        },
+        "ks": args.ks,
+        "seeds": args.seeds,
+        "points": results,
+        "field_names": list(FIELD_NAMES),
+        "seconds": round(time.time() - started, 1),
+    }
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -185,41 +240,78 @@ def main(argv=None):
 def markdown(out) -> str:
     points = out["points"]
     keys = list(points[0]["probe"]) if points else []
-    lines = [f"# Pre-training diagnostics: {out['name']}", "", f"Config: `{json.dumps(out['config'])}`", "",
-             "## Probe test macro-F1 against pre-training steps (step 0 = random encoder)", "",
-             "| probe | " + " | ".join(str(p["step"]) for p in points) + " |",
-             "|---|" + "---:|" * len(points)]
+    lines = [
+        f"# Pre-training diagnostics: {out['name']}",
+        "",
+        f"Config: `{json.dumps(out['config'])}`",
+        "",
+        "## Probe test macro-F1 against pre-training steps (step 0 = random encoder)",
+        "",
+        "| probe | " + " | ".join(str(p["step"]) for p in points) + " |",
+        "|---|" + "---:|" * len(points),
+    ]
     for key in keys:
         lines.append(f"| {key} | " + " | ".join(f"{p['probe'][key]['test_macro_f1']:.3f}" for p in points) + " |")
-    lines += ["", "Validation macro-F1 (what a recipe may be chosen on):", "",
-              "| probe | " + " | ".join(str(p["step"]) for p in points) + " |", "|---|" + "---:|" * len(points)]
+    lines += [
+        "",
+        "Validation macro-F1 (what a recipe may be chosen on):",
+        "",
+        "| probe | " + " | ".join(str(p["step"]) for p in points) + " |",
+        "|---|" + "---:|" * len(points),
+    ]
     for key in keys:
         lines.append(f"| {key} | " + " | ".join(f"{p['probe'][key]['validation_macro_f1']:.3f}" for p in points) + " |")
     if points and "reconstruction" in points[-1]:
         last = points[-1]
-        lines += ["", f"## Masked-byte reconstruction on held-out corpus flows (step {last['step']}, random partners)",
-                  "", "Exact-byte accuracy and mean absolute error beside the most-frequent-byte-per-position baseline; "
-                  "root mean squared error (the model's own loss) beside the mean-byte-per-position baseline.", "",
-                  "| field | masked bytes | model accuracy | most-frequent-byte accuracy | model MAE | "
-                  "most-frequent-byte MAE | model RMSE | mean-byte RMSE |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"## Masked-byte reconstruction on held-out corpus flows (step {last['step']}, random partners)",
+            "",
+            "Exact-byte accuracy and mean absolute error beside the most-frequent-byte-per-position baseline; "
+            "root mean squared error (the model's own loss) beside the mean-byte-per-position baseline.",
+            "",
+            "| field | masked bytes | model accuracy | most-frequent-byte accuracy | model MAE | "
+            "most-frequent-byte MAE | model RMSE | mean-byte RMSE |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for field, row in last["reconstruction"].items():
             if row.get("masked_bytes"):
-                lines.append(f"| {field} | {row['masked_bytes']:,} | {row['model_accuracy']:.3f} | "
-                             f"{row['baseline_accuracy']:.3f} | {row['model_mae']:.1f} | {row['baseline_mae']:.1f} | "
-                             f"{row['model_rmse']:.1f} | {row['mean_baseline_rmse']:.1f} |")
-        lines += ["", "RMSE of all masked bytes against steps (random partners): " + ", ".join(
-            f"{p['step']}: {p['reconstruction']['all']['model_rmse']:.1f}" for p in points)]
+                lines.append(
+                    f"| {field} | {row['masked_bytes']:,} | {row['model_accuracy']:.3f} | "
+                    f"{row['baseline_accuracy']:.3f} | {row['model_mae']:.1f} | {row['baseline_mae']:.1f} | "
+                    f"{row['model_rmse']:.1f} | {row['mean_baseline_rmse']:.1f} |"
+                )
+        lines += [
+            "",
+            "RMSE of all masked bytes against steps (random partners): "
+            + ", ".join(f"{p['step']}: {p['reconstruction']['all']['model_rmse']:.1f}" for p in points),
+        ]
         if "reconstruction_similar_partner" in last:
-            lines += ["", "Same with the training collator's look-alike partners: " + ", ".join(
-                f"{p['step']}: {p['reconstruction_similar_partner']['all']['model_rmse']:.1f}" for p in points)]
-    lines += ["", "## Loss components at the checkpoints", "", "| step | loss | reconstruction | rank | distillation |",
-              "|---:|---:|---:|---:|---:|"]
+            lines += [
+                "",
+                "Same with the training collator's look-alike partners: "
+                + ", ".join(
+                    f"{p['step']}: {p['reconstruction_similar_partner']['all']['model_rmse']:.1f}" for p in points
+                ),
+            ]
+    lines += [
+        "",
+        "## Loss components at the checkpoints",
+        "",
+        "| step | loss | reconstruction | rank | distillation |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for p in points:
         losses = p["losses"]
         if losses:
-            lines.append(f"| {p['step']} | " + " | ".join(
-                f"{losses[k]:.4f}" if losses.get(k) is not None else "-"
-                for k in ("loss", "reconstruction_loss", "rank_loss", "distillation_loss")) + " |")
+            lines.append(
+                f"| {p['step']} | "
+                + " | ".join(
+                    f"{losses[k]:.4f}" if losses.get(k) is not None else "-"
+                    for k in ("loss", "reconstruction_loss", "rank_loss", "distillation_loss")
+                )
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -17,12 +17,24 @@ import sys
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help="corpus folder(s): <source>/**/*.pcap[ng] (+ manifest.csv)")
+    p.add_argument(
+        "--input", nargs="+", required=True, help="corpus folder(s): <source>/**/*.pcap[ng] (+ manifest.csv)"
+    )
     p.add_argument("--output", required=True, help="output folder (save_to_disk + corpus_report.json + README.md)")
-    p.add_argument("--exclude-held-out", nargs="*", default=[], metavar="DATASET",
-                   help="dataset folders whose validation/test flows (and their source captures) must stay out")
-    p.add_argument("--include-train", nargs="*", default=[], metavar="DATASET",
-                   help="dataset folders whose train split is added as unlabelled flows")
+    p.add_argument(
+        "--exclude-held-out",
+        nargs="*",
+        default=[],
+        metavar="DATASET",
+        help="dataset folders whose validation/test flows (and their source captures) must stay out",
+    )
+    p.add_argument(
+        "--include-train",
+        nargs="*",
+        default=[],
+        metavar="DATASET",
+        help="dataset folders whose train split is added as unlabelled flows",
+    )
     p.add_argument("--anonymize", default="default", help="anonymisation profile (must match the evaluation sets)")
     p.add_argument("--validation-size", type=float, default=0.05, help="share of captures held out for diagnostics")
     p.add_argument("--max-flows-per-source", type=int, help="seeded cap on train flows per source")
@@ -39,17 +51,27 @@ def main(argv=None):
 
     try:
         report = build_pretraining_corpus(
-            args.input, args.output, evaluation_sets=args.exclude_held_out, include_train=args.include_train,
-            anonymize=args.anonymize, validation_size=args.validation_size, seed=args.seed, num_proc=args.num_proc,
-            max_flows_per_source=args.max_flows_per_source, overwrite=args.overwrite,
+            args.input,
+            args.output,
+            evaluation_sets=args.exclude_held_out,
+            include_train=args.include_train,
+            anonymize=args.anonymize,
+            validation_size=args.validation_size,
+            seed=args.seed,
+            num_proc=args.num_proc,
+            max_flows_per_source=args.max_flows_per_source,
+            overwrite=args.overwrite,
             progress=not args.no_progress,
-            command=shlex.join(["build_corpus.py", *(sys.argv[1:] if argv is None else argv)]))
+            command=shlex.join(["build_corpus.py", *(sys.argv[1:] if argv is None else argv)]),
+        )
     except (ValueError, OSError) as error:
         print(f"build_corpus.py: error: {error}", file=sys.stderr)
         return 2
     print(f"corpus: {report['flows']} flows by split; by source: {json.dumps(report['flows_by_source'])}")
-    print(f"kept out: {report['excluded_captures']} captures of held-out flows, "
-          f"{report['removed_held_out_payloads']} flows equal to held-out flows; {report['seconds']} s")
+    print(
+        f"kept out: {report['excluded_captures']} captures of held-out flows, "
+        f"{report['removed_held_out_payloads']} flows equal to held-out flows; {report['seconds']} s"
+    )
     print(f"saved to {args.output}")
     return 0
 

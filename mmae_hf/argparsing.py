@@ -23,8 +23,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if ("default" in text.lower() or action.default is None or action.default is False
-                or action.default in (argparse.SUPPRESS, [])):
+        if (
+            "default" in text.lower()
+            or action.default is None
+            or action.default is False
+            or action.default in (argparse.SUPPRESS, [])
+        ):
             return text
         return super()._get_help_string(action)
 
@@ -44,7 +48,9 @@ class ArgumentParser(argparse.ArgumentParser):
         _one_line_error(self, message)
 
 
-def deprecated_spellings(argv: Sequence[str], known: Iterable[str], renamed: dict[str, str]) -> tuple[list[str], list[tuple[str, str]]]:
+def deprecated_spellings(
+    argv: Sequence[str], known: Iterable[str], renamed: dict[str, str]
+) -> tuple[list[str], list[tuple[str, str]]]:
     """Rewrite old option spellings in ``argv``; returns the new argv and the ``(old, new)`` pairs used.
 
     ``known``: the option strings the parser has (``--output_dir``, ...). ``renamed``: old name -> new name, both
@@ -89,22 +95,33 @@ def _training_script_parser_class():
             **kwargs: passed to `argparse.ArgumentParser` (``prog``, ``description``, ``epilog``).
         """
 
-        def __init__(self, dataclass_types, renamed: dict[str, str] | None = None, synonyms: dict[str, str] | None = None,
-                     **kwargs):
+        def __init__(
+            self,
+            dataclass_types,
+            renamed: dict[str, str] | None = None,
+            synonyms: dict[str, str] | None = None,
+            **kwargs,
+        ):
             kwargs.setdefault("formatter_class", HelpFormatter)
             super().__init__(dataclass_types, **kwargs)
             self.renamed = dict(renamed or {})
             self.synonyms = dict(synonyms or {})
-            self.add_argument("--debug", action="store_true",
-                              help="show the full traceback of an error instead of one line")
+            self.add_argument(
+                "--debug", action="store_true", help="show the full traceback of an error instead of one line"
+            )
             self._drop_dash_forms()
 
         def _drop_dash_forms(self):
             """HfArgumentParser registers ``--a-b`` beside ``--a_b``; the dash forms are rewritten (with a deprecation
             line) before parsing instead, so they are dropped here and the help lists each option once."""
             for action in self._actions:
-                keep = [s for s in action.option_strings
-                        if not (s.startswith("--") and "-" in s[2:] and "--" + s[2:].replace("-", "_") in action.option_strings)]
+                keep = [
+                    s
+                    for s in action.option_strings
+                    if not (
+                        s.startswith("--") and "-" in s[2:] and "--" + s[2:].replace("-", "_") in action.option_strings
+                    )
+                ]
                 for dropped in set(action.option_strings) - set(keep):
                     self._option_string_actions.pop(dropped, None)
                 action.option_strings = keep
@@ -122,8 +139,11 @@ def _training_script_parser_class():
             argv, used = deprecated_spellings(argv, self._option_string_actions, self.renamed)
             if used:
                 pairs = ", ".join(f"{old} -> {new}" for old, new in dict(used).items())
-                print(f"{self.prog}: warning: deprecated option spelling{'s' if len(used) > 1 else ''}: {pairs} "
-                      "(the old spellings still work for now)", file=sys.stderr)
+                print(
+                    f"{self.prog}: warning: deprecated option spelling{'s' if len(used) > 1 else ''}: {pairs} "
+                    "(the old spellings still work for now)",
+                    file=sys.stderr,
+                )
             *parsed, rest, unknown = self.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
             if unknown:
                 self.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -163,8 +183,7 @@ def renamed_fields(renamed: dict[str, str]):
 
         cls.__init__ = __init__
         for old, new in renamed.items():
-            setattr(cls, old, property(lambda self, new=new: getattr(self, new),
-                                       doc=f"Deprecated name of `{new}`."))
+            setattr(cls, old, property(lambda self, new=new: getattr(self, new), doc=f"Deprecated name of `{new}`."))
         cls.renamed_fields = dict(renamed)
         return cls
 

@@ -42,8 +42,10 @@ def could_be_hub_id(value) -> bool:
 
 
 # what to give instead, per option
-EXPECTED = {"--model": "the model folder train/finetune.py wrote (OUTPUT_DIR/model) or a Hub repo id",
-            "--pretrained": "the folder train/pretrain.py wrote (its --output_dir) or a Hub repo id"}
+EXPECTED = {
+    "--model": "the model folder train/finetune.py wrote (OUTPUT_DIR/model) or a Hub repo id",
+    "--pretrained": "the folder train/pretrain.py wrote (its --output_dir) or a Hub repo id",
+}
 
 
 def check_model_source(source: str, option: str = "--model") -> None:
@@ -55,24 +57,32 @@ def check_model_source(source: str, option: str = "--model") -> None:
     expected = EXPECTED.get(option, "a saved model folder or a Hub repo id")
     if os.path.isdir(source):
         if not os.path.isfile(os.path.join(source, "config.json")):
-            raise ModelSourceError(f"{option} {source}: not a saved model (no config.json in the folder); give {expected}")
+            raise ModelSourceError(
+                f"{option} {source}: not a saved model (no config.json in the folder); give {expected}"
+            )
         if not any(os.path.isfile(os.path.join(source, name)) for name in WEIGHT_FILES):
             raise ModelSourceError(
                 f"{option} {source}: no model.safetensors beside config.json (an interrupted save?); give a "
-                "complete model folder")
+                "complete model folder"
+            )
         return
     if os.path.exists(source):
-        raise ModelSourceError(f"{option} {source}: is a file; give the folder that holds config.json and "
-                               "model.safetensors")
+        raise ModelSourceError(
+            f"{option} {source}: is a file; give the folder that holds config.json and model.safetensors"
+        )
     if not could_be_hub_id(source):
-        raise ModelSourceError(f"{option} {source}: no such folder, and not a Hub repo id (owner/name); give {expected}")
+        raise ModelSourceError(
+            f"{option} {source}: no such folder, and not a Hub repo id (owner/name); give {expected}"
+        )
 
 
 def hub_load_error(source: str, error: BaseException, option: str = "--model") -> ModelSourceError:
     """The one-line error for a Hub id that could not be loaded (not found, offline, no access)."""
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ModelSourceError(f"{option} {source}: cannot be loaded ({first}); check the repo id and the network "
-                            "(HF_HUB_OFFLINE=1 only reads the local cache), or give a local model folder")
+    return ModelSourceError(
+        f"{option} {source}: cannot be loaded ({first}); check the repo id and the network "
+        "(HF_HUB_OFFLINE=1 only reads the local cache), or give a local model folder"
+    )
 
 
 def untrained_head_reason(model) -> str | None:
@@ -113,8 +123,9 @@ def _architectures_reason(architectures) -> str | None:
     return f"it was saved as {', '.join(architectures)}, without a classification head"
 
 
-def require_trained_head(model, source=None, allow_untrained_head: bool = False,
-                         override: str = "--allow-untrained-head") -> None:
+def require_trained_head(
+    model, source=None, allow_untrained_head: bool = False, override: str = "--allow-untrained-head"
+) -> None:
     """Raise `UntrainedHeadError` when ``model`` has no trained head, unless ``allow_untrained_head``.
 
     ``override`` names the way to force it in the message (a CLI flag or ``allow_untrained_head=True``).
@@ -125,7 +136,8 @@ def require_trained_head(model, source=None, allow_untrained_head: bool = False,
     name = os.fspath(source) if source is not None else getattr(model, "name_or_path", None) or "the model"
     raise UntrainedHeadError(
         f"{name}: no trained classification head ({reason}), so every flow would get a random label; fine-tune "
-        f"it first (python train/finetune.py --pretrained {name} ...) or pass {override} to use it anyway")
+        f"it first (python train/finetune.py --pretrained {name} ...) or pass {override} to use it anyway"
+    )
 
 
 def error_line(error: BaseException) -> str:
@@ -135,15 +147,20 @@ def error_line(error: BaseException) -> str:
     text = str(error).strip()
     if isinstance(error, KeyError) and text.startswith("'"):
         text = f"missing key {text}"
-    return (text.splitlines()[0] if text else type(error).__name__)
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 # errors a user's input can cause; anything else is a bug and keeps its traceback
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 
-def run_main(prog: str, body: Callable[[], int], debug: bool = False, exit_code: int = EXIT_BAD_INPUT,
-             user_errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
+def run_main(
+    prog: str,
+    body: Callable[[], int],
+    debug: bool = False,
+    exit_code: int = EXIT_BAD_INPUT,
+    user_errors: tuple[type[BaseException], ...] = USER_ERRORS,
+) -> int:
     """Run ``body``; print a user error as one ``prog: error: ...`` line and return ``exit_code``.
 
     With ``debug`` the exception propagates (full traceback). Ctrl-C / SIGTERM are left to
@@ -158,7 +175,17 @@ def run_main(prog: str, body: Callable[[], int], debug: bool = False, exit_code:
         return exit_code
 
 
-__all__ = ["EXIT_BAD_INPUT", "ModelSourceError", "USER_ERRORS", "UntrainedHeadError", "check_model_source",
-           "could_be_hub_id",
-           "error_line", "hub_load_error", "is_hub_repo_id", "require_trained_head", "run_main",
-           "untrained_head_reason"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "ModelSourceError",
+    "USER_ERRORS",
+    "UntrainedHeadError",
+    "check_model_source",
+    "could_be_hub_id",
+    "error_line",
+    "hub_load_error",
+    "is_hub_repo_id",
+    "require_trained_head",
+    "run_main",
+    "untrained_head_reason",
+]

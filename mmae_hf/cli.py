@@ -47,8 +47,13 @@ def expand_captures(paths: list[str]) -> list[str]:
     return captures
 
 
-def load_pipeline(model: str, device: str | None = None, batch_size: int = 256, allow_untrained_head: bool = False,
-                  allow_mismatched_weights: bool = False):
+def load_pipeline(
+    model: str,
+    device: str | None = None,
+    batch_size: int = 256,
+    allow_untrained_head: bool = False,
+    allow_mismatched_weights: bool = False,
+):
     """The traffic-classification pipeline for a saved model folder or Hub id, with its feature extractor.
 
     Raises `ModelSourceError` when ``model`` leads to no saved model, `UntrainedHeadError` when the model's
@@ -60,8 +65,9 @@ def load_pipeline(model: str, device: str | None = None, batch_size: int = 256, 
 
     from mmae_hf.pipeline_traffic import TrafficClassificationPipeline
 
-    classifier = load_classifier(model, allow_untrained_head=allow_untrained_head,
-                                 allow_mismatched_weights=allow_mismatched_weights)
+    classifier = load_classifier(
+        model, allow_untrained_head=allow_untrained_head, allow_mismatched_weights=allow_mismatched_weights
+    )
     feature_extractor = None
     try:
         from mmae_hf.feature_extraction_mmae import MMAEFeatureExtractor
@@ -96,8 +102,12 @@ def load_classifier(model: str, allow_untrained_head: bool = False, allow_mismat
     check_model_source(model, "--model")
     require_trained_head(model, model, allow_untrained_head, override="--allow-untrained-head")
     try:
-        classifier = load_checked(AutoModelForSequenceClassification, model, dtype=torch.float32,
-                                  allow_mismatched_weights=allow_mismatched_weights)
+        classifier = load_checked(
+            AutoModelForSequenceClassification,
+            model,
+            dtype=torch.float32,
+            allow_mismatched_weights=allow_mismatched_weights,
+        )
     except OSError as error:  # a Hub id that is not there, no network, no access
         raise hub_load_error(model, error, "--model") from error
     require_trained_head(classifier, model, allow_untrained_head, override="--allow-untrained-head")  # a Hub id
@@ -173,10 +183,19 @@ class FlowWriter:
         import pyarrow as pa
 
         fields = [
-            ("source_file", pa.string()), ("src_ip", pa.string()), ("src_port", pa.int32()),
-            ("dst_ip", pa.string()), ("dst_port", pa.int32()), ("protocol", pa.int16()),
-            ("start_time", pa.float64()), ("end_time", pa.float64()), ("packet_count", pa.int64()),
-            ("byte_count", pa.int64()), ("label", pa.string()), ("score", pa.float64()), ("ood", pa.bool_()),
+            ("source_file", pa.string()),
+            ("src_ip", pa.string()),
+            ("src_port", pa.int32()),
+            ("dst_ip", pa.string()),
+            ("dst_port", pa.int32()),
+            ("protocol", pa.int16()),
+            ("start_time", pa.float64()),
+            ("end_time", pa.float64()),
+            ("packet_count", pa.int64()),
+            ("byte_count", pa.int64()),
+            ("label", pa.string()),
+            ("score", pa.float64()),
+            ("ood", pa.bool_()),
             ("ood_score", pa.float64()),
         ]
         for i in range(self.top_k):
@@ -229,16 +248,29 @@ def build_classify_parser():
     parser.add_argument("--explain", metavar="DIR", help="write byte attributions (.npy/.json/.png) of flows to DIR")
     parser.add_argument("--explain-limit", type=int, default=20, help="explain at most this many flows")
     parser.add_argument("--explain-steps", type=int, default=32, help="integrated-gradients steps")
-    parser.add_argument("--explain-method", choices=("ig", "rollout"), default="ig",
-                        help="ig: integrated gradients of the predicted class per byte (default); rollout: attention "
-                        "rollout of the CLS token (class-agnostic, token resolution, one forward pass)")
-    parser.add_argument("--allow-untrained-head", action="store_true",
-                        help="classify even with a model whose classification head was never trained (a pre-training "
-                        "folder, a bare encoder): its labels are random")
-    parser.add_argument("--allow-mismatched-weights", action="store_true",
-                        help="load the model even when its config.json does not fit its encoder weights")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar (bars are drawn only when stderr is a terminal anyway)")
+    parser.add_argument(
+        "--explain-method",
+        choices=("ig", "rollout"),
+        default="ig",
+        help="ig: integrated gradients of the predicted class per byte (default); rollout: attention "
+        "rollout of the CLS token (class-agnostic, token resolution, one forward pass)",
+    )
+    parser.add_argument(
+        "--allow-untrained-head",
+        action="store_true",
+        help="classify even with a model whose classification head was never trained (a pre-training "
+        "folder, a bare encoder): its labels are random",
+    )
+    parser.add_argument(
+        "--allow-mismatched-weights",
+        action="store_true",
+        help="load the model even when its config.json does not fit its encoder weights",
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (bars are drawn only when stderr is a terminal anyway)",
+    )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
@@ -251,8 +283,11 @@ def classify_main(argv: list[str] | None = None) -> int:
     parser = build_classify_parser()
     args = parser.parse_args(argv)
     # Ctrl-C / SIGTERM: one line, exit 130 / 143 (the output is closed on the way out)
-    return run_interruptible(lambda: run_main("mmae-classify", lambda: _classify(parser, args), debug=args.debug),
-                             "mmae-classify", "the flows classified so far are in the output")
+    return run_interruptible(
+        lambda: run_main("mmae-classify", lambda: _classify(parser, args), debug=args.debug),
+        "mmae-classify",
+        "the flows classified so far are in the output",
+    )
 
 
 def _classify(parser, args) -> int:
@@ -278,9 +313,13 @@ def _classify(parser, args) -> int:
     if args.output:  # an unwritable output fails now, not after the model is loaded
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     # a missing model, an untrained head, damaged or mismatched weights: ValueError / OSError, one line, exit 2
-    pipe = load_pipeline(args.model, device=args.device, batch_size=args.batch_size,
-                         allow_untrained_head=args.allow_untrained_head,
-                         allow_mismatched_weights=args.allow_mismatched_weights)
+    pipe = load_pipeline(
+        args.model,
+        device=args.device,
+        batch_size=args.batch_size,
+        allow_untrained_head=args.allow_untrained_head,
+        allow_mismatched_weights=args.allow_mismatched_weights,
+    )
     writer = FlowWriter(args.output, args.top_k)
     per_file: list[dict[str, Any]] = []
     total = PacketAccounting()
@@ -323,8 +362,13 @@ def _classify(parser, args) -> int:
     start = time.perf_counter()
     try:
         stream = pipe.predict_stream(
-            sources(), batch_size=args.batch_size, top_k=args.top_k, ood_threshold=args.ood_threshold,
-            on_source_end=on_source_end, timings=timings, keep_inputs=bool(args.explain),
+            sources(),
+            batch_size=args.batch_size,
+            top_k=args.top_k,
+            ood_threshold=args.ood_threshold,
+            on_source_end=on_source_end,
+            timings=timings,
+            keep_inputs=bool(args.explain),
         )
         for records in stream:
             if args.explain and explained < args.explain_limit:
@@ -340,7 +384,9 @@ def _classify(parser, args) -> int:
         progress.close()
     seconds = time.perf_counter() - start
 
-    threshold = args.ood_threshold if args.ood_threshold is not None else getattr(pipe.model.config, "ood_threshold", None)
+    threshold = (
+        args.ood_threshold if args.ood_threshold is not None else getattr(pipe.model.config, "ood_threshold", None)
+    )
     errors = [{"file": f["file"], "error": message} for f in per_file for message in f.get("errors", [])]
     summary = {
         "model": args.model,
@@ -382,12 +428,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     skipped = summary["packets_skipped"]
     lines.append(
         f"packets: {summary['packets_read']} read, {summary['packets_in_flows']} in flows, "
-        f"{sum(skipped.values())} skipped" + (": " + ", ".join(f"{k} {v}" for k, v in skipped.items()) if skipped else "")
+        f"{sum(skipped.values())} skipped"
+        + (": " + ", ".join(f"{k} {v}" for k, v in skipped.items()) if skipped else "")
     )
     if summary["errors"]:
         lines.append(f"{summary['files_with_errors']} capture(s) with errors (flows read before the error are kept):")
-        lines.extend(f"  {e['error']}" if e["file"] in e["error"] else f"  {e['file']}: {e['error']}"
-                     for e in summary["errors"])
+        lines.extend(
+            f"  {e['error']}" if e["file"] in e["error"] else f"  {e['file']}: {e['error']}" for e in summary["errors"]
+        )
     return "\n".join(lines)
 
 
@@ -405,18 +453,28 @@ def _explain_batch(pipe, records, args, already: int) -> int:
     label2id = {str(v): int(k) for k, v in config.id2label.items()}
     targets = [label2id[str(r["label"])] for r in chosen]
     if args.explain_method == "rollout":
-        attributions, deltas, method = attention_rollout(pipe.model, input_bytes), [None] * len(chosen), "attention_rollout"
+        attributions, deltas, method = (
+            attention_rollout(pipe.model, input_bytes),
+            [None] * len(chosen),
+            "attention_rollout",
+        )
     else:
         attributions, deltas = integrated_gradients(pipe.model, input_bytes, target=targets, steps=args.explain_steps)
         method = "integrated_gradients"
     for offset, record in enumerate(chosen):
         lengths = record["_inputs"].get("packet_lengths")
         write_explanation(
-            args.explain, f"flow_{already + offset:05d}", attributions[offset], input_bytes[offset],
-            flow={k: v for k, v in record.items() if k != "_inputs"}, explained_label=record["label"],
-            delta=None if deltas[offset] is None else float(deltas[offset]), method=method,
+            args.explain,
+            f"flow_{already + offset:05d}",
+            attributions[offset],
+            input_bytes[offset],
+            flow={k: v for k, v in record.items() if k != "_inputs"},
+            explained_label=record["label"],
+            delta=None if deltas[offset] is None else float(deltas[offset]),
+            method=method,
             packet_lengths=None if lengths is None else [int(x) for x in lengths],
-            num_packets=int(config.num_packets), header_bytes=int(config.header_bytes),
+            num_packets=int(config.num_packets),
+            header_bytes=int(config.header_bytes),
             payload_bytes=int(config.payload_bytes),
         )
     return len(chosen)
@@ -476,8 +534,11 @@ def shortcut_report_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-flows", type=int, help="evaluate only the first N flows of the split")
     parser.add_argument("--output", help="report JSON (default: shortcut_report_<split>.json)")
-    parser.add_argument("--allow-untrained-head", action="store_true",
-                        help="report on a model whose classification head was never trained (meaningless scores)")
+    parser.add_argument(
+        "--allow-untrained-head",
+        action="store_true",
+        help="report on a model whose classification head was never trained (meaningless scores)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
@@ -485,8 +546,11 @@ def shortcut_report_main(argv: list[str] | None = None) -> int:
         parser.error("--batch-size and --max-flows must be >= 1")
     from mmae_hf.traffic.atomic import run_interruptible
 
-    return run_interruptible(lambda: run_main("mmae-shortcut-report", lambda: _shortcut_report(args),
-                                              debug=args.debug), "mmae-shortcut-report", "no report was written")
+    return run_interruptible(
+        lambda: run_main("mmae-shortcut-report", lambda: _shortcut_report(args), debug=args.debug),
+        "mmae-shortcut-report",
+        "no report was written",
+    )
 
 
 def _shortcut_report(args) -> int:
@@ -503,8 +567,11 @@ def _shortcut_report(args) -> int:
         raise ValueError(f"--split {args.split}: the split of {args.dataset} is empty")
     mismatch = preprocessing_mismatch(args.model, args.dataset)
     if mismatch:
-        print(f"warning: the dataset was built with other flow options than the model's preprocessor_config.json: "
-              f"{mismatch}", file=sys.stderr)
+        print(
+            f"warning: the dataset was built with other flow options than the model's preprocessor_config.json: "
+            f"{mismatch}",
+            file=sys.stderr,
+        )
     report = shortcut_report(model, split, batch_size=args.batch_size, device=args.device)
     report.update(model=args.model, dataset=args.dataset, split=args.split, preprocessing_mismatch=mismatch)
     print(format_shortcut_report(report))

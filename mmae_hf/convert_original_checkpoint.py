@@ -115,9 +115,7 @@ def map_official_keys(state: dict) -> tuple[dict, list, list]:
     """Official key names -> mmae_hf names. Returns (mapped state dict, dropped dead keys, unknown keys)."""
     is_classifier = "head.weight" in state
     dead_prefixes = DEAD_PREFIXES_ALWAYS + (DEAD_PREFIXES_CLASSIFIER if is_classifier else ())
-    block_ids = sorted(
-        {(int(m.group(1)), int(m.group(2))) for m in map(_ENCODER_BLOCK.match, state) if m is not None}
-    )
+    block_ids = sorted({(int(m.group(1)), int(m.group(2))) for m in map(_ENCODER_BLOCK.match, state) if m is not None})
     layer_of = {block: i for i, block in enumerate(block_ids)}
     mapped, dropped, unknown = {}, [], []
     for key, value in state.items():
@@ -185,7 +183,9 @@ def convert(checkpoint, output_dir, num_labels: int | None = None, config_overri
     if unexpected:
         problems.append(f"keys without a place in the model: {unexpected[:20]}")
     if missing:
-        problems.append(f"missing keys: {missing[:20]}" + (f" (+{len(missing) - 20} more)" if len(missing) > 20 else ""))
+        problems.append(
+            f"missing keys: {missing[:20]}" + (f" (+{len(missing) - 20} more)" if len(missing) > 20 else "")
+        )
     if wrong_shape:
         problems.append("wrong shapes (the converter expects the mmae-base sizes): " + "; ".join(wrong_shape[:10]))
     if problems:

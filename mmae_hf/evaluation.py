@@ -93,9 +93,7 @@ def metrics_from_confusion(confusion: np.ndarray, label_names: Sequence[str] | N
     }
 
 
-def classification_metrics(
-    y_true: ArrayLike, y_pred: ArrayLike, label_names: Sequence[str]
-) -> dict[str, Any]:
+def classification_metrics(y_true: ArrayLike, y_pred: ArrayLike, label_names: Sequence[str]) -> dict[str, Any]:
     """All metrics of :func:`metrics_from_confusion` plus the confusion matrix itself (as nested lists)."""
     confusion = confusion_matrix(y_true, y_pred, len(label_names))
     metrics = metrics_from_confusion(confusion, label_names)
@@ -217,8 +215,12 @@ def predict_logits(model, dataset_split, batch_size: int = 256, device=None, tra
 def save_confusion_json(metrics: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"label_names": metrics["label_names"], "rows": "true class", "columns": "predicted class",
-               "matrix": metrics["confusion_matrix"]}
+    payload = {
+        "label_names": metrics["label_names"],
+        "rows": "true class",
+        "columns": "predicted class",
+        "matrix": metrics["confusion_matrix"],
+    }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 
@@ -248,8 +250,15 @@ def plot_confusion_matrix(metrics: dict[str, Any], path: str | Path, title: str 
         for i in range(len(names)):
             for j in range(len(names)):
                 if counts[i, j]:
-                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if normalised[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(counts[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if normalised[i, j] > 0.5 else "black",
+                    )
     subtitle = f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, n={metrics['num_samples']}"
     ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=10)
     fig.tight_layout()
@@ -284,8 +293,9 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def chance_levels(train_labels: ArrayLike, test_labels: ArrayLike, num_labels: int, draws: int = 1000,
-                  seed: int = 0) -> dict[str, float]:
+def chance_levels(
+    train_labels: ArrayLike, test_labels: ArrayLike, num_labels: int, draws: int = 1000, seed: int = 0
+) -> dict[str, float]:
     """What guessing scores on a test set: the floor a "beats chance" claim is measured against.
 
     ``uniform_*``: a guess drawn uniformly over the classes (macro-F1 averaged over ``draws`` seeded draws, accuracy
@@ -296,13 +306,18 @@ def chance_levels(train_labels: ArrayLike, test_labels: ArrayLike, num_labels: i
     if not len(test) or num_labels < 1:
         return {}
     rng = np.random.default_rng(seed)
-    uniform = [metrics_from_confusion(confusion_matrix(test, rng.integers(0, num_labels, len(test)), num_labels))
-               ["macro_f1"] for _ in range(draws)]
+    uniform = [
+        metrics_from_confusion(confusion_matrix(test, rng.integers(0, num_labels, len(test)), num_labels))["macro_f1"]
+        for _ in range(draws)
+    ]
     majority = int(np.bincount(train, minlength=num_labels).argmax()) if len(train) else 0
     majority_metrics = metrics_from_confusion(confusion_matrix(test, np.full(len(test), majority), num_labels))
-    return {"uniform_macro_f1": float(np.mean(uniform)), "uniform_accuracy": 1.0 / num_labels,
-            "majority_macro_f1": float(majority_metrics["macro_f1"]),
-            "majority_accuracy": float(majority_metrics["accuracy"])}
+    return {
+        "uniform_macro_f1": float(np.mean(uniform)),
+        "uniform_accuracy": 1.0 / num_labels,
+        "majority_macro_f1": float(majority_metrics["macro_f1"]),
+        "majority_accuracy": float(majority_metrics["accuracy"]),
+    }
 
 
 def json_default(value: Any) -> Any:

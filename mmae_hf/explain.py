@@ -185,9 +185,9 @@ def occlusion_masks(
     ihl = np.where(version == 4, (slots[:, :, 0] & 0x0F).astype(np.int64) * 4, IPV4_MIN_HEADER)
     ihl = np.maximum(ihl, IPV4_MIN_HEADER)
     l4_offset = np.where(version == 6, IPV6_HEADER, ihl)[:, :, None]
-    protocol = np.where(
-        version == 6, slots[:, :, IPV6["next_header"].offset], slots[:, :, IPV4["protocol"].offset]
-    )[:, :, None]
+    protocol = np.where(version == 6, slots[:, :, IPV6["next_header"].offset], slots[:, :, IPV4["protocol"].offset])[
+        :, :, None
+    ]
     present = slots.any(axis=-1, keepdims=True)
     addresses_v4 = (position >= IPV4["src"].offset) & (position < IPV4["dst"].end)
     addresses_v6 = (position >= IPV6["src"].offset) & (position < IPV6["dst"].end)
@@ -459,8 +459,13 @@ def summarise_attribution(
         entries = []
         for start, end, name in segments:
             values = grid[k, start:end]
-            entry = {"start": start, "end": end, "field": name, "attribution": float(values.sum()),
-                     "abs_share": float(np.abs(values).sum() / total_abs)}
+            entry = {
+                "start": start,
+                "end": end,
+                "field": name,
+                "attribution": float(values.sum()),
+                "abs_share": float(np.abs(values).sum() / total_abs),
+            }
             entries.append(entry)
             base = name.replace(" (assumed)", "")
             agg = per_field.setdefault(base, {"attribution": 0.0, "abs_share": 0.0})
@@ -475,15 +480,17 @@ def summarise_attribution(
     for flat in order:
         k, position = divmod(int(flat), slot)
         in_payload = position >= header_bytes
-        top_bytes.append({
-            "packet": k,
-            "offset": position,
-            "region": "payload" if in_payload else "header",
-            "field": byte_field[k][position],
-            "payload_offset": position - header_bytes if in_payload else None,
-            "value": int(data[k, position]),
-            "attribution": float(grid[k, position]),
-        })
+        top_bytes.append(
+            {
+                "packet": k,
+                "offset": position,
+                "region": "payload" if in_payload else "header",
+                "field": byte_field[k][position],
+                "payload_offset": position - header_bytes if in_payload else None,
+                "value": int(data[k, position]),
+                "attribution": float(grid[k, position]),
+            }
+        )
     ranked = dict(sorted(per_field.items(), key=lambda item: -item[1]["abs_share"]))
     return {"fields": ranked, "packets": packets, "top_bytes": top_bytes}
 
@@ -507,16 +514,31 @@ def plot_attribution(
     num_packets, slot = grid.shape
     limit = float(np.abs(grid).max()) or 1.0
     fig, axes = plt.subplots(
-        num_packets, 2, figsize=(18, 1.9 * num_packets + 1.2), squeeze=False,
+        num_packets,
+        2,
+        figsize=(18, 1.9 * num_packets + 1.2),
+        squeeze=False,
         gridspec_kw={"width_ratios": [header_bytes * 3, slot - header_bytes], "hspace": 1.6, "wspace": 0.04},
     )
     image = None
     for k in range(num_packets):
         header_ax, payload_ax = axes[k]
-        image = header_ax.imshow(grid[k : k + 1, :header_bytes], cmap="RdBu_r", vmin=-limit, vmax=limit,
-                                 aspect="auto", interpolation="nearest")
-        payload_ax.imshow(grid[k : k + 1, header_bytes:], cmap="RdBu_r", vmin=-limit, vmax=limit,
-                          aspect="auto", interpolation="nearest")
+        image = header_ax.imshow(
+            grid[k : k + 1, :header_bytes],
+            cmap="RdBu_r",
+            vmin=-limit,
+            vmax=limit,
+            aspect="auto",
+            interpolation="nearest",
+        )
+        payload_ax.imshow(
+            grid[k : k + 1, header_bytes:],
+            cmap="RdBu_r",
+            vmin=-limit,
+            vmax=limit,
+            aspect="auto",
+            interpolation="nearest",
+        )
         ticks, labels = [], []
         payload_note = " (no payload)"
         for start, end, name in fields[k]:
@@ -532,8 +554,10 @@ def plot_attribution(
                     payload_ax.axvline(end - header_bytes - 0.5, color="black", linewidth=0.6)
         header_ax.set_xticks(ticks, labels=labels, rotation=90, fontsize=6)
         header_ax.set_yticks([])
-        protocols = sorted({name.split(".", 1)[0] for _, end, name in fields[k] if end <= header_bytes and "." in name}
-                           - {"header", "l4"})
+        protocols = sorted(
+            {name.split(".", 1)[0] for _, end, name in fields[k] if end <= header_bytes and "." in name}
+            - {"header", "l4"}
+        )
         header_ax.set_ylabel(f"pkt {k}", rotation=0, labelpad=18, fontsize=8)
         header_ax.set_title(f"packet {k} header ({'/'.join(protocols) or 'n/a'})", fontsize=8, loc="left")
         payload_ticks = np.arange(0, slot - header_bytes, 40)
@@ -572,8 +596,9 @@ def write_explanation(
     slot = header_bytes + payload_bytes
     grid = np.asarray(attribution, dtype=np.float32).reshape(num_packets, slot)
     protocol = (flow or {}).get("protocol")
-    summary = summarise_attribution(grid, input_bytes, protocol, packet_lengths, num_packets, header_bytes,
-                                    payload_bytes)
+    summary = summarise_attribution(
+        grid, input_bytes, protocol, packet_lengths, num_packets, header_bytes, payload_bytes
+    )
     paths = {"npy": out_dir / f"{name}.npy", "json": out_dir / f"{name}.json"}
     np.save(paths["npy"], grid)
     document = {
@@ -590,12 +615,20 @@ def write_explanation(
         fields = field_map(input_bytes, protocol, packet_lengths, num_packets, header_bytes, payload_bytes)
         flow_text = ""
         if flow and flow.get("src_ip") is not None:
-            flow_text = (f"{flow.get('src_ip')}:{flow.get('src_port')} -> {flow.get('dst_ip')}:{flow.get('dst_port')} "
-                         f"proto {flow.get('protocol')}  ")
+            flow_text = (
+                f"{flow.get('src_ip')}:{flow.get('src_port')} -> {flow.get('dst_ip')}:{flow.get('dst_port')} "
+                f"proto {flow.get('protocol')}  "
+            )
         title = f"{flow_text}explained class: {explained_label}"
         colour_label = "attribution (logit units)" if method == "integrated_gradients" else "share of CLS attention"
-        paths["png"] = plot_attribution(grid, fields, out_dir / f"{name}.png", title=f"{title}  [{method}]",
-                                        header_bytes=header_bytes, colour_label=colour_label)
+        paths["png"] = plot_attribution(
+            grid,
+            fields,
+            out_dir / f"{name}.png",
+            title=f"{title}  [{method}]",
+            header_bytes=header_bytes,
+            colour_label=colour_label,
+        )
     return paths
 
 

@@ -78,7 +78,9 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
             flow_options = flow_options.to_dict()  # a FlowOptions
         unknown = set(flow_options or {}) - set(DEFAULT_FLOW_OPTIONS)
         if unknown:
-            raise ValueError(f"unknown flow_options keys {sorted(unknown)}; expected a subset of {sorted(DEFAULT_FLOW_OPTIONS)}")
+            raise ValueError(
+                f"unknown flow_options keys {sorted(unknown)}; expected a subset of {sorted(DEFAULT_FLOW_OPTIONS)}"
+            )
         self.flow_options = {**DEFAULT_FLOW_OPTIONS, **(flow_options or {})}
         try:  # validate with the real dataclass where it is available (not needed for remote-code use)
             import mmae_hf.traffic as traffic
@@ -174,7 +176,9 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
         if self._is_one_row(columns[key]):
             yield columns
             return
-        kept = [name for name in columns if name in FLOW_METADATA_FIELDS or name in LEGACY_COLUMN_NAMES or name in _DTYPES]
+        kept = [
+            name for name in columns if name in FLOW_METADATA_FIELDS or name in LEGACY_COLUMN_NAMES or name in _DTYPES
+        ]
         for index in range(len(columns[key])):
             yield {name: columns[name][index] for name in kept}
 
@@ -229,7 +233,9 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
                     continue
                 value = np.asarray(value)
                 if value.shape != (width,):
-                    raise ValueError(f"flow {i}: {name} has shape {value.shape}, expected ({width},) for {self._layout()}")
+                    raise ValueError(
+                        f"flow {i}: {name} has shape {value.shape}, expected ({width},) for {self._layout()}"
+                    )
                 arr[i] = value
             out[name] = arr
         return out
@@ -247,7 +253,11 @@ class MMAEFeatureExtractor(FeatureExtractionMixin):
             if value is None:
                 out[name] = None
                 continue
-            arr = np.asarray(value, dtype=_DTYPES[name]) if not isinstance(value, np.ndarray) else value.astype(_DTYPES[name])
+            arr = (
+                np.asarray(value, dtype=_DTYPES[name])
+                if not isinstance(value, np.ndarray)
+                else value.astype(_DTYPES[name])
+            )
             if arr.ndim != 2 or arr.shape[1] != width:
                 raise ValueError(f"column {name} has shape {arr.shape}, expected (batch, {width}) for {self._layout()}")
             n = len(arr) if n is None else n

@@ -22,9 +22,7 @@ from .data_contract import BYTE_COLUMN, FLOW_ARRAY_COLUMNS, LEGACY_COLUMN_NAMES,
 
 
 # the data contract's side-channel columns and their dtypes (the byte column is stacked as uint8)
-PER_PACKET_COLUMNS = {
-    name: getattr(torch, dtype) for name, dtype in FLOW_ARRAY_COLUMNS.items() if name != BYTE_COLUMN
-}
+PER_PACKET_COLUMNS = {name: getattr(torch, dtype) for name, dtype in FLOW_ARRAY_COLUMNS.items() if name != BYTE_COLUMN}
 
 
 def transform_flow_stats(flow_stats: torch.Tensor) -> torch.Tensor:
@@ -131,7 +129,9 @@ class DataCollatorForFlowMix:
             raise ValueError(f"rows need an {BYTE_COLUMN!r} column (old name {old}); got columns {sorted(first)}")
         input_bytes = _stack([r[byte_key] for r in rows], torch.uint8, byte_key)
         if input_bytes.shape[1] != self.config.num_bytes:
-            raise ValueError(f"{byte_key!r} rows have {input_bytes.shape[1]} bytes, the model expects {self.config.num_bytes}")
+            raise ValueError(
+                f"{byte_key!r} rows have {input_bytes.shape[1]} bytes, the model expects {self.config.num_bytes}"
+            )
         batch = {BYTE_COLUMN: input_bytes}
         for name, dtype in PER_PACKET_COLUMNS.items():
             if name in first:

@@ -33,8 +33,10 @@ def is_hub_repo_id(value: str | None) -> bool:
 def describe_preprocessing(feature_extractor_config: dict | None) -> str:
     """Markdown lines describing the flow-extraction and anonymisation settings of the feature extractor."""
     if not feature_extractor_config:
-        return ("No `preprocessor_config.json` was available at training time, so the flow-extraction and "
-                "anonymisation settings are not recorded with this model. Treat inputs with care.")
+        return (
+            "No `preprocessor_config.json` was available at training time, so the flow-extraction and "
+            "anonymisation settings are not recorded with this model. Treat inputs with care."
+        )
     options = feature_extractor_config.get("flow_options", feature_extractor_config)
     lines = []
     profile = options.get("anonymize")
@@ -42,22 +44,46 @@ def describe_preprocessing(feature_extractor_config: dict | None) -> str:
         lines.append(f"- Anonymisation profile: **{profile}**")
     direction = options.get("bidirectional")
     if direction is not None:
-        lines.append(f"- Flows: {'bidirectional (both directions of a connection form one flow)' if direction else 'unidirectional 5-tuples'}")
+        lines.append(
+            f"- Flows: {'bidirectional (both directions of a connection form one flow)' if direction else 'unidirectional 5-tuples'}"
+        )
     layout = [options.get(k) for k in ("num_packets", "header_bytes", "payload_bytes")]
     if all(v is not None for v in layout):
         n, h, p = layout
-        lines.append(f"- Input bytes: first {n} packets x ({h} header bytes from the IP header on + {p} L4-payload "
-                     f"bytes) = {n * (h + p)} bytes, zero-padded")
-    for key, text in (("idle_timeout", "idle timeout (s)"), ("active_timeout", "active timeout (s)"),
-                      ("tcp_close", "end flows at TCP FIN/RST"), ("min_packets", "minimum packets per flow"),
-                      ("drop_service_chatter", "drop DNS/DHCP/NTP/... service flows"),
-                      ("max_packets", "packets kept per flow (0: all)")):
+        lines.append(
+            f"- Input bytes: first {n} packets x ({h} header bytes from the IP header on + {p} L4-payload "
+            f"bytes) = {n * (h + p)} bytes, zero-padded"
+        )
+    for key, text in (
+        ("idle_timeout", "idle timeout (s)"),
+        ("active_timeout", "active timeout (s)"),
+        ("tcp_close", "end flows at TCP FIN/RST"),
+        ("min_packets", "minimum packets per flow"),
+        ("drop_service_chatter", "drop DNS/DHCP/NTP/... service flows"),
+        ("max_packets", "packets kept per flow (0: all)"),
+    ):
         if key in options:
             lines.append(f"- {text}: {options[key]}")
-    shown = {"anonymize", "bidirectional", "num_packets", "header_bytes", "payload_bytes", "idle_timeout",
-             "active_timeout", "tcp_close", "min_packets", "drop_service_chatter", "max_packets"}
-    rest = {k: v for k, v in options.items() if k not in shown and not k.startswith("_")
-            and k not in ("feature_extractor_type", "processor_class", "model_input_names")}
+    shown = {
+        "anonymize",
+        "bidirectional",
+        "num_packets",
+        "header_bytes",
+        "payload_bytes",
+        "idle_timeout",
+        "active_timeout",
+        "tcp_close",
+        "min_packets",
+        "drop_service_chatter",
+        "max_packets",
+    }
+    rest = {
+        k: v
+        for k, v in options.items()
+        if k not in shown
+        and not k.startswith("_")
+        and k not in ("feature_extractor_type", "processor_class", "model_input_names")
+    }
     if rest:
         lines.append("- Other settings: " + ", ".join(f"`{k}={v}`" for k, v in sorted(rest.items())))
     return "\n".join(lines) if lines else "Feature extractor settings: defaults."
@@ -82,8 +108,15 @@ def _baseline_rows(baselines: list[dict[str, Any]] | None) -> list[dict[str, str
     rows = []
     for entry in baselines or []:
         test = entry.get("test", entry)
-        rows.append({"name": entry["name"], **{k: _fmt(test.get(k)) for k in
-                    ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall")}})
+        rows.append(
+            {
+                "name": entry["name"],
+                **{
+                    k: _fmt(test.get(k))
+                    for k in ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall")
+                },
+            }
+        )
     return rows
 
 
@@ -122,13 +155,24 @@ def build_finetuned_model_card(
     pretrained = summary.get("pretrained")
     base_model = base_model or summary.get("base_model") or (pretrained if is_hub_repo_id(pretrained) else None)
     dataset_name = publishable_name(dataset_name)
-    dataset_type = dataset_name if is_hub_repo_id(dataset_name) else \
-        re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset_name).strip("-") or "traffic"
+    dataset_type = (
+        dataset_name
+        if is_hub_repo_id(dataset_name)
+        else re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset_name).strip("-") or "traffic"
+    )
 
     def result(metric_type, value, name, args=None):
-        return EvalResult(task_type=TASK, task_name="Flow classification",
-                          dataset_type=dataset_type, dataset_name=dataset_name, dataset_split="test",
-                          metric_type=metric_type, metric_name=name, metric_value=float(value), metric_args=args)
+        return EvalResult(
+            task_type=TASK,
+            task_name="Flow classification",
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_split="test",
+            metric_type=metric_type,
+            metric_name=name,
+            metric_value=float(value),
+            metric_args=args,
+        )
 
     card_data = ModelCardData(
         license=license,
@@ -155,8 +199,10 @@ def build_finetuned_model_card(
     if pretraining and pretrained is not None:
         details = []
         if pretraining.get("steps") is not None:
-            details.append(f"{pretraining['steps']} pre-training steps of {pretraining.get('global_batch_size', '?')} flows"
-                           f" on the {pretraining.get('split', 'train')} split")
+            details.append(
+                f"{pretraining['steps']} pre-training steps of {pretraining.get('global_batch_size', '?')} flows"
+                f" on the {pretraining.get('split', 'train')} split"
+            )
         off = [k[4:] for k, v in pretraining.get("switches", {}).items() if k.startswith("use_") and v is False]
         if off:
             details.append("ablation, switched off: " + ", ".join(off))
@@ -164,8 +210,9 @@ def build_finetuned_model_card(
             init += " (" + "; ".join(details) + ")"
     if config is not None:
         get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
-        init += (f"; {get('num_hidden_layers')} layers, hidden size {get('hidden_size')}, "
-                 f"{get('num_attention_heads')} heads")
+        init += (
+            f"; {get('num_hidden_layers')} layers, hidden size {get('hidden_size')}, {get('num_attention_heads')} heads"
+        )
     if feature_extractor_config is None and summary.get("flow_options"):
         feature_extractor_config = {"flow_options": summary["flow_options"]}
     threshold = summary.get("ood_threshold")
@@ -200,18 +247,27 @@ def build_finetuned_model_card(
 
 
 LOSS_NAMES = ("loss", "reconstruction_loss", "rank_loss", "distillation_loss")
-OBJECTIVE_SWITCHES = (("use_flowmix", "FlowMix"), ("use_teacher", "mean-teacher distillation"),
-                      ("use_loss_predictor", "loss predictor"), ("use_pmp", "PMP guidance"),
-                      ("use_guided_masking", "guided (hard) masking"))
+OBJECTIVE_SWITCHES = (
+    ("use_flowmix", "FlowMix"),
+    ("use_teacher", "mean-teacher distillation"),
+    ("use_loss_predictor", "loss predictor"),
+    ("use_pmp", "PMP guidance"),
+    ("use_guided_masking", "guided (hard) masking"),
+)
 
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def build_pretraining_model_card(folder: str | Path, repo_id: str | None = None, license: str = "apache-2.0",
-                                 dataset_name: str | None = None, template_path: str | Path | None = None,
-                                 model_name: str | None = None):
+def build_pretraining_model_card(
+    folder: str | Path,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    dataset_name: str | None = None,
+    template_path: str | Path | None = None,
+    model_name: str | None = None,
+):
     """The model card of a pre-training folder, from the files ``train/pretrain.py`` leaves there
     (``pretraining_summary.json``, ``pretraining_args.json``, ``config.json``, ``preprocessor_config.json``,
     ``pretraining_curves.png``): corpus, steps, flows seen, final loss components, curves.
@@ -241,8 +297,11 @@ def build_pretraining_model_card(folder: str | Path, repo_id: str | None = None,
     peak = run_args.get("learning_rate") or (run_args.get("base_learning_rate", 1e-3) * batch / 256 if batch else None)
     on = [text for key, text in OBJECTIVE_SWITCHES if config.get(key, True)]
     off = [text for key, text in OBJECTIVE_SWITCHES if config.get(key, True) is False]
-    objectives = "masked byte reconstruction" + "".join(f", {t}" for t in on) + \
-        (f" (switched off: {', '.join(off)})" if off else "")
+    objectives = (
+        "masked byte reconstruction"
+        + "".join(f", {t}" for t in on)
+        + (f" (switched off: {', '.join(off)})" if off else "")
+    )
     if config.get("mask_ratio") is not None:
         objectives += f"; mask ratio {config['mask_ratio']}"
     rates = summary.get("samples_per_second_per_process") or []
@@ -272,7 +331,9 @@ def build_pretraining_model_card(folder: str | Path, repo_id: str | None = None,
         passes=(steps * batch / flows) if flows else 0.0,
         peak_learning_rate="n/a" if peak is None else f"{peak:.3g}",
         objectives=objectives,
-        mixed_precision={"no": "fp32", None: "fp32"}.get(summary.get("mixed_precision"), summary.get("mixed_precision")),
+        mixed_precision={"no": "fp32", None: "fp32"}.get(
+            summary.get("mixed_precision"), summary.get("mixed_precision")
+        ),
         num_hidden_layers=config.get("num_hidden_layers"),
         hidden_size=config.get("hidden_size"),
         num_attention_heads=config.get("num_attention_heads"),
@@ -290,5 +351,11 @@ def write_pretraining_model_card(folder: str | Path, **kwargs) -> Path:
     return path
 
 
-__all__ = ["build_finetuned_model_card", "build_pretraining_model_card", "describe_preprocessing", "is_hub_repo_id",
-           "publishable_name", "write_pretraining_model_card"]
+__all__ = [
+    "build_finetuned_model_card",
+    "build_pretraining_model_card",
+    "describe_preprocessing",
+    "is_hub_repo_id",
+    "publishable_name",
+    "write_pretraining_model_card",
+]

@@ -98,7 +98,9 @@ class MMAEPacketMaskPredictor(nn.Module):
             nn.Linear(2 * e, 2 * e), nn.LayerNorm(2 * e, eps=config.layer_norm_eps), nn.GELU()
         )
         self.router_phi = nn.Sequential(
-            nn.Linear(2 * e, config.pmp_router_hidden_size), nn.GELU(), nn.Linear(config.pmp_router_hidden_size, self.rank)
+            nn.Linear(2 * e, config.pmp_router_hidden_size),
+            nn.GELU(),
+            nn.Linear(config.pmp_router_hidden_size, self.rank),
         )
         self.router_U_sup = nn.Linear(self.rank, self.rank, bias=False)
         self.router_V_sup = nn.Linear(self.rank, self.rank, bias=False)

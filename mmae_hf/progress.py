@@ -68,12 +68,16 @@ def evaluation_log_callback(stream=None, lines: int = 5):
                 epoch = round(state.epoch or 0)
                 if epoch % every and epoch < args.num_train_epochs:
                     return
-            shown = {k[5:]: v for k, v in logs.items()
-                     if k.startswith("eval_") and k[5:] in ("loss", "accuracy", "macro_f1")}
+            shown = {
+                k[5:]: v for k, v in logs.items() if k.startswith("eval_") and k[5:] in ("loss", "accuracy", "macro_f1")
+            }
             parts = [f"{name} {value:.4f}" for name, value in shown.items()]
             loss = "" if self.last_loss is None else f"; training loss {self.last_loss:.4f}"
-            epoch = f"epoch {state.epoch:.0f}/{args.num_train_epochs:g}" if args.max_steps <= 0 else \
-                f"step {state.global_step}/{state.max_steps}"
+            epoch = (
+                f"epoch {state.epoch:.0f}/{args.num_train_epochs:g}"
+                if args.max_steps <= 0
+                else f"step {state.global_step}/{state.max_steps}"
+            )
             print(f"{epoch}: validation {', '.join(parts)}{loss}", file=stream or sys.stdout, flush=True)
 
     return EvaluationLogCallback()

@@ -28,7 +28,9 @@ class MeanTeacher:
     `state_dict()` / `load_state_dict()` make it checkpointable (e.g. `accelerator.register_for_checkpointing`).
     """
 
-    def __init__(self, student: nn.Module, momentum_start: float = 0.96, momentum_end: float = 0.99, total_steps: int = 1):
+    def __init__(
+        self, student: nn.Module, momentum_start: float = 0.96, momentum_end: float = 0.99, total_steps: int = 1
+    ):
         if not 0.0 <= momentum_start <= 1.0 or not 0.0 <= momentum_end <= 1.0:
             raise ValueError(f"momenta must be in [0, 1], got {momentum_start}, {momentum_end}")
         student = getattr(student, "module", student)

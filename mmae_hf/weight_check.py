@@ -34,8 +34,9 @@ def weight_files(name_or_path) -> list:
             try:
                 shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             except (OSError, ValueError, KeyError, AttributeError) as error:
-                raise WeightsMismatchError(f"{index}: unreadable shard index ({type(error).__name__}: {error})") \
-                    from error
+                raise WeightsMismatchError(
+                    f"{index}: unreadable shard index ({type(error).__name__}: {error})"
+                ) from error
             return [folder / shard for shard in shards]
         return [folder / WEIGHTS_NAME] if (folder / WEIGHTS_NAME).is_file() else []
     try:  # a Hub id: the files from_pretrained downloaded
@@ -61,8 +62,10 @@ def saved_tensor_shapes(files) -> dict:
                     shapes[key] = tuple(handle.get_slice(key).get_shape())
         except Exception as error:  # noqa: BLE001 - SafetensorError, OSError: one line naming the file
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise WeightsMismatchError(f"{path}: not a readable safetensors file ({reason}); the file is damaged "
-                                       "or incomplete (re-download or re-save the model)") from error
+            raise WeightsMismatchError(
+                f"{path}: not a readable safetensors file ({reason}); the file is damaged "
+                "or incomplete (re-download or re-save the model)"
+            ) from error
     return shapes
 
 
@@ -73,7 +76,7 @@ def _encoder_part(model, shapes: dict) -> dict:
     part = {}
     for key, shape in shapes.items():
         if prefix and key.startswith(prefix + "."):
-            part[key[len(prefix) + 1:]] = shape
+            part[key[len(prefix) + 1 :]] = shape
         elif key.split(".", 1)[0] in children:  # a base model saved on its own (no prefix)
             part[key] = shape
     return part
@@ -98,17 +101,21 @@ def encoder_mismatch(model, shapes: dict) -> str | None:
     parts = []
     layers_saved, layers_model = _layer_count(saved), _layer_count(expected)
     if layers_saved != layers_model:
-        parts.append(f"the weights hold {layers_saved} encoder layers, the config builds {layers_model} "
-                     "(num_hidden_layers)")
+        parts.append(
+            f"the weights hold {layers_saved} encoder layers, the config builds {layers_model} (num_hidden_layers)"
+        )
     if missing:
-        parts.append(f"{len(missing)} encoder tensors missing from the weights (e.g. {missing[0]}): they would keep "
-                     "their random initialisation")
+        parts.append(
+            f"{len(missing)} encoder tensors missing from the weights (e.g. {missing[0]}): they would keep "
+            "their random initialisation"
+        )
     if unexpected:
         parts.append(f"{len(unexpected)} saved encoder tensors the model has no place for (e.g. {unexpected[0]})")
     if reshaped:
         k = reshaped[0]
-        parts.append(f"{len(reshaped)} encoder tensors of another shape (e.g. {k}: saved {saved[k]}, model "
-                     f"{expected[k]})")
+        parts.append(
+            f"{len(reshaped)} encoder tensors of another shape (e.g. {k}: saved {saved[k]}, model {expected[k]})"
+        )
     return "; ".join(parts)
 
 
@@ -138,8 +145,10 @@ def load_checked(model_class, name_or_path, *, allow_mismatched_weights: bool = 
     except RuntimeError as error:
         if "ignore_mismatched_sizes" not in str(error):
             raise
-        raise WeightsMismatchError(f"{name_or_path}: config.json does not match the weights: tensors of another "
-                                   "shape (listed in the load report above); fix config.json") from error
+        raise WeightsMismatchError(
+            f"{name_or_path}: config.json does not match the weights: tensors of another "
+            "shape (listed in the load report above); fix config.json"
+        ) from error
     if not files:  # downloaded just now: check the cached files
         files = weight_files(name_or_path)
         shapes = saved_tensor_shapes(files)
@@ -163,5 +172,11 @@ def verify_loaded_model(model, *, allow_mismatched_weights: bool = False) -> Non
     model._mmae_weights_checked = True
 
 
-__all__ = ["WeightsMismatchError", "encoder_mismatch", "load_checked", "saved_tensor_shapes", "verify_loaded_model",
-           "weight_files"]
+__all__ = [
+    "WeightsMismatchError",
+    "encoder_mismatch",
+    "load_checked",
+    "saved_tensor_shapes",
+    "verify_loaded_model",
+    "weight_files",
+]

@@ -68,9 +68,20 @@ UDP_CLASSES = ("udp-stream", "dtls-messaging")
 DEFAULT_SNAPLEN = 1514
 MAX_FILE_BYTES = 1_000_000
 HOSTNAMES = (
-    "api.example.com", "cdn.example.net", "files.example.org", "static.test", "chat.example.com",
-    "push.example.net", "mail.example.org", "smtp.example.test", "media.example.com", "rtc.example.net",
-    "update.example.org", "img.example.test", "login.example.com", "storage.example.net",
+    "api.example.com",
+    "cdn.example.net",
+    "files.example.org",
+    "static.test",
+    "chat.example.com",
+    "push.example.net",
+    "mail.example.org",
+    "smtp.example.test",
+    "media.example.com",
+    "rtc.example.net",
+    "update.example.org",
+    "img.example.test",
+    "login.example.com",
+    "storage.example.net",
 )
 
 
@@ -86,8 +97,11 @@ def check_requirements():
     problems = []
     if not sys.platform.startswith("linux"):
         problems.append("needs Linux (captures on the 'lo' interface, uses any 127.x.y.z address)")
-    for tool, hint in (("tcpdump", "apt-get install -y tcpdump"), ("openssl", "apt-get install -y openssl"),
-                       ("curl", "apt-get install -y curl")):
+    for tool, hint in (
+        ("tcpdump", "apt-get install -y tcpdump"),
+        ("openssl", "apt-get install -y openssl"),
+        ("curl", "apt-get install -y curl"),
+    ):
         if shutil.which(tool) is None:
             problems.append(f"'{tool}' not found on PATH (Debian/Ubuntu: {hint})")
     if hasattr(os, "geteuid") and os.geteuid() != 0:
@@ -104,9 +118,26 @@ def make_certificate(workdir, name, hostname, key_type):
     else:
         newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
     subprocess.run(
-        ["openssl", "req", "-x509", "-nodes", "-days", "30", *newkey, "-keyout", str(key), "-out", str(crt),
-         "-subj", f"/CN={hostname}", "-addext", f"subjectAltName=DNS:{hostname}"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "30",
+            *newkey,
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+            "-subj",
+            f"/CN={hostname}",
+            "-addext",
+            f"subjectAltName=DNS:{hostname}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return crt, key
 
@@ -194,8 +225,10 @@ class Session:
             security = f"dtls 1.2 {self.key_type}"
         else:
             security = f"tls<= {'1.3' if self.tls_max == ssl.TLSVersion.TLSv1_3 else '1.2'} {self.key_type}"
-        return (f"{self.label}/{self.index:02d} server {self.server_ip}:{self.port} client {self.client_ip} "
-                f"sni {self.hostname} {security}")
+        return (
+            f"{self.label}/{self.index:02d} server {self.server_ip}:{self.port} client {self.client_ip} "
+            f"sni {self.hostname} {security}"
+        )
 
 
 def tcp_listener(session, backlog=64):
@@ -208,8 +241,9 @@ def tcp_listener(session, backlog=64):
 
 
 def tcp_connect(session, timeout=10.0):
-    return socket.create_connection((session.server_ip, session.port), timeout=timeout,
-                                    source_address=(session.client_ip, 0))
+    return socket.create_connection(
+        (session.server_ip, session.port), timeout=timeout, source_address=(session.client_ip, 0)
+    )
 
 
 def run_threads(targets):
@@ -275,8 +309,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _api_reply(self):
         rng = random.Random(hash((self.path, time.time())))
         time.sleep(rng.uniform(0.003, 0.04))  # server "think" time
-        items = [{"id": rng.randint(1, 10**6), "name": f"item-{rng.randint(0, 999)}",
-                  "score": round(rng.random(), 4)} for _ in range(rng.randint(0, 12))]
+        items = [
+            {"id": rng.randint(1, 10**6), "name": f"item-{rng.randint(0, 999)}", "score": round(rng.random(), 4)}
+            for _ in range(rng.randint(0, 12))
+        ]
         body = json.dumps({"ok": True, "path": self.path, "items": items}).encode()
         self._reply(body, "application/json")
 
@@ -315,9 +351,19 @@ def https_bulk(session):
         n_blobs = 2 if rng.random() < 0.25 else 1
         sizes = [int(10 ** rng.uniform(3.9, 6.2)) for _ in range(n_blobs)]  # ~8 KB .. 1.6 MB
         urls = [f"https://{session.hostname}:{session.port}/blob/{s}?f={flow}" for s in sizes]
-        cmd = ["curl", "-sS", "-k", "--max-time", "20", "--interface", session.client_ip,
-               "--resolve", f"{session.hostname}:{session.port}:{host_part}",
-               "-A", rng.choice(["curl/7.88.1", "Mozilla/5.0 (X11; Linux x86_64)", "Wget/1.21"])]
+        cmd = [
+            "curl",
+            "-sS",
+            "-k",
+            "--max-time",
+            "20",
+            "--interface",
+            session.client_ip,
+            "--resolve",
+            f"{session.hostname}:{session.port}:{host_part}",
+            "-A",
+            rng.choice(["curl/7.88.1", "Mozilla/5.0 (X11; Linux x86_64)", "Wget/1.21"]),
+        ]
         cmd += rng.choice([["--http1.1"], ["--http1.1"], ["--http2"]])
         if session.tls_max == ssl.TLSVersion.TLSv1_2:
             cmd += ["--tls-max", "1.2"]
@@ -349,11 +395,13 @@ def https_api(session):
         token = f"{rng.getrandbits(128):032x}"
 
         def job(plan=plan, token=token):
-            conn = http.client.HTTPSConnection(session.hostname, session.port, timeout=10, context=client_ctx,
-                                               source_address=(session.client_ip, 0))
+            conn = http.client.HTTPSConnection(
+                session.hostname, session.port, timeout=10, context=client_ctx, source_address=(session.client_ip, 0)
+            )
             # connect to the loopback address while SNI and Host carry the session's hostname
             conn._create_connection = lambda _addr, *a, **k: socket.create_connection(
-                (session.server_ip, session.port), *a, **k)
+                (session.server_ip, session.port), *a, **k
+            )
             try:
                 for method, path, body, gap in plan:
                     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
@@ -411,8 +459,14 @@ def tls_chat(session):
                 def pusher():  # unsolicited messages from "other users"
                     while not done.wait(prng.uniform(0.2, 1.2)):
                         with lock:
-                            _send_msg(conn, {"type": "msg", "from": f"user{prng.randint(1, 50)}",
-                                             "text": "y" * prng.randint(3, 160)})
+                            _send_msg(
+                                conn,
+                                {
+                                    "type": "msg",
+                                    "from": f"user{prng.randint(1, 50)}",
+                                    "text": "y" * prng.randint(3, 160),
+                                },
+                            )
 
                 t = threading.Thread(target=pusher, daemon=True)
                 t.start()
@@ -455,8 +509,9 @@ def tls_chat(session):
         time.sleep(crng.uniform(0, 0.8))
         with client_ctx.wrap_socket(tcp_connect(session), server_hostname=session.hostname) as conn:
             conn.settimeout(15)
-            _send_msg(conn, {"type": "hello", "user": f"user{crng.randint(1, 50)}", "token":
-                             f"{crng.getrandbits(96):024x}"})
+            _send_msg(
+                conn, {"type": "hello", "user": f"user{crng.randint(1, 50)}", "token": f"{crng.getrandbits(96):024x}"}
+            )
 
             def reader():
                 try:
@@ -567,18 +622,24 @@ def smtp_starttls(session):
             msg["From"] = f"user{rng.randint(1, 99)}@example.org"
             msg["To"] = ", ".join(f"rcpt{rng.randint(1, 99)}@example.com" for _ in range(rng.randint(1, 3)))
             msg["Subject"] = " ".join(rng.choice(words) for _ in range(rng.randint(1, 5)))
-            msg.set_content("\n".join(" ".join(rng.choice(words) for _ in range(12))
-                                      for _ in range(rng.randint(2, 120))))
+            msg.set_content(
+                "\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(rng.randint(2, 120)))
+            )
             if rng.random() < 0.2:
-                msg.add_attachment(rng.randbytes(rng.randint(2000, 12000)), maintype="application",
-                                   subtype="octet-stream", filename="data.bin")
+                msg.add_attachment(
+                    rng.randbytes(rng.randint(2000, 12000)),
+                    maintype="application",
+                    subtype="octet-stream",
+                    filename="data.bin",
+                )
             mails.append(msg)
         pause = rng.uniform(0.0, 0.4)
 
         def job(mails=mails, pause=pause):
             time.sleep(pause)
-            with smtplib.SMTP(timeout=10, local_hostname="client.example.org",
-                              source_address=(session.client_ip, 0)) as smtp:
+            with smtplib.SMTP(
+                timeout=10, local_hostname="client.example.org", source_address=(session.client_ip, 0)
+            ) as smtp:
                 smtp.connect(session.server_ip, session.port)
                 smtp._host = session.hostname  # SNI name for STARTTLS (we connect to a loopback address)
                 smtp.ehlo()
@@ -675,8 +736,9 @@ def _feed(proc, rng, n_messages, delay):
         for _ in range(n_messages):
             time.sleep(rng.uniform(*delay))
             # lines start with a digit: s_server reads a leading letter (q, r, k, ...) as a command
-            line = f"{rng.randint(0, 9999)} " + "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ")
-                                                        for _ in range(rng.randint(4, 300)))
+            line = f"{rng.randint(0, 9999)} " + "".join(
+                rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(rng.randint(4, 300))
+            )
             proc.stdin.write(line.encode() + b"\n")
             proc.stdin.flush()
     except (BrokenPipeError, OSError, ValueError):
@@ -692,9 +754,23 @@ def dtls_messaging(session):
     # one s_server per flow (it serves one DTLS client, -naccept 1), so flows run one after another
     for _ in range(rng.randint(8, 11)):
         server = subprocess.Popen(
-            ["openssl", "s_server", "-dtls", "-accept", f"{host}:{session.port}", "-cert", str(crt), "-key", str(key),
-             "-naccept", "1"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            [
+                "openssl",
+                "s_server",
+                "-dtls",
+                "-accept",
+                f"{host}:{session.port}",
+                "-cert",
+                str(crt),
+                "-key",
+                str(key),
+                "-naccept",
+                "1",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         client = None
         try:
             # s_server prints ACCEPT once its socket is bound; drain the rest so it never blocks on stdout
@@ -704,13 +780,31 @@ def dtls_messaging(session):
                     raise RuntimeError("openssl s_server did not start")
             threading.Thread(target=server.stdout.read, daemon=True).start()
             client = subprocess.Popen(
-                ["openssl", "s_client", "-dtls", "-connect", f"{host}:{session.port}", "-bind", f"{chost}:0",
-                 "-servername", session.hostname, "-cipher", cipher, "-quiet", "-no_ign_eof", "-nocommands"],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    "openssl",
+                    "s_client",
+                    "-dtls",
+                    "-connect",
+                    f"{host}:{session.port}",
+                    "-bind",
+                    f"{chost}:0",
+                    "-servername",
+                    session.hostname,
+                    "-cipher",
+                    cipher,
+                    "-quiet",
+                    "-no_ign_eof",
+                    "-nocommands",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             server_rng, client_rng = random.Random(rng.random()), random.Random(rng.random())
             n_client = rng.randint(2, 10)
-            pusher = threading.Thread(target=_feed, args=(server, server_rng, rng.randint(0, 5), (0.05, 0.3)),
-                                      daemon=True)
+            pusher = threading.Thread(
+                target=_feed, args=(server, server_rng, rng.randint(0, 5), (0.05, 0.3)), daemon=True
+            )
             pusher.start()
             _feed(client, client_rng, n_client, (0.02, 0.2))
             time.sleep(rng.uniform(0.05, 0.3))

@@ -21,8 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_ENV = "MMAE_SHARED_DIR"
 REQUIRE_ENV = "MMAE_REQUIRE_SHARED"
 MARKER = "shared_data"
-SKIP_REASON = (f"needs the development data in ../shared or ${SHARED_ENV} (absent here); "
-               "see README 'Extra test data'")
+SKIP_REASON = f"needs the development data in ../shared or ${SHARED_ENV} (absent here); see README 'Extra test data'"
 TEMP_ROOT = REPO / ".pytest_tmp"
 
 
@@ -45,7 +44,8 @@ def pytest_configure(config):
     if os.environ.get(REQUIRE_ENV) == "1" and not shared_available():
         raise pytest.UsageError(
             f"{REQUIRE_ENV}=1 but the development data is missing: {shared_root()} needs data/ and reference/ "
-            f"(put the shared folder beside the clone, or set {SHARED_ENV})")
+            f"(put the shared folder beside the clone, or set {SHARED_ENV})"
+        )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -34,8 +34,27 @@ REPO_TYPES = ("model", "dataset", "space")
 # Files the fake Hub stores as LFS objects (the real Hub decides by .gitattributes and content; datasets'
 # push_to_hub requires "lfs" for parquet shards because it deletes the temporary shard after preupload).
 _LFS_SUFFIXES = (
-    ".parquet", ".arrow", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npy", ".npz", ".h5", ".onnx",
-    ".pcap", ".pcapng", ".zip", ".gz", ".tar", ".7z", ".png", ".jpg", ".msgpack", ".pkl",
+    ".parquet",
+    ".arrow",
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".npy",
+    ".npz",
+    ".h5",
+    ".onnx",
+    ".pcap",
+    ".pcapng",
+    ".zip",
+    ".gz",
+    ".tar",
+    ".7z",
+    ".png",
+    ".jpg",
+    ".msgpack",
+    ".pkl",
 )
 _LFS_MIN_SIZE = 10 * 1024 * 1024
 
@@ -110,7 +129,9 @@ class _HubState:
             return self.repos[key], False
         repo = _Repo(repo_type, repo_id, private)
         # The real Hub creates every repo with an initial commit holding .gitattributes.
-        gitattributes = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
+        gitattributes = (
+            b"*.parquet filter=lfs diff=lfs merge=lfs -text\n*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
+        )
         repo.commits.append(
             _Commit(self.new_sha(repo_id), "initial commit", {".gitattributes": _Blob(gitattributes, False)})
         )
@@ -157,7 +178,9 @@ class _Handler(BaseHTTPRequestHandler):
             return b"".join(chunks)
         return b""
 
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, content_type: str = "application/json"):
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict | None = None, content_type: str = "application/json"
+    ):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -195,8 +218,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, path: str, query: dict) -> bool:
         method = self.command
         if path == "/api/whoami-v2" and method == "GET":
-            self._json({"type": "user", "name": USER, "fullname": USER, "orgs": [],
-                        "auth": {"type": "access_token", "accessToken": {"displayName": "fake", "role": "write"}}})
+            self._json(
+                {
+                    "type": "user",
+                    "name": USER,
+                    "fullname": USER,
+                    "orgs": [],
+                    "auth": {"type": "access_token", "accessToken": {"displayName": "fake", "role": "write"}},
+                }
+            )
             return True
         if path == "/api/repos/create" and method == "POST":
             return self._create_repo()
@@ -283,21 +313,45 @@ class _Handler(BaseHTTPRequestHandler):
                 if blob.lfs:
                     sibling["lfs"] = {"size": len(blob.data), "sha256": blob.sha256, "pointerSize": 134}
                 siblings.append(sibling)
-            self._json({"id": repo.repo_id, "_id": repo.repo_id, "sha": commit.sha, "private": repo.private,
-                        "disabled": False, "gated": False, "downloads": 0, "likes": 0, "tags": [],
-                        "cardData": {}, "siblings": siblings, "lastModified": "2026-01-01T00:00:00.000Z",
-                        "createdAt": "2026-01-01T00:00:00.000Z", "author": repo.repo_id.split("/")[0]})
+            self._json(
+                {
+                    "id": repo.repo_id,
+                    "_id": repo.repo_id,
+                    "sha": commit.sha,
+                    "private": repo.private,
+                    "disabled": False,
+                    "gated": False,
+                    "downloads": 0,
+                    "likes": 0,
+                    "tags": [],
+                    "cardData": {},
+                    "siblings": siblings,
+                    "lastModified": "2026-01-01T00:00:00.000Z",
+                    "createdAt": "2026-01-01T00:00:00.000Z",
+                    "author": repo.repo_id.split("/")[0],
+                }
+            )
             return True
         if action == "refs" and method == "GET":
-            self._json({"branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": repo.head.sha}],
-                        "converts": [], "tags": [], "pullRequests": []})
+            self._json(
+                {
+                    "branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": repo.head.sha}],
+                    "converts": [],
+                    "tags": [],
+                    "pullRequests": [],
+                }
+            )
             return True
         if action == "preupload" and method == "POST":
             payload = json.loads(self._body() or b"{}")
             files = []
             for item in payload.get("files", []):
                 sample = base64.b64decode(item.get("sample", ""))
-                lfs = item["path"].lower().endswith(_LFS_SUFFIXES) or item.get("size", 0) >= _LFS_MIN_SIZE or b"\0" in sample
+                lfs = (
+                    item["path"].lower().endswith(_LFS_SUFFIXES)
+                    or item.get("size", 0) >= _LFS_MIN_SIZE
+                    or b"\0" in sample
+                )
                 files.append({"path": item["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False})
             self._json({"files": files, "commitOid": repo.head.sha})
             return True
@@ -346,13 +400,15 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         entries, folders = [], set()
         for name in names:
-            rel = name[len(prefix):]
+            rel = name[len(prefix) :]
             parts = rel.split("/")
             for depth in range(1, len(parts)):
                 folder = prefix + "/".join(parts[:depth])
                 if (recursive or depth == 1) and folder not in folders:
                     folders.add(folder)
-                    entries.append({"type": "directory", "path": folder, "oid": hashlib.sha1(folder.encode()).hexdigest()})
+                    entries.append(
+                        {"type": "directory", "path": folder, "oid": hashlib.sha1(folder.encode()).hexdigest()}
+                    )
             if recursive or len(parts) == 1:
                 entries.append(commit.files[name].entry(name))
         return entries
@@ -371,7 +427,11 @@ class _Handler(BaseHTTPRequestHandler):
                         self._error(412, "PreconditionFailed", "parentCommit is not the head of main")
                         return True
                 elif key == "file":
-                    data = base64.b64decode(value["content"]) if value.get("encoding", "base64") == "base64" else value["content"].encode()
+                    data = (
+                        base64.b64decode(value["content"])
+                        if value.get("encoding", "base64") == "base64"
+                        else value["content"].encode()
+                    )
                     files[value["path"]] = _Blob(data, False)
                 elif key == "lfsFile":
                     oid = value["oid"]
@@ -402,8 +462,11 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         blob = commit.files.get(path)
         if blob is None:
-            self._json({"error": f"Entry not found: {path}"}, 404,
-                       {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit.sha})
+            self._json(
+                {"error": f"Entry not found: {path}"},
+                404,
+                {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit.sha},
+            )
             return True
         etag = blob.sha256 if blob.lfs else _git_blob_sha1(blob.data)
         headers = {"X-Repo-Commit": commit.sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
@@ -419,7 +482,7 @@ class _Handler(BaseHTTPRequestHandler):
                 start, end = max(0, len(data) - int(end_s)), len(data) - 1
             end = min(end, len(data) - 1)
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            self._send(206, data[start:end + 1], headers, "application/octet-stream")
+            self._send(206, data[start : end + 1], headers, "application/octet-stream")
             return True
         self._send(200, data, headers, "application/octet-stream")
         return True
@@ -471,16 +534,18 @@ class FakeHub:
         env = dict(os.environ if base is None else base)
         for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN_PATH"):
             env.pop(key, None)
-        env.update({
-            "HF_ENDPOINT": self.url,
-            "HF_TOKEN": "hf_fake",
-            "HF_HOME": self.home or tempfile.mkdtemp(prefix="fake_hf_home_"),
-            "HF_HUB_DISABLE_XET": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-        })
+        env.update(
+            {
+                "HF_ENDPOINT": self.url,
+                "HF_TOKEN": "hf_fake",
+                "HF_HOME": self.home or tempfile.mkdtemp(prefix="fake_hf_home_"),
+                "HF_HUB_DISABLE_XET": "1",
+                "HF_HUB_DISABLE_TELEMETRY": "1",
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                "NO_PROXY": "127.0.0.1,localhost",
+                "no_proxy": "127.0.0.1,localhost",
+            }
+        )
         env.update(extra)
         return env
 

@@ -47,8 +47,9 @@ def reference_slot_hex(packet, remove_ip: bool) -> str:
     whole_hex = bytes(ip).hex()
     payload_hex = payload.hex()
     header_hex = whole_hex.replace(payload_hex, "") if payload_hex else whole_hex
-    return (header_hex[:SLOT_HEADER_DIGITS].ljust(SLOT_HEADER_DIGITS, "0")
-            + payload_hex[:SLOT_PAYLOAD_DIGITS].ljust(SLOT_PAYLOAD_DIGITS, "0"))
+    return header_hex[:SLOT_HEADER_DIGITS].ljust(SLOT_HEADER_DIGITS, "0") + payload_hex[:SLOT_PAYLOAD_DIGITS].ljust(
+        SLOT_PAYLOAD_DIGITS, "0"
+    )
 
 
 def reference_array(pcap: str | Path, remove_ip: bool = True) -> np.ndarray:

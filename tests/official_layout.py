@@ -19,18 +19,29 @@ WIDTH, DECODER_WIDTH, PATCH, TOKENS = 256, 128, 4, 400
 
 def _block(prefix: str, width: int) -> dict:
     return {
-        f"{prefix}.norm1.weight": (width,), f"{prefix}.norm1.bias": (width,),
-        f"{prefix}.mixer.qkv.weight": (3 * width, width), f"{prefix}.mixer.qkv.bias": (3 * width,),
-        f"{prefix}.mixer.proj.weight": (width, width), f"{prefix}.mixer.proj.bias": (width,),
-        f"{prefix}.norm2.weight": (width,), f"{prefix}.norm2.bias": (width,),
-        f"{prefix}.mlp.fc1.weight": (4 * width, width), f"{prefix}.mlp.fc1.bias": (4 * width,),
-        f"{prefix}.mlp.fc2.weight": (width, 4 * width), f"{prefix}.mlp.fc2.bias": (width,),
+        f"{prefix}.norm1.weight": (width,),
+        f"{prefix}.norm1.bias": (width,),
+        f"{prefix}.mixer.qkv.weight": (3 * width, width),
+        f"{prefix}.mixer.qkv.bias": (3 * width,),
+        f"{prefix}.mixer.proj.weight": (width, width),
+        f"{prefix}.mixer.proj.bias": (width,),
+        f"{prefix}.norm2.weight": (width,),
+        f"{prefix}.norm2.bias": (width,),
+        f"{prefix}.mlp.fc1.weight": (4 * width, width),
+        f"{prefix}.mlp.fc1.bias": (4 * width,),
+        f"{prefix}.mlp.fc2.weight": (width, 4 * width),
+        f"{prefix}.mlp.fc2.bias": (width,),
     }
 
 
 def _batch_norm(prefix: str, width: int) -> dict:
-    return {f"{prefix}.weight": (width,), f"{prefix}.bias": (width,), f"{prefix}.running_mean": (width,),
-            f"{prefix}.running_var": (width,), f"{prefix}.num_batches_tracked": ()}
+    return {
+        f"{prefix}.weight": (width,),
+        f"{prefix}.bias": (width,),
+        f"{prefix}.running_mean": (width,),
+        f"{prefix}.running_var": (width,),
+        f"{prefix}.num_batches_tracked": (),
+    }
 
 
 def _linear(prefix: str, out_features: int, in_features: int, bias: bool = True) -> dict:
@@ -38,8 +49,12 @@ def _linear(prefix: str, out_features: int, in_features: int, bias: bool = True)
 
 
 def _encoder() -> dict:
-    layout = {"cls_token": (1, 1, WIDTH), "pos_embed": (1, TOKENS + 1, WIDTH),
-              "patch_embed.proj.weight": (WIDTH, 1, PATCH), "patch_embed.proj.bias": (WIDTH,)}
+    layout = {
+        "cls_token": (1, 1, WIDTH),
+        "pos_embed": (1, TOKENS + 1, WIDTH),
+        "patch_embed.proj.weight": (WIDTH, 1, PATCH),
+        "patch_embed.proj.bias": (WIDTH,),
+    }
     for level, block in ENCODER_BLOCKS:
         layout.update(_block(f"mmae_core_block.levels.{level}.blocks.{block}", WIDTH))
     layout.update(_batch_norm("mmae_core_block.norm", 2048))
@@ -54,13 +69,19 @@ def _pretraining_extras() -> dict:
         for index in range(2):
             layout.update(_block(f"{name}.{index}", DECODER_WIDTH))
     for suffix in ("", "_losspred"):
-        layout.update({f"decoder_norm{suffix}.weight": (DECODER_WIDTH,), f"decoder_norm{suffix}.bias": (DECODER_WIDTH,)})
+        layout.update(
+            {f"decoder_norm{suffix}.weight": (DECODER_WIDTH,), f"decoder_norm{suffix}.bias": (DECODER_WIDTH,)}
+        )
         layout.update(_linear(f"decoder_pred{suffix}", PATCH, DECODER_WIDTH))
     router = "loss_predictor_router"
     for stream in ("len", "time"):
-        layout.update({f"{router}.{stream}_embedder.proj.weight": (64, 1, PATCH),
-                       f"{router}.{stream}_embedder.proj.bias": (64,),
-                       f"{router}.{stream}_pos_embed": (1, TOKENS, 64)})
+        layout.update(
+            {
+                f"{router}.{stream}_embedder.proj.weight": (64, 1, PATCH),
+                f"{router}.{stream}_embedder.proj.bias": (64,),
+                f"{router}.{stream}_pos_embed": (1, TOKENS, 64),
+            }
+        )
     layout.update(_linear(f"{router}.norm_to_saliency", 8, 1))
     for name in ("U_del", "U_sup", "V_del", "V_sup"):
         layout.update(_linear(f"{router}.router_{name}", 16, 16, bias=False))
@@ -70,7 +91,9 @@ def _pretraining_extras() -> dict:
     layout.update(_linear(f"{router}.selector_a", 32, 25, bias=False))
     layout.update(_linear(f"{router}.selector_b", 32, 25, bias=False))
     layout.update(_linear(f"{router}.stat_fusion.0", DECODER_WIDTH, DECODER_WIDTH))
-    layout.update({f"{router}.stat_fusion.1.weight": (DECODER_WIDTH,), f"{router}.stat_fusion.1.bias": (DECODER_WIDTH,)})
+    layout.update(
+        {f"{router}.stat_fusion.1.weight": (DECODER_WIDTH,), f"{router}.stat_fusion.1.bias": (DECODER_WIDTH,)}
+    )
     layout.update(_linear(f"{router}.stat_to_gate", 16, DECODER_WIDTH))
     layout.update(_batch_norm("stat_encoder.bn_input", 27))
     layout.update({"stat_encoder.cnn.0.weight": (16, 1, 3), "stat_encoder.cnn.0.bias": (16,)})

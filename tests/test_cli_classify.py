@@ -25,8 +25,10 @@ def model_dir(tmp_path_factory):
 def capture_dir(tmp_path_factory):
     """Six real single-flow captures in a folder tree plus one crafted capture with three flows and ARP noise."""
     root = tmp_path_factory.mktemp("captures")
-    folders = {"Chat": ("tls-chat-00", "smtp-starttls-00", "dtls-messaging-00"),
-               "Web": ("https-api-00", "https-bulk-00", "udp-stream-00")}
+    folders = {
+        "Chat": ("tls-chat-00", "smtp-starttls-00", "dtls-messaging-00"),
+        "Web": ("https-api-00", "https-bulk-00", "udp-stream-00"),
+    }
     for label, names in folders.items():
         (root / label).mkdir()
         for name in names:
@@ -42,13 +44,40 @@ def read_csv(path):
 
 def test_classify_folder_to_csv_with_summary(model_dir, capture_dir, tmp_path, capsys):
     output = tmp_path / "out" / "flows.csv"
-    code = classify_main([str(capture_dir), "--model", str(model_dir), "--output", str(output),
-                          "--batch-size", "4", "--top-k", "2", "--no-progress"])
+    code = classify_main(
+        [
+            str(capture_dir),
+            "--model",
+            str(model_dir),
+            "--output",
+            str(output),
+            "--batch-size",
+            "4",
+            "--top-k",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     rows = read_csv(output)
     assert len(rows) == 6 + len(CRAFTED_FLOWS)
-    assert {"src_ip", "src_port", "dst_ip", "dst_port", "protocol", "start_time", "end_time", "packet_count",
-            "label", "score", "ood", "label_1", "score_1", "label_2", "score_2"} <= set(rows[0])
+    assert {
+        "src_ip",
+        "src_port",
+        "dst_ip",
+        "dst_port",
+        "protocol",
+        "start_time",
+        "end_time",
+        "packet_count",
+        "label",
+        "score",
+        "ood",
+        "label_1",
+        "score_1",
+        "label_2",
+        "score_2",
+    } <= set(rows[0])
     assert all(r["label"] == r["label_1"] and r["label"] in LABELS for r in rows)
     assert all(float(r["score_1"]) >= float(r["score_2"]) for r in rows)
     summary = json.loads((tmp_path / "out" / "flows.csv.summary.json").read_text())
@@ -66,8 +95,21 @@ def test_output_formats_agree(model_dir, capture_dir, tmp_path):
 
     paths = {fmt: tmp_path / f"flows.{fmt}" for fmt in ("csv", "jsonl", "parquet")}
     for path in paths.values():
-        assert classify_main([str(capture_dir / "Chat"), "--model", str(model_dir), "--output", str(path),
-                              "--batch-size", "2", "--no-progress"]) == 0
+        assert (
+            classify_main(
+                [
+                    str(capture_dir / "Chat"),
+                    "--model",
+                    str(model_dir),
+                    "--output",
+                    str(path),
+                    "--batch-size",
+                    "2",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     from_csv = [(r["src_port"], r["label"]) for r in read_csv(paths["csv"])]
     lines = [json.loads(line) for line in paths["jsonl"].read_text().splitlines()]
     from_jsonl = [(str(r["src_port"]), r["label"]) for r in lines]
@@ -95,8 +137,20 @@ def test_damaged_and_missing_captures_are_reported_and_good_flows_kept(model_dir
     not_a_capture.write_text("these are notes, not packets\n")
     good = sorted((capture_dir / "Web").glob("*.pcap"))
     output = tmp_path / "flows.csv"
-    code = classify_main([str(good[0]), str(damaged), str(tmp_path / "missing.pcap"), str(not_a_capture),
-                          str(good[1]), "--model", str(model_dir), "--output", str(output), "--no-progress"])
+    code = classify_main(
+        [
+            str(good[0]),
+            str(damaged),
+            str(tmp_path / "missing.pcap"),
+            str(not_a_capture),
+            str(good[1]),
+            "--model",
+            str(model_dir),
+            "--output",
+            str(output),
+            "--no-progress",
+        ]
+    )
     assert code == 1
     rows = read_csv(output)
     sources = [r["source_file"] for r in rows]
@@ -112,8 +166,9 @@ def test_damaged_and_missing_captures_are_reported_and_good_flows_kept(model_dir
 
 def test_stream_is_lazy_and_batched(model_dir, capture_dir):
     """Bounded memory: sources are read only as batches are needed, and no batch exceeds batch_size."""
-    classify = TrafficClassificationPipeline(model=MMAEForSequenceClassification.from_pretrained(model_dir),
-                                             device=-1, task="traffic-classification")
+    classify = TrafficClassificationPipeline(
+        model=MMAEForSequenceClassification.from_pretrained(model_dir), device=-1, task="traffic-classification"
+    )
     files = sorted(str(p) for p in capture_dir.rglob("*.pcap") if p.parent != capture_dir)
     opened = []
 
@@ -131,9 +186,25 @@ def test_stream_is_lazy_and_batched(model_dir, capture_dir):
 
 def test_explain_writes_per_flow_files(model_dir, capture_dir, tmp_path):
     explain = tmp_path / "explain"
-    assert classify_main([str(capture_dir / "Web"), "--model", str(model_dir), "--output", str(tmp_path / "f.csv"),
-                          "--explain", str(explain), "--explain-limit", "2", "--explain-steps", "4",
-                          "--no-progress"]) == 0
+    assert (
+        classify_main(
+            [
+                str(capture_dir / "Web"),
+                "--model",
+                str(model_dir),
+                "--output",
+                str(tmp_path / "f.csv"),
+                "--explain",
+                str(explain),
+                "--explain-limit",
+                "2",
+                "--explain-steps",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in explain.iterdir()) == [
         f"flow_0000{i}.{ext}" for i in range(2) for ext in ("json", "npy", "png")
     ]
@@ -143,9 +214,25 @@ def test_explain_writes_per_flow_files(model_dir, capture_dir, tmp_path):
     assert np.load(explain / "flow_00001.npy").shape == (5, 320)
     assert document["method"] == "integrated_gradients" and document["completeness_delta"] is not None
     rollout = tmp_path / "rollout"
-    assert classify_main([str(capture_dir / "Web"), "--model", str(model_dir), "--output", str(tmp_path / "g.csv"),
-                          "--explain", str(rollout), "--explain-limit", "1", "--explain-method", "rollout",
-                          "--no-progress"]) == 0
+    assert (
+        classify_main(
+            [
+                str(capture_dir / "Web"),
+                "--model",
+                str(model_dir),
+                "--output",
+                str(tmp_path / "g.csv"),
+                "--explain",
+                str(rollout),
+                "--explain-limit",
+                "1",
+                "--explain-method",
+                "rollout",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     document = json.loads((rollout / "flow_00000.json").read_text())
     assert document["method"] == "attention_rollout" and document["completeness_delta"] is None
     assert np.load(rollout / "flow_00000.npy").min() >= 0
@@ -157,8 +244,23 @@ def test_shortcut_report_cli(model_dir, tmp_path, capsys):
     dataset = make_synthetic_traffic_dataset(num_classes=3, flows_per_class=8, seed=2, class_names=LABELS)
     dataset.save_to_disk(str(tmp_path / "dataset"))
     output = tmp_path / "report.json"
-    assert shortcut_report_main(["--model", str(model_dir), "--dataset", str(tmp_path / "dataset"),
-                                 "--split", "test", "--output", str(output), "--batch-size", "8"]) == 0
+    assert (
+        shortcut_report_main(
+            [
+                "--model",
+                str(model_dir),
+                "--dataset",
+                str(tmp_path / "dataset"),
+                "--split",
+                "test",
+                "--output",
+                str(output),
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     report = json.loads(output.read_text())
     assert report["split"] == "test" and report["num_flows"] == len(dataset["test"])
     assert report["preprocessing_mismatch"] == {}  # the dataset folder has no preprocessor_config.json
@@ -171,16 +273,44 @@ def test_shortcut_report_cli(model_dir, tmp_path, capsys):
     from mmae_hf.feature_extraction_mmae import MMAEFeatureExtractor
 
     MMAEFeatureExtractor(flow_options={"anonymize": "strict"}).save_pretrained(str(tmp_path / "dataset"))
-    assert shortcut_report_main(["--model", str(model_dir), "--dataset", str(tmp_path / "dataset"),
-                                 "--output", str(output), "--max-flows", "4"]) == 0
+    assert (
+        shortcut_report_main(
+            [
+                "--model",
+                str(model_dir),
+                "--dataset",
+                str(tmp_path / "dataset"),
+                "--output",
+                str(output),
+                "--max-flows",
+                "4",
+            ]
+        )
+        == 0
+    )
     report = json.loads(output.read_text())
     assert report["preprocessing_mismatch"] == {"anonymize": {"model": "default", "dataset": "strict"}}
     assert report["num_flows"] == 4
     assert "other flow options" in capsys.readouterr().err
-    assert shortcut_report_main(["--model", str(model_dir), "--dataset", str(tmp_path / "dataset"), "--split", "nope",
-                                 "--output", str(output)]) == 2
-    assert capsys.readouterr().err == (f"mmae-shortcut-report: error: --split nope: dataset {tmp_path / 'dataset'} has "
-                                       "no such split; it has test, train, validation\n")
+    assert (
+        shortcut_report_main(
+            [
+                "--model",
+                str(model_dir),
+                "--dataset",
+                str(tmp_path / "dataset"),
+                "--split",
+                "nope",
+                "--output",
+                str(output),
+            ]
+        )
+        == 2
+    )
+    assert capsys.readouterr().err == (
+        f"mmae-shortcut-report: error: --split nope: dataset {tmp_path / 'dataset'} has "
+        "no such split; it has test, train, validation\n"
+    )
 
 
 def test_without_output_flows_go_to_stdout_as_json_lines(model_dir, tmp_path, capsys):
@@ -207,4 +337,5 @@ def test_preprocessing_mismatch_fills_options_that_older_configs_lack(tmp_path):
     old_model = config("old", old_options)
     assert preprocessing_mismatch(old_model, config("new", FlowOptions().to_dict())) == {}
     assert preprocessing_mismatch(old_model, config("capped", FlowOptions(max_packets=100).to_dict())) == {
-        "max_packets": {"model": 0, "dataset": 100}}
+        "max_packets": {"model": 0, "dataset": 100}
+    }

@@ -58,8 +58,11 @@ def reference_official_forward(sd: dict, input_bytes: torch.Tensor):
         a = (attn @ v).transpose(1, 2).reshape(batch, length, width)
         h = h + F.linear(a, sd[p + "mixer.proj.weight"], sd[p + "mixer.proj.bias"])
         y = F.layer_norm(h, (width,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps=1e-5)
-        h = h + F.linear(F.gelu(F.linear(y, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])),
-                         sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+        h = h + F.linear(
+            F.gelu(F.linear(y, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])),
+            sd[p + "mlp.fc2.weight"],
+            sd[p + "mlp.fc2.bias"],
+        )
     logits = F.linear(h[:, 0], sd["head.weight"], sd["head.bias"]) if "head.weight" in sd else None
     return h, logits
 
@@ -97,9 +100,13 @@ def test_pretraining_conversion_maps_every_used_tensor(tmp_path, flows):
     assert loaded.config.num_labels == 5
     ours = loaded.state_dict()
     assert torch.equal(ours["decoder.decoder_pos_embed"], sd["decoder_pos_embed"])
-    assert torch.equal(ours["loss_predictor.layers.1.attention.qkv.weight"], sd["decoder_blocks_losspred.1.mixer.qkv.weight"])
+    assert torch.equal(
+        ours["loss_predictor.layers.1.attention.qkv.weight"], sd["decoder_blocks_losspred.1.mixer.qkv.weight"]
+    )
     assert torch.equal(ours["loss_predictor.pmp.selector_b.weight"], sd["loss_predictor_router.selector_b.weight"])
-    assert torch.equal(ours["mmae.encoder.layers.2.mlp.fc1.weight"], sd["mmae_core_block.levels.1.blocks.1.mlp.fc1.weight"])
+    assert torch.equal(
+        ours["mmae.encoder.layers.2.mlp.fc1.weight"], sd["mmae_core_block.levels.1.blocks.1.mlp.fc1.weight"]
+    )
     used = [k for k in sd if not k.startswith(("mmae_core_block.norm.", "mmae_core_block.head.", "stat_encoder."))]
     assert len(used) == len(ours)  # one-to-one
     ours_values = sorted(float(v.double().sum()) for v in ours.values())

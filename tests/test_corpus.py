@@ -44,8 +44,14 @@ def corpus_setup(tmp_path_factory):
         handle.write("source,path,license\n")
         for source, path in rows:
             handle.write(f"{source},{path},MIT\n")
-    return {"root": root, "public": public, "evaluation": evaluation, "held_out": held_out, "train": train_groups,
-            "dsd": dsd}
+    return {
+        "root": root,
+        "public": public,
+        "evaluation": evaluation,
+        "held_out": held_out,
+        "train": train_groups,
+        "dsd": dsd,
+    }
 
 
 def _identity_map(public):
@@ -62,8 +68,14 @@ def test_corpus_excludes_held_out_captures_and_payloads(corpus_setup):
     from mmae_hf.traffic.dataset import payload_digests
 
     out = corpus_setup["root"] / "corpus"
-    report = build_pretraining_corpus([corpus_setup["public"]], out, evaluation_sets=[corpus_setup["evaluation"]],
-                                      validation_size=0.2, progress=False, seed=0)
+    report = build_pretraining_corpus(
+        [corpus_setup["public"]],
+        out,
+        evaluation_sets=[corpus_setup["evaluation"]],
+        validation_size=0.2,
+        progress=False,
+        seed=0,
+    )
     corpus = load_from_disk(str(out))
 
     # (1) no capture a held-out flow was cut from is read
@@ -78,8 +90,11 @@ def test_corpus_excludes_held_out_captures_and_payloads(corpus_setup):
     assert report["removed_held_out_payloads"] == 2
     assert report["removed_held_out_payloads_by_source"] == {"repo-b": 2}
     held = load_from_disk(str(corpus_setup["evaluation"]))
-    held_digests = {row.tobytes() for s in ("validation", "test")
-                    for row in payload_digests(np.asarray(held[s]["input_bytes"], np.uint8))}
+    held_digests = {
+        row.tobytes()
+        for s in ("validation", "test")
+        for row in payload_digests(np.asarray(held[s]["input_bytes"], np.uint8))
+    }
     for split in corpus:
         digests = payload_digests(np.asarray(corpus[split]["input_bytes"], np.uint8))
         assert not {row.tobytes() for row in digests} & held_digests
@@ -100,8 +115,13 @@ def test_corpus_refuses_an_evaluation_set_anonymised_differently(corpus_setup, t
     from mmae_hf.traffic.corpus import build_pretraining_corpus
 
     with pytest.raises(ValueError, match="anonymised with 'default' but the corpus uses 'none'"):
-        build_pretraining_corpus([corpus_setup["public"]], tmp_path / "c", evaluation_sets=[corpus_setup["evaluation"]],
-                                 anonymize="none", progress=False)
+        build_pretraining_corpus(
+            [corpus_setup["public"]],
+            tmp_path / "c",
+            evaluation_sets=[corpus_setup["evaluation"]],
+            anonymize="none",
+            progress=False,
+        )
     assert not (tmp_path / "c").exists()
 
 

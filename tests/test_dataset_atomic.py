@@ -76,8 +76,14 @@ def _run_driver(tmp_path, point, signum, argv):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = dict(os.environ, HF_DATASETS_DISABLE_PROGRESS_BARS="1")  # datasets' own bars (not the builder's)
-    return subprocess.run([sys.executable, str(driver), point, str(int(signum)), str(SCRIPT), *argv],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    return subprocess.run(
+        [sys.executable, str(driver), point, str(int(signum)), str(SCRIPT), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("point, signum", [("save", signal.SIGINT), ("splits", signal.SIGTERM)])
@@ -85,21 +91,26 @@ def test_interrupted_overwrite_keeps_the_old_dataset(small_tree, other_tree, tmp
     out = tmp_path / "data"
     build_dataset(small_tree, out, progress=False, split_by="flow")
     before = _rows(out)
-    done = _run_driver(tmp_path, point, signum,
-                       ["--input", str(other_tree), "--output", str(out), "--overwrite", "--no-progress",
-                        "--split-by", "flow"])
+    done = _run_driver(
+        tmp_path,
+        point,
+        signum,
+        ["--input", str(other_tree), "--output", str(out), "--overwrite", "--no-progress", "--split-by", "flow"],
+    )
     assert done.returncode == 128 + signum, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert lines == [f"build_dataset.py: interrupted by {signum.name}; nothing was written (an existing output "
-                     "folder is unchanged)"], done.stderr  # one line, no traceback
+    assert lines == [
+        f"build_dataset.py: interrupted by {signum.name}; nothing was written (an existing output folder is unchanged)"
+    ], done.stderr  # one line, no traceback
     assert _rows(out) == before == _report_rows(out)  # the old dataset, whole
     assert _siblings(out) == []  # the staging folder is gone
 
 
 def test_killed_build_leaves_nothing_in_the_way(small_tree, tmp_path):
     out = tmp_path / "fresh"
-    done = _run_driver(tmp_path, "save", signal.SIGKILL, ["--input", str(small_tree), "--output", str(out),
-                                                          "--no-progress"])
+    done = _run_driver(
+        tmp_path, "save", signal.SIGKILL, ["--input", str(small_tree), "--output", str(out), "--no-progress"]
+    )
     assert done.returncode == -signal.SIGKILL
     assert not out.exists()  # never a half-written dataset at the output path
     assert len(_siblings(out)) == 1  # a SIGKILL cannot clean up: its staging folder stays (hidden) ...
@@ -123,8 +134,11 @@ def test_full_disk_during_overwrite_keeps_the_old_dataset(small_tree, other_tree
     if not with_errno:  # the free space is what names the cause then
         monkeypatch.setattr(dataset_module, "free_bytes", lambda path: 0)
         monkeypatch.setattr("mmae_hf.traffic.atomic.free_bytes", lambda path: 0)
-    with pytest.raises(OutputWriteError, match=r"the dataset could not be written: ENOSPC \(no space left on "
-                                               r"device\).*the output folder is unchanged"):
+    with pytest.raises(
+        OutputWriteError,
+        match=r"the dataset could not be written: ENOSPC \(no space left on "
+        r"device\).*the output folder is unchanged",
+    ):
         build_dataset(other_tree, out, progress=False, overwrite=True)
     assert _rows(out) == before and _siblings(out) == []
 
@@ -142,9 +156,14 @@ def test_full_disk_is_one_line_from_the_cli(small_tree, tmp_path, monkeypatch, c
     monkeypatch.setattr(dataset_module, "_save_preprocessor", full_disk)
     out = tmp_path / "cli"
     assert script.main(["--input", str(small_tree), "--output", str(out), "--no-progress"]) == 2
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip() and "Saving the dataset" not in line]
-    assert len(err) == 1 and err[0].startswith(f"build_dataset.py: error: {out}: the dataset could not be written: "
-                                               "ENOSPC (no space left on device)")
+    err = [
+        line
+        for line in capsys.readouterr().err.strip().splitlines()
+        if line.strip() and "Saving the dataset" not in line
+    ]
+    assert len(err) == 1 and err[0].startswith(
+        f"build_dataset.py: error: {out}: the dataset could not be written: ENOSPC (no space left on device)"
+    )
     assert not out.exists() and _siblings(out) == []
 
 
@@ -203,8 +222,12 @@ def test_num_proc_is_checked_and_capped(small_tree, tmp_path):
             build_dataset(small_tree, None, progress=False, num_proc=bad)
     result = build_dataset(small_tree, None, progress=False, num_proc=64)  # 6 captures
     assert result.report["input"]["num_proc"] == min(6, len(os.sched_getaffinity(0)))
-    done = subprocess.run([sys.executable, str(SCRIPT), "--input", str(small_tree), "--output", str(tmp_path / "o"),
-                           "--num-proc", "-5"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--input", str(small_tree), "--output", str(tmp_path / "o"), "--num-proc", "-5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "--num-proc must be >= 1 (got -5)" in done.stderr
     assert not (tmp_path / "o").exists()
 
@@ -228,8 +251,10 @@ def test_options_object_and_keywords_build_the_same(small_tree):
     options = BuildOptions(progress=False, split_by="flow", seed=3)
     by_object = build_dataset(small_tree, None, options)
     overridden = build_dataset(small_tree, None, options, seed=4)
-    train = {name: sorted(map(bytes, result.dataset["train"]["input_bytes"]))
-             for name, result in (("keywords", by_keywords), ("object", by_object), ("overridden", overridden))}
+    train = {
+        name: sorted(map(bytes, result.dataset["train"]["input_bytes"]))
+        for name, result in (("keywords", by_keywords), ("object", by_object), ("overridden", overridden))
+    }
     assert train["object"] == train["keywords"] != train["overridden"]  # keywords override the object's fields
     with pytest.raises(TypeError):
         build_dataset(small_tree, None, no_such_option=1)

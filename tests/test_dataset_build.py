@@ -75,13 +75,16 @@ def test_same_seed_identical_different_seed_differs_and_num_proc_is_deterministi
 
 
 def test_flow_and_time_splits_and_caps(tree):
-    res = build_dataset(tree, None, split_by="time", max_flows_per_class=10, min_flows_per_class=14, progress=False,
-                        dedup=False)
+    res = build_dataset(
+        tree, None, split_by="time", max_flows_per_class=10, min_flows_per_class=14, progress=False, dedup=False
+    )
     dd, rep = res.dataset, res.report
     assert rep["flows"]["classes_below_minimum"] == {"web": 13}  # 4 files x 3 flows + deep.pcap
     assert dd["train"].features["label"].names == ["chat", "video"]
-    assert {c: sum(rep["class_counts"][s][c] for s in rep["class_counts"]) for c in ("chat", "video")} == \
-        {"chat": 10, "video": 10}
+    assert {c: sum(rep["class_counts"][s][c] for s in rep["class_counts"]) for c in ("chat", "video")} == {
+        "chat": 10,
+        "video": 10,
+    }
     for split in ("validation", "test"):
         later = dd[split]
         for c in range(2):
@@ -92,11 +95,22 @@ def test_flow_and_time_splits_and_caps(tree):
 
 def test_options_chatter_min_packets_and_addresses(tmp_path):
     root = tmp_path / "in"
-    write_pcap(root / "a" / "x.pcap", [flow("a1", packets=4), flow("dns", proto="udp", dport=53, sport=5000),
-                                       flow("short", packets=1, sport=41000)])
+    write_pcap(
+        root / "a" / "x.pcap",
+        [flow("a1", packets=4), flow("dns", proto="udp", dport=53, sport=5000), flow("short", packets=1, sport=41000)],
+    )
     write_pcap(root / "b" / "y.pcap", [flow("b1", packets=4)])
-    res = build_dataset(root, tmp_path / "out", split_by="flow", drop_service_chatter=True, min_packets=2,
-                        keep_addresses=True, validation_size=0.0, test_size=0.0, progress=False)
+    res = build_dataset(
+        root,
+        tmp_path / "out",
+        split_by="flow",
+        drop_service_chatter=True,
+        min_packets=2,
+        keep_addresses=True,
+        validation_size=0.0,
+        test_size=0.0,
+        progress=False,
+    )
     assert len(load_traffic_dataset(tmp_path / "out")["test"]) == 0  # empty splits save and load
     with pytest.raises(ValueError, match=r"no flows left to write: 2 flows extracted from 2 captures"):
         build_dataset(root, None, min_packets=2, drop_service_chatter=True, min_flows_per_class=5, progress=False)
@@ -114,8 +128,9 @@ def test_max_packets_caps_every_flow_and_travels_in_the_preprocessor_config(tmp_
     root = tmp_path / "in"
     write_pcap(root / "a" / "x.pcap", [flow("a1", packets=5), flow("a2", packets=2, sport=41000)])
     write_pcap(root / "b" / "y.pcap", [flow("b1", packets=4)])
-    res = build_dataset(root, tmp_path / "out", split_by="flow", max_packets=3, validation_size=0.0, test_size=0.0,
-                        progress=False)
+    res = build_dataset(
+        root, tmp_path / "out", split_by="flow", max_packets=3, validation_size=0.0, test_size=0.0, progress=False
+    )
     rep = res.report
     assert rep["flow_options"]["max_packets"] == 3
     assert rep["packet_caps"] == {"source": "max_packets", "max_packets_by_class": {"a": 3, "b": 3}}
@@ -196,39 +211,49 @@ def test_cli_push_to_hub_and_load_back(tree, tmp_path):
 
     repo_root = Path(__file__).resolve().parents[1]
     script = tmp_path / "client.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, sys
-        sys.argv = ["build_dataset.py", "--input", {str(tree)!r}, "--output", {str(tmp_path / 'out')!r},
+        sys.argv = ["build_dataset.py", "--input", {str(tree)!r}, "--output", {str(tmp_path / "out")!r},
                     "--push-to-hub", "tester/traffic", "--seed", "3", "--no-progress", "--test-size", "0"]
-        sys.path.insert(0, {str(repo_root / 'dataset_scripts')!r})
+        sys.path.insert(0, {str(repo_root / "dataset_scripts")!r})
         import build_dataset
         assert build_dataset.main() == 0
         from mmae_hf.traffic.dataset import load_traffic_dataset
         hub = load_traffic_dataset("tester/traffic")
-        local = load_traffic_dataset({str(tmp_path / 'out')!r})
+        local = load_traffic_dataset({str(tmp_path / "out")!r})
         assert sorted(hub) == ["train", "validation"] and len(local["test"]) == 0  # the empty split stays local
         for split in ("train", "validation"):
             assert hub[split].features == local[split].features, split
             assert hub[split]["input_bytes"] == local[split]["input_bytes"], split
             assert hub[split]["source_file"] == local[split]["source_file"], split
         print("LOADED-OK")
-    """))
+    """)
+    )
     with FakeHub() as hub:
-        proc = subprocess.run([sys.executable, str(script)], env=hub.env(), capture_output=True, text=True,
-                              timeout=240, cwd=repo_root)
+        proc = subprocess.run(
+            [sys.executable, str(script)], env=hub.env(), capture_output=True, text=True, timeout=240, cwd=repo_root
+        )
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         assert "LOADED-OK" in proc.stdout and "| **total** |" in proc.stdout
         files = hub.files("tester/traffic", "dataset")
-        assert {"README.md", "build_report.json", "preprocessor_config.json",
-                "data/train-00000-of-00001.parquet"} <= set(files)
+        assert {
+            "README.md",
+            "build_report.json",
+            "preprocessor_config.json",
+            "data/train-00000-of-00001.parquet",
+        } <= set(files)
         card = hub.file_bytes("tester/traffic", "README.md", "dataset").decode()
         assert "dataset_info:" in card and "mmae_hf:" in card and "## Flow statistics" in card
         report = json.loads(hub.file_bytes("tester/traffic", "build_report.json", "dataset"))
         assert report["split"]["seed"] == 3
 
 
-NDPI_LAYOUT = {"Chat": {"Alpha": 4, "Bravo": 1, "Charlie": 3}, "VPN": {"Delta": 5, "Echo": 2},
-               "Web": {"Foxtrot": 4, "Golf": 3, "Hotel": 1}}  # {class: {app: source captures}}
+NDPI_LAYOUT = {
+    "Chat": {"Alpha": 4, "Bravo": 1, "Charlie": 3},
+    "VPN": {"Delta": 5, "Echo": 2},
+    "Web": {"Foxtrot": 4, "Golf": 3, "Hotel": 1},
+}  # {class: {app: source captures}}
 
 
 @pytest.fixture(scope="module")
@@ -244,8 +269,9 @@ def ndpi_like(tmp_path_factory):
             for c in range(captures):
                 for f in range(3):
                     name = f"{label}/{app}__cap{c}__f{f:04d}.pcap"
-                    write_pcap(root / name, [flow(name, packets=4, sport=41000 + f, dport=443 + li,
-                                                  start=T0 + 60 * c + f)])
+                    write_pcap(
+                        root / name, [flow(name, packets=4, sport=41000 + f, dport=443 + li, start=T0 + 60 * c + f)]
+                    )
                     rows.append({"file": name, "label": label, "ndpi_app": app, "source_pcap": f"{app}-{c}.pcap"})
     with open(root / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -279,8 +305,16 @@ def check_split_by_source_capture(data, num_classes, min_groups):
 
 def check_seen_apps_split(data, **sizes):
     """--seen-column ndpi_app: still no capture on two sides, and every held-out app is also in train."""
-    res = build_dataset(data, None, recipe="ndpi-encrypted-services", seen_column="ndpi_app", seed=0,
-                        progress=False, num_proc=2, **sizes)
+    res = build_dataset(
+        data,
+        None,
+        recipe="ndpi-encrypted-services",
+        seen_column="ndpi_app",
+        seed=0,
+        progress=False,
+        num_proc=2,
+        **sizes,
+    )
     app_of = manifest_column(data, "ndpi_app")
     apps = {s: [app_of[name] for name in res.dataset[s]["source_file"]] for s in res.dataset}
     groups = {s: set(res.dataset[s]["group"]) for s in res.dataset}
@@ -294,8 +328,9 @@ def check_seen_apps_split(data, **sizes):
     with pytest.raises(ValueError, match="seen column 'app' is not in the header"):
         build_dataset(data, None, recipe="ndpi-encrypted-services", seen_column="app", progress=False)
     with pytest.raises(ValueError, match="seen_column 'ndpi_app' needs a group split .* not 'flow'"):
-        build_dataset(data, None, recipe="ndpi-encrypted-services", seen_column="ndpi_app", split_by="flow",
-                      progress=False)
+        build_dataset(
+            data, None, recipe="ndpi-encrypted-services", seen_column="ndpi_app", split_by="flow", progress=False
+        )
     return res, apps
 
 
@@ -333,17 +368,38 @@ def test_cli_reports_bad_input_in_one_line(tree, tmp_path, capsys):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "build_dataset_cli", Path(__file__).resolve().parents[1] / "dataset_scripts" / "build_dataset.py")
+        "build_dataset_cli", Path(__file__).resolve().parents[1] / "dataset_scripts" / "build_dataset.py"
+    )
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     manifest = tmp_path / "labels.csv"
     manifest.write_text("file,label\nchat/cap00.pcap,chat\nchat/cap99.pcap,chat\n")
-    assert cli.main(["--input", str(tree), "--manifest", str(manifest), "--output", str(tmp_path / "o"),
-                     "--no-progress"]) == 2
+    assert (
+        cli.main(["--input", str(tree), "--manifest", str(manifest), "--output", str(tmp_path / "o"), "--no-progress"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "labels.csv:3: file 'chat/cap99.pcap' does not exist" in err and "Traceback" not in err
-    assert cli.main(["--input", str(tree), "--output", str(tmp_path / "o2"), "--split-by", "flow", "--seed", "5",
-                     "--flow-option", "idle_timeout=30", "--max-flows-per-class", "4", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "--input",
+                str(tree),
+                "--output",
+                str(tmp_path / "o2"),
+                "--split-by",
+                "flow",
+                "--seed",
+                "5",
+                "--flow-option",
+                "idle_timeout=30",
+                "--max-flows-per-class",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "o2" / "build_report.json").read_text())
     assert report["flow_options"]["idle_timeout"] == 30 and report["split"]["method"] == "flow"
     assert all(sum(report["class_counts"][s][c] for s in report["class_counts"]) == 4 for c in report["classes"])

@@ -43,8 +43,7 @@ def test_seen_keys_split_holds_out_only_keys_that_train_holds():
     n, num_groups = 800, 80
     groups = rng.integers(0, num_groups, n)
     # captures 0-59 hold 1-2 of 12 common apps; captures 60-79 each hold an app no other capture has
-    apps = np.array([f"app{(g + int(rng.random() < 0.3)) % 12}" if g < 60 else f"app{g}" for g in groups],
-                    dtype=object)
+    apps = np.array([f"app{(g + int(rng.random() < 0.3)) % 12}" if g < 60 else f"app{g}" for g in groups], dtype=object)
     labels = np.array([int(a[3:]) % 4 for a in apps])
     group_names = np.array([f"cap{g}" for g in groups], dtype=object)
     assignment, report = split_flows("group", labels, groups=group_names, seed=2, seen_keys=apps)
@@ -126,8 +125,9 @@ def test_dedup_within_and_across_splits_with_label_conflicts():
     assert keep.tolist() == [False, True, True, True, True, False, True, False]
     assert report.removed_across_splits == 2 and report.removed_within_split == 1
     assert report.across_pairs == {"train->test": 1, "train->validation": 1}
-    assert report.label_conflicts == [{"labels": {0: 1, 1: 1}, "splits": ["train", "validation"],
-                                       "examples": ["f6", "f7"], "dropped": False}]
+    assert report.label_conflicts == [
+        {"labels": {0: 1, 1: 1}, "splits": ["train", "validation"], "examples": ["f6", "f7"], "dropped": False}
+    ]
     keep2, report2 = deduplicate(payload, labels, split, drop_label_conflicts=True)
     assert not keep2[6] and not keep2[7] and report2.removed_conflicts == 2
 

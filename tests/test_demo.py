@@ -35,11 +35,14 @@ def test_demo_script_is_valid_and_uses_existing_options():
     study = _load(REPO / "train" / "run_label_efficiency.py", "_demo_label_efficiency")
     assert _command_flags(text, "train/run_label_efficiency.py") <= _options(_capture_parser(study.parse_args))
     assert _command_flags(text, "dataset_scripts/build_dataset.py") <= set(
-        opt for opt in re.findall(r"--[a-z][a-z0-9-]*", (REPO / "dataset_scripts" / "build_dataset.py").read_text()))
+        opt for opt in re.findall(r"--[a-z][a-z0-9-]*", (REPO / "dataset_scripts" / "build_dataset.py").read_text())
+    )
     sample = REPO / "examples" / "sample_traffic"
     classes = [d for d in sample.iterdir() if d.is_dir() and list(d.glob("*.pcap*"))]
     assert len(classes) >= 2, "the demo needs the committed sample traffic (>= 2 classes)"
-    assert (REPO / "checkpoints" / "mmae-small" / "model.safetensors").is_file(), "the demo needs the shipped checkpoint"
+    assert (REPO / "checkpoints" / "mmae-small" / "model.safetensors").is_file(), (
+        "the demo needs the shipped checkpoint"
+    )
 
 
 def _capture_parser(parse_args):
@@ -72,8 +75,14 @@ def _command_flags(text, script):
 def test_shortened_demo_runs_end_to_end(tmp_path):
     import os
 
-    env = {**os.environ, "DEMO_SKIP_SETUP": "1", "DEMO_OUT": str(tmp_path / "demo"), "DEMO_MAX_STEPS": "2",
-           "DEMO_FEW": "2", "DEMO_JOBS": "2"}
+    env = {
+        **os.environ,
+        "DEMO_SKIP_SETUP": "1",
+        "DEMO_OUT": str(tmp_path / "demo"),
+        "DEMO_MAX_STEPS": "2",
+        "DEMO_FEW": "2",
+        "DEMO_JOBS": "2",
+    }
     result = subprocess.run(["bash", str(DEMO)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
@@ -81,8 +90,12 @@ def test_shortened_demo_runs_end_to_end(tmp_path):
     assert len(log.splitlines()) < 80, log
     for line in ("1/4 set up", "2/4 captures -> flow dataset", "3/4 fine-tune checkpoints/mmae-small", "4/4 done"):
         assert line in log
-    for model in ("MMAE pre-trained, fine-tuned", "same encoder from scratch", "ExtraTrees, flow statistics",
-                  "random forest, raw 1600 bytes"):
+    for model in (
+        "MMAE pre-trained, fine-tuned",
+        "same encoder from scratch",
+        "ExtraTrees, flow statistics",
+        "random forest, raw 1600 bytes",
+    ):
         assert model in result.stdout
     assert "with 2 labelled flows per class, the pre-trained encoder fine-tuned scores" in result.stdout
     study = json.loads((tmp_path / "demo" / "demo.json").read_text())
@@ -99,11 +112,38 @@ def test_pipeline_pretrain_finetune_table_on_synthetic(tmp_path):
     dsd = make_synthetic_traffic_dataset(num_classes=2, flows_per_class=8, seed=0)
     dsd.save_to_disk(str(tmp_path / "dataset"))
     run_study = _load(REPO / "train" / "run_study.py", "_demo_run_study2")
-    argv = ["--dataset", str(tmp_path / "dataset"), "--study", "demo-test", "--variants", "mmae", "linear_probe",
-            "random_probe", "extra_trees", "--seeds", "0", "--output-dir", str(tmp_path / "out"), "--results-dir", str(tmp_path / "out"),
-            "--pretrain-steps", "2", "--pretrain-batch-size", "4", "--epochs", "1", "--batch-size", "4",
-            "--tree-estimators", "10", "--pretrain-args", "--report_to none", "--finetune-args", "--report_to none",
-            "--quiet"]
+    argv = [
+        "--dataset",
+        str(tmp_path / "dataset"),
+        "--study",
+        "demo-test",
+        "--variants",
+        "mmae",
+        "linear_probe",
+        "random_probe",
+        "extra_trees",
+        "--seeds",
+        "0",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--results-dir",
+        str(tmp_path / "out"),
+        "--pretrain-steps",
+        "2",
+        "--pretrain-batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--tree-estimators",
+        "10",
+        "--pretrain-args",
+        "--report_to none",
+        "--finetune-args",
+        "--report_to none",
+        "--quiet",
+    ]
     assert run_study.main(argv) == 0
     study = json.loads((tmp_path / "out" / "demo-test.json").read_text())
     assert [row["variant"] for row in study["summary"]] == ["mmae", "linear_probe", "random_probe", "extra_trees"]

@@ -40,9 +40,11 @@ def spans(segments):
 def test_ipv4_tcp_fields_follow_the_header_lengths():
     from scapy.all import IP, TCP, Raw
 
-    packet = IP(src="10.1.2.3", dst="10.4.5.6", options=b"\x01\x01\x01\x01") / TCP(
-        sport=1234, dport=443, options=[("MSS", 1460), ("NOP", None), ("NOP", None), ("SAckOK", b"")]
-    ) / Raw(b"x" * 50)
+    packet = (
+        IP(src="10.1.2.3", dst="10.4.5.6", options=b"\x01\x01\x01\x01")
+        / TCP(sport=1234, dport=443, options=[("MSS", 1460), ("NOP", None), ("NOP", None), ("SAckOK", b"")])
+        / Raw(b"x" * 50)
+    )
     fields = spans(header_fields(slot_of(packet)))
     assert fields["ip.src"] == (12, 16) and fields["ip.dst"] == (16, 20)
     assert fields["ip.options"] == (20, 24)  # IHL 6
@@ -88,8 +90,10 @@ def test_occlusion_masks_agree_with_the_field_parser():
         flow[k] = slot_of(packet)
     masks = occlusion_masks(flow.reshape(1, -1))
     fields = field_map(flow.reshape(-1))
-    for what, names in (("addresses", ("ip.src", "ip.dst", "ip6.src", "ip6.dst")),
-                        ("ports", ("tcp.src_port", "tcp.dst_port", "udp.src_port", "udp.dst_port"))):
+    for what, names in (
+        ("addresses", ("ip.src", "ip.dst", "ip6.src", "ip6.dst")),
+        ("ports", ("tcp.src_port", "tcp.dst_port", "udp.src_port", "udp.dst_port")),
+    ):
         expected = np.zeros((5, 320), bool)
         for k, segments in enumerate(fields):
             for start, end, name in segments:
@@ -104,8 +108,9 @@ def test_occlusion_masks_agree_with_the_field_parser():
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    config = MMAEConfig.from_preset("mmae-tiny", num_labels=3, num_hidden_layers=1, hidden_size=32,
-                                    num_attention_heads=2, intermediate_size=64)
+    config = MMAEConfig.from_preset(
+        "mmae-tiny", num_labels=3, num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64
+    )
     return MMAEForSequenceClassification(config).eval()
 
 
@@ -136,10 +141,22 @@ def test_write_explanation_files(tiny_model, tmp_path):
     flow[0] = slot_of(IP(src="0.0.0.0", dst="0.0.0.0") / TCP(sport=0, dport=0, flags="S"))
     flow[1] = slot_of(IP(src="0.0.0.0", dst="0.0.0.0") / TCP(sport=0, dport=0, flags="PA") / Raw(b"\x16\x03" * 40))
     attributions, delta = integrated_gradients(tiny_model, flow.reshape(1, -1), steps=8)
-    paths = write_explanation(tmp_path, "flow_00000", attributions[0], flow.reshape(-1),
-                              flow={"protocol": 6, "src_ip": "10.0.0.1", "src_port": 1, "dst_ip": "10.0.0.2",
-                                    "dst_port": 443, "_inputs": "dropped"},
-                              explained_label="Web", delta=float(delta[0]))
+    paths = write_explanation(
+        tmp_path,
+        "flow_00000",
+        attributions[0],
+        flow.reshape(-1),
+        flow={
+            "protocol": 6,
+            "src_ip": "10.0.0.1",
+            "src_port": 1,
+            "dst_ip": "10.0.0.2",
+            "dst_port": 443,
+            "_inputs": "dropped",
+        },
+        explained_label="Web",
+        delta=float(delta[0]),
+    )
     grid = np.load(paths["npy"])
     assert grid.shape == (5, 320) and np.allclose(grid.reshape(-1), attributions[0])
     document = json.loads(paths["json"].read_text())

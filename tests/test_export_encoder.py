@@ -21,9 +21,17 @@ def pretraining_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("export")
     make_synthetic_traffic_dataset(num_classes=3, flows_per_class=8, seed=0).save_to_disk(str(root / "data"))
-    args = PretrainingArguments(dataset=str(root / "data"), output_dir=str(root / "run"), config="mmae-tiny",
-                                max_steps=2, per_device_train_batch_size=4, save_steps=0, report_to="none",
-                                progress_bar=False, seed=0)
+    args = PretrainingArguments(
+        dataset=str(root / "data"),
+        output_dir=str(root / "run"),
+        config="mmae-tiny",
+        max_steps=2,
+        per_device_train_batch_size=4,
+        save_steps=0,
+        report_to="none",
+        progress_bar=False,
+        seed=0,
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -41,8 +49,15 @@ def test_export_writes_an_encoder_only_folder_that_loads_without_surprises(pretr
 
     out = export_encoder(pretraining_run / "run", tmp_path / "mmae-exported")
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "README.md", "modeling_mmae.py", "configuration_mmae.py",
-            "pretraining_args.json", "pretraining_summary.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "modeling_mmae.py",
+        "configuration_mmae.py",
+        "pretraining_args.json",
+        "pretraining_summary.json",
+    } <= names
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["MMAEModel"]
     assert config["auto_map"]["AutoModel"] == "modeling_mmae.MMAEModel"
@@ -54,8 +69,9 @@ def test_export_writes_an_encoder_only_folder_that_loads_without_surprises(pretr
 
     encoder, info = AutoModel.from_pretrained(str(out), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    classifier, info = AutoModelForSequenceClassification.from_pretrained(str(out), num_labels=3,
-                                                                          output_loading_info=True)
+    classifier, info = AutoModelForSequenceClassification.from_pretrained(
+        str(out), num_labels=3, output_loading_info=True
+    )
     assert not info["unexpected_keys"]
     assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
     # the exported encoder is the run's encoder, weight for weight
@@ -105,26 +121,58 @@ def test_export_publishes_with_one_option_and_loads_by_repo_id_without_the_packa
     with FakeHub() as hub:
         env = {**hub.env(), "HF_HOME": str(tmp_path / "hf_home")}
         result = subprocess.run(
-            [sys.executable, str(REPO / "train" / "export_encoder.py"), "--pretraining_dir",
-             str(pretraining_run / "run"), "--output_dir", str(tmp_path / "mmae-exported"), "--push_to_hub", repo_id],
-            env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+            [
+                sys.executable,
+                str(REPO / "train" / "export_encoder.py"),
+                "--pretraining_dir",
+                str(pretraining_run / "run"),
+                "--output_dir",
+                str(tmp_path / "mmae-exported"),
+                "--push_to_hub",
+                repo_id,
+            ],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert "published to tester/mmae-exported" in result.stdout
         assert "\r" not in result.stdout + result.stderr  # no progress bars in a log
         local = {p.name for p in (tmp_path / "mmae-exported").iterdir()}
         assert set(hub.files(repo_id)) >= local  # exactly the exported folder is uploaded
-        load = subprocess.run([sys.executable, "-c", LOAD_REMOTE, repo_id], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=240)
+        load = subprocess.run(
+            [sys.executable, "-c", LOAD_REMOTE, repo_id],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert load.returncode == 0, load.stderr[-3000:]
         assert "REMOTE-OK (2, 64)" in load.stdout
 
 
 def test_export_refuses_a_bad_repo_id_before_any_work(pretraining_run, tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "train" / "export_encoder.py"), "--pretraining_dir", str(pretraining_run / "run"),
-         "--output_dir", str(tmp_path / "x"), "--push_to_hub", "not a repo"],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(REPO / "train" / "export_encoder.py"),
+            "--pretraining_dir",
+            str(pretraining_run / "run"),
+            "--output_dir",
+            str(tmp_path / "x"),
+            "--push_to_hub",
+            "not a repo",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "export_encoder.py: error: --push_to_hub not a repo: not a Hub repo id (owner/name)"]
+        "export_encoder.py: error: --push_to_hub not a repo: not a Hub repo id (owner/name)"
+    ]
     assert not (tmp_path / "x").exists()

@@ -82,22 +82,32 @@ def test_errors_carry_hub_error_codes_and_ranges_work():
             _get(f"{hub.url}/api/models/tester/nope")
         assert err.value.code == 404 and err.value.headers["X-Error-Code"] == "RepoNotFound"
 
-        req = urllib.request.Request(f"{hub.url}/api/repos/create", method="POST",
-                                     data=json.dumps({"name": "r", "type": "dataset"}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{hub.url}/api/repos/create",
+            method="POST",
+            data=json.dumps({"name": "r", "type": "dataset"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert json.load(resp)["url"] == f"{hub.url}/datasets/tester/r"
-        commit = b"\n".join(json.dumps(line).encode() for line in [
-            {"key": "header", "value": {"summary": "s"}},
-            {"key": "file", "value": {"path": "x/y.txt", "content": "aGVsbG8gd29ybGQ=", "encoding": "base64"}},
-        ])
+        commit = b"\n".join(
+            json.dumps(line).encode()
+            for line in [
+                {"key": "header", "value": {"summary": "s"}},
+                {"key": "file", "value": {"path": "x/y.txt", "content": "aGVsbG8gd29ybGQ=", "encoding": "base64"}},
+            ]
+        )
         req = urllib.request.Request(f"{hub.url}/api/datasets/tester/r/commit/main", method="POST", data=commit)
         with urllib.request.urlopen(req, timeout=10) as resp:
             sha = json.load(resp)["commitOid"]
         status, headers, body = _get(f"{hub.url}/datasets/tester/r/resolve/main/x/y.txt", {"Range": "bytes=6-"})
         assert status == 206 and body == b"world" and headers["X-Repo-Commit"] == sha
         _, _, tree = _get(f"{hub.url}/api/datasets/tester/r/tree/main?recursive=true")
-        assert [(e["type"], e["path"]) for e in json.loads(tree)] == [("file", ".gitattributes"), ("directory", "x"), ("file", "x/y.txt")]
+        assert [(e["type"], e["path"]) for e in json.loads(tree)] == [
+            ("file", ".gitattributes"),
+            ("directory", "x"),
+            ("file", "x/y.txt"),
+        ]
         with pytest.raises(urllib.error.HTTPError) as err:
             _get(f"{hub.url}/api/datasets/tester/r/tree/main/nothing")
         assert err.value.code == 404 and err.value.headers["X-Error-Code"] == "EntryNotFound"

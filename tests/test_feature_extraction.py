@@ -50,7 +50,9 @@ def test_pcap_rows_and_records_give_the_same_inputs():
     assert tuple(from_pcap["flow_stats"].shape) == (1, 27) and from_pcap["packet_directions"].dtype == torch.int8
     records = list(fe.extract_flows(data, accounting=PacketAccounting()))
     rows = [r.to_row() for r in records]
-    columns = {k: np.stack([r[k] for r in rows]) for k in ("input_bytes", "packet_lengths", "packet_iats", "flow_stats")}
+    columns = {
+        k: np.stack([r[k] for r in rows]) for k in ("input_bytes", "packet_lengths", "packet_iats", "flow_stats")
+    }
     for inputs in (fe(records), fe(rows), fe(rows[0]), fe(columns)):
         assert np.array_equal(inputs["input_bytes"], from_pcap["input_bytes"].numpy())
         assert np.array_equal(inputs["packet_lengths"], from_pcap["packet_lengths"].numpy())
@@ -113,6 +115,8 @@ def test_remote_code_without_mmae_hf(tmp_path):
         """
     )
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().endswith("OK 3")

@@ -48,9 +48,26 @@ def finetuned(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(finetuning, "make_compute_metrics", spying_make_compute_metrics)
         script = _load_script("finetune")
-        rc = script.main(["--dataset", str(root / "dataset"), "--output_dir", str(root / "run"),
-                          "--num_train_epochs", "3", "--per_device_train_batch_size", "8", "--learning_rate", "2e-3",
-                          "--logging_steps", "1", "--seed", "0", "--model_name", "mmae-tiny-synthetic"])
+        rc = script.main(
+            [
+                "--dataset",
+                str(root / "dataset"),
+                "--output_dir",
+                str(root / "run"),
+                "--num_train_epochs",
+                "3",
+                "--per_device_train_batch_size",
+                "8",
+                "--learning_rate",
+                "2e-3",
+                "--logging_steps",
+                "1",
+                "--seed",
+                "0",
+                "--model_name",
+                "mmae-tiny-synthetic",
+            ]
+        )
     assert rc == 0
     results = json.loads((root / "run" / "results.json").read_text())
     return {"root": root, "run": root / "run", "dsd": dsd, "results": results, "scored_sizes": scored_sizes}
@@ -119,7 +136,9 @@ def test_classifier_starts_from_pretrained_encoder(tmp_path):
     config = mmae_hf.MMAEConfig.from_preset("mmae-tiny")
     pretrained = mmae_hf.MMAEForPreTraining(config)
     pretrained.save_pretrained(str(tmp_path / "pre"))
-    args = finetuning.FinetuneArguments(dataset="unused", output_dir=str(tmp_path / "out"), pretrained=str(tmp_path / "pre"))
+    args = finetuning.FinetuneArguments(
+        dataset="unused", output_dir=str(tmp_path / "out"), pretrained=str(tmp_path / "pre")
+    )
     model = finetuning.build_model(args, ["a", "b"])
     assert model.config.id2label == {0: "a", 1: "b"} and model.config.label2id == {"a": 0, "b": 1}
     assert model.dtype == torch.float32
@@ -127,7 +146,9 @@ def test_classifier_starts_from_pretrained_encoder(tmp_path):
     for name, tensor in model.mmae.state_dict().items():
         torch.testing.assert_close(tensor, reference[name], rtol=0, atol=0)
     with pytest.raises(ValueError, match="--pretrained .*: not a saved model \\(no config.json"):
-        finetuning.build_model(finetuning.FinetuneArguments(dataset="x", output_dir="y", pretrained=str(tmp_path)), ["a"])
+        finetuning.build_model(
+            finetuning.FinetuneArguments(dataset="x", output_dir="y", pretrained=str(tmp_path)), ["a"]
+        )
 
 
 def test_collator_stacks_uint8_and_labels():
@@ -167,14 +188,24 @@ def test_the_recipe_fills_only_what_the_user_left_out():
 
     small = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o"), 90)
     assert small.recipe == "small_data"
-    assert (small.max_steps, small.per_device_train_batch_size, small.learning_rate, small.layer_decay,
-            small.head_warmup_steps, small.eval_every_steps) == (300, 32, 1e-3, 1.0, 50, 30)
+    assert (
+        small.max_steps,
+        small.per_device_train_batch_size,
+        small.learning_rate,
+        small.layer_decay,
+        small.head_warmup_steps,
+        small.eval_every_steps,
+    ) == (300, 32, 1e-3, 1.0, 50, 30)
     # 10 epochs when they are more than 300 steps: 1,283 flows / 32 per step
     assert resolve_recipe(FinetuneArguments(dataset="d", output_dir="o"), 1283).max_steps == 401
     big = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o"), SMALL_DATA_MAX_ROWS + 1)
     assert big.recipe == "epochs" and big.max_steps == -1 and big.num_train_epochs == 10
     assert (big.per_device_train_batch_size, big.learning_rate, big.layer_decay, big.head_warmup_steps) == (
-        64, 5e-4, 0.75, 0)
+        64,
+        5e-4,
+        0.75,
+        0,
+    )
     given = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o", learning_rate=3e-4, num_train_epochs=2), 90)
     assert given.learning_rate == 3e-4 and given.num_train_epochs == 2 and given.max_steps == -1  # the user's length
     short = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o", max_steps=12), 90)

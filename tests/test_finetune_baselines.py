@@ -47,16 +47,29 @@ def test_linear_probe_picks_c_on_validation(dsd, tmp_path):
 
 
 def test_summary_mean_std_and_markdown():
-    runs = [{"variant": "mmae", "seed": s, "test": {"macro_f1": f, "accuracy": a, "weighted_f1": f},
-             "validation": {"macro_f1": f, "accuracy": a, "weighted_f1": f}, "wall_time_s": 10.0}
-            for s, f, a in ((0, 0.7, 0.8), (1, 0.8, 0.9), (2, 0.9, 1.0))]
+    runs = [
+        {
+            "variant": "mmae",
+            "seed": s,
+            "test": {"macro_f1": f, "accuracy": a, "weighted_f1": f},
+            "validation": {"macro_f1": f, "accuracy": a, "weighted_f1": f},
+            "wall_time_s": 10.0,
+        }
+        for s, f, a in ((0, 0.7, 0.8), (1, 0.8, 0.9), (2, 0.9, 1.0))
+    ]
     rows = summarize_study(runs, ["mmae", "scratch"])
     assert len(rows) == 1  # variants without runs are left out
     assert rows[0]["test_macro_f1"]["mean"] == pytest.approx(0.8)
     assert rows[0]["test_macro_f1"]["std"] == pytest.approx(0.1)
     assert "| mmae | 3 | 0.8000 ± 0.1000 | 0.9000 ± 0.1000 |" in results_table(rows)
-    study = {"study": "s", "created": "now", "seeds": [0, 1, 2], "summary": rows, "settings": {"epochs": 1},
-             "dataset": {"name": "d", "num_rows": {"train": 1}, "label_names": ["a", "b"]}}
+    study = {
+        "study": "s",
+        "created": "now",
+        "seeds": [0, 1, 2],
+        "summary": rows,
+        "settings": {"epochs": 1},
+        "dataset": {"name": "d", "num_rows": {"train": 1}, "label_names": ["a", "b"]},
+    }
     text = study_markdown(study)
     assert VARIANTS["mmae"].description in text and "- mmae: 0: 0.7000, 1: 0.8000, 2: 0.9000" in text
 
@@ -77,9 +90,25 @@ def test_run_study_cli_with_trees(dsd, tmp_path):
     spec = importlib.util.spec_from_file_location("_run_study", REPO / "train" / "run_study.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    argv = ["--dataset", str(tmp_path / "data"), "--study", "unit", "--variants", "extra_trees", "random_forest",
-            "--seeds", "0", "1", "--output-dir", str(tmp_path / "out"), "--results-dir", str(tmp_path / "res"),
-            "--tree-estimators", "20", "--quiet"]
+    argv = [
+        "--dataset",
+        str(tmp_path / "data"),
+        "--study",
+        "unit",
+        "--variants",
+        "extra_trees",
+        "random_forest",
+        "--seeds",
+        "0",
+        "1",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--results-dir",
+        str(tmp_path / "res"),
+        "--tree-estimators",
+        "20",
+        "--quiet",
+    ]
     assert module.main(argv) == 0
     study = json.loads((tmp_path / "res" / "unit.json").read_text())
     assert [r["variant"] for r in study["summary"]] == ["extra_trees", "random_forest"]
@@ -98,8 +127,22 @@ def test_baselines_cli_tree(dsd, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("_baselines_cli", REPO / "train" / "baselines.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main(["tree", "--dataset", str(tmp_path / "data"), "--output-dir", str(tmp_path / "tree"),
-                        "--kind", "random_forest", "--n-estimators", "20"]) == 0
+    assert (
+        module.main(
+            [
+                "tree",
+                "--dataset",
+                str(tmp_path / "data"),
+                "--output-dir",
+                str(tmp_path / "tree"),
+                "--kind",
+                "random_forest",
+                "--n-estimators",
+                "20",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert '"macro_f1"' in printed and "test_confusion.png" in printed
     assert json.loads((tmp_path / "tree" / "results.json").read_text())["kind"] == "random_forest"

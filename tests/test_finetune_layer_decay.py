@@ -58,8 +58,9 @@ def _groups_by_name(groups, summary):
 
 def test_each_parameter_exactly_once_with_depth_multipliers():
     model = _Classifier(layers=3)
-    groups, summary = layer_decay_parameter_groups(model, base_lr=1e-3, weight_decay=0.05, layer_decay=0.5,
-                                                   num_layers=3)
+    groups, summary = layer_decay_parameter_groups(
+        model, base_lr=1e-3, weight_decay=0.05, layer_decay=0.5, num_layers=3
+    )
     by_name = _groups_by_name(groups, summary)
     assert set(by_name) == {n for n, _ in model.named_parameters()}
     ids = [id(p) for g in groups for p in g["params"]]
@@ -67,12 +68,12 @@ def test_each_parameter_exactly_once_with_depth_multipliers():
 
     # L = 3: embeddings 0.5^4, layer i 0.5^(3-i), top (final norm, head) 1.0
     expected = {
-        "mmae.embeddings.byte_embeddings.weight": 0.5 ** 4,
-        "mmae.embeddings.cls_token": 0.5 ** 4,
-        "mmae.embeddings.position_embeddings": 0.5 ** 4,
-        "mmae.encoder.layer.0.q_proj.weight": 0.5 ** 3,
-        "mmae.encoder.layer.1.fc.bias": 0.5 ** 2,
-        "mmae.encoder.layer.2.layernorm_before.weight": 0.5 ** 1,
+        "mmae.embeddings.byte_embeddings.weight": 0.5**4,
+        "mmae.embeddings.cls_token": 0.5**4,
+        "mmae.embeddings.position_embeddings": 0.5**4,
+        "mmae.encoder.layer.0.q_proj.weight": 0.5**3,
+        "mmae.encoder.layer.1.fc.bias": 0.5**2,
+        "mmae.encoder.layer.2.layernorm_before.weight": 0.5**1,
         "mmae.layernorm.weight": 1.0,
         "classifier.weight": 1.0,
         "classifier.bias": 1.0,
@@ -81,9 +82,11 @@ def test_each_parameter_exactly_once_with_depth_multipliers():
         assert by_name[name]["lr_scale"] == pytest.approx(scale), name
         assert by_name[name]["lr"] == pytest.approx(1e-3 * scale), name
     # strictly increasing learning rate with depth: embeddings are the most decayed
-    scales = [by_name["mmae.embeddings.byte_embeddings.weight"]["lr_scale"]] + \
-        [by_name[f"mmae.encoder.layer.{i}.q_proj.weight"]["lr_scale"] for i in range(3)] + \
-        [by_name["classifier.weight"]["lr_scale"]]
+    scales = (
+        [by_name["mmae.embeddings.byte_embeddings.weight"]["lr_scale"]]
+        + [by_name[f"mmae.encoder.layer.{i}.q_proj.weight"]["lr_scale"] for i in range(3)]
+        + [by_name["classifier.weight"]["lr_scale"]]
+    )
     assert scales == sorted(scales) and len(set(scales)) == 5
 
 
@@ -91,8 +94,14 @@ def test_no_weight_decay_on_norms_biases_pos_embed_cls():
     model = _Classifier()
     groups, summary = layer_decay_parameter_groups(model, base_lr=1.0, weight_decay=0.05, num_layers=3)
     by_name = _groups_by_name(groups, summary)
-    for name in ("mmae.embeddings.cls_token", "mmae.embeddings.position_embeddings", "mmae.layernorm.weight",
-                 "mmae.encoder.layer.0.layernorm_before.bias", "classifier.bias", "mmae.encoder.layer.1.fc.bias"):
+    for name in (
+        "mmae.embeddings.cls_token",
+        "mmae.embeddings.position_embeddings",
+        "mmae.layernorm.weight",
+        "mmae.encoder.layer.0.layernorm_before.bias",
+        "classifier.bias",
+        "mmae.encoder.layer.1.fc.bias",
+    ):
         assert by_name[name]["weight_decay"] == 0.0, name
     for name in ("mmae.embeddings.byte_embeddings.weight", "mmae.encoder.layer.2.fc.weight", "classifier.weight"):
         assert by_name[name]["weight_decay"] == 0.05, name
@@ -133,8 +142,11 @@ def test_real_mmae_classifier_groups():
         if name.startswith("mmae.embeddings."):
             assert group["layer_depth"] == 0 and group["lr_scale"] == 0.5 ** (layers + 1), name
         elif ".layers." in name or ".layer." in name:
-            index = int(name.split(".layers.")[-1].split(".")[0]) if ".layers." in name else int(
-                name.split(".layer.")[-1].split(".")[0])
+            index = (
+                int(name.split(".layers.")[-1].split(".")[0])
+                if ".layers." in name
+                else int(name.split(".layer.")[-1].split(".")[0])
+            )
             assert group["layer_depth"] == index + 1, name
             assert group["lr_scale"] == 0.5 ** (layers - index), name
         else:  # classifier (and a final norm, if the model has one)
@@ -146,17 +158,23 @@ def test_real_mmae_classifier_groups():
 
 def test_trainer_uses_the_groups_and_the_schedule_keeps_the_ratios(tmp_path):
     import mmae_hf
-    from mmae_hf.training.finetuning import (FinetuneArguments, FlowClassificationCollator, MMAEFinetuneTrainer,
-                                             make_training_arguments)
+    from mmae_hf.training.finetuning import (
+        FinetuneArguments,
+        FlowClassificationCollator,
+        MMAEFinetuneTrainer,
+        make_training_arguments,
+    )
 
     model = mmae_hf.MMAEForSequenceClassification(mmae_hf.MMAEConfig.from_preset("mmae-tiny", num_labels=2))
-    args = FinetuneArguments(dataset="x", output_dir=str(tmp_path), learning_rate=1e-3, layer_decay=0.5,
-                             warmup_ratio=0.2, report_to="none")
+    args = FinetuneArguments(
+        dataset="x", output_dir=str(tmp_path), learning_rate=1e-3, layer_decay=0.5, warmup_ratio=0.2, report_to="none"
+    )
     training_args = make_training_arguments(args, tmp_path)
     training_args.eval_strategy = "no"
     training_args.load_best_model_at_end = False
-    trainer = MMAEFinetuneTrainer(model=model, args=training_args, data_collator=FlowClassificationCollator(),
-                                  layer_decay=0.5)
+    trainer = MMAEFinetuneTrainer(
+        model=model, args=training_args, data_collator=FlowClassificationCollator(), layer_decay=0.5
+    )
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     groups = trainer.optimizer.param_groups
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
@@ -167,4 +185,4 @@ def test_trainer_uses_the_groups_and_the_schedule_keeps_the_ratios(tmp_path):
     assert top["lr_scale"] == 1.0 and 0 < top["lr"] < 1e-3
     for group in groups:
         assert group["lr"] == pytest.approx(top["lr"] * group["lr_scale"])
-    assert min(g["lr_scale"] for g in groups) == pytest.approx(0.5 ** 3)  # embeddings of a 2-layer model
+    assert min(g["lr_scale"] for g in groups) == pytest.approx(0.5**3)  # embeddings of a 2-layer model

@@ -19,8 +19,16 @@ from mmae_hf.weight_check import WeightsMismatchError, load_checked
 
 
 def _args(dataset, out, **extra):
-    values = dict(dataset=str(dataset), output_dir=str(out), max_steps=2, per_device_train_batch_size=8,
-                  per_device_eval_batch_size=16, logging_steps=1, report_to="none", seed=0)
+    values = dict(
+        dataset=str(dataset),
+        output_dir=str(out),
+        max_steps=2,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        logging_steps=1,
+        report_to="none",
+        seed=0,
+    )
     values.update(extra)
     return finetuning.FinetuneArguments(**values)
 
@@ -29,8 +37,11 @@ def _args(dataset, out, **extra):
 def test_one_class_dataset_is_refused(tmp_path):
     one = make_synthetic_traffic_dataset(num_classes=1, flows_per_class=8, seed=0)
     one.save_to_disk(str(tmp_path / "one"))
-    with pytest.raises(ValueError, match=r"needs at least 2 classes with training flows; train holds 1 \(app_0\).*"
-                                          r"macro-F1 1\.0"):
+    with pytest.raises(
+        ValueError,
+        match=r"needs at least 2 classes with training flows; train holds 1 \(app_0\).*"
+        r"macro-F1 1\.0",
+    ):
         finetuning.run_finetuning(_args(tmp_path / "one", tmp_path / "out"))
     assert not (tmp_path / "out" / "results.json").exists()
     # three label names, but the train split holds flows of one class only
@@ -93,18 +104,23 @@ def test_fine_tuning_refuses_a_config_that_does_not_fit_the_weights(pretrained_d
     labels = ["a", "b"]
     deeper = _edit_config(pretrained_dir, tmp_path / "deeper", num_hidden_layers=3)
     args = finetuning.FinetuneArguments(dataset="unused", output_dir=str(tmp_path / "o"), pretrained=str(deeper))
-    with pytest.raises(WeightsMismatchError, match=r"deeper: config.json does not match the weights: the weights hold "
-                                                   r"2 encoder layers, the config builds 3 \(num_hidden_layers\); 12 "
-                                                   r"encoder tensors missing.*--allow-mismatched-weights"):
+    with pytest.raises(
+        WeightsMismatchError,
+        match=r"deeper: config.json does not match the weights: the weights hold "
+        r"2 encoder layers, the config builds 3 \(num_hidden_layers\); 12 "
+        r"encoder tensors missing.*--allow-mismatched-weights",
+    ):
         finetuning.build_model(args, labels)
     args.allow_mismatched_weights = True  # forced: loads, with a warning
     assert finetuning.build_model(args, labels).config.num_hidden_layers == 3
     shallower = _edit_config(pretrained_dir, tmp_path / "shallower", num_hidden_layers=1)
     with pytest.raises(WeightsMismatchError, match=r"12 saved encoder tensors the model has no place for"):
-        finetuning.build_model(finetuning.FinetuneArguments(dataset="u", output_dir="o", pretrained=str(shallower)),
-                               labels)
+        finetuning.build_model(
+            finetuning.FinetuneArguments(dataset="u", output_dir="o", pretrained=str(shallower)), labels
+        )
     assert finetuning.build_model(  # the intact folder still loads
-        finetuning.FinetuneArguments(dataset="u", output_dir="o", pretrained=str(pretrained_dir)), labels)
+        finetuning.FinetuneArguments(dataset="u", output_dir="o", pretrained=str(pretrained_dir)), labels
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,29 +141,49 @@ def test_classifier_cli_refuses_mismatched_and_truncated_weights_in_one_line(cla
     from mmae_hf.cli import classify_main
 
     good, bad, truncated, capture = classifier_dirs
-    assert classify_main([str(capture), "--model", str(bad), "--output", str(tmp_path / "a.csv"),
-                          "--no-progress"]) == 2
+    assert classify_main([str(capture), "--model", str(bad), "--output", str(tmp_path / "a.csv"), "--no-progress"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mmae-classify")]
-    assert err == [f"mmae-classify: error: {bad}: config.json does not match the weights: the weights hold 2 encoder "
-                   "layers, the config builds 3 (num_hidden_layers); 12 encoder tensors missing from the weights (e.g. "
-                   "encoder.layers.2.attention.proj.bias): they would keep their random initialisation. Fix "
-                   "config.json, or pass --allow-mismatched-weights to load anyway"]
+    assert err == [
+        f"mmae-classify: error: {bad}: config.json does not match the weights: the weights hold 2 encoder "
+        "layers, the config builds 3 (num_hidden_layers); 12 encoder tensors missing from the weights (e.g. "
+        "encoder.layers.2.attention.proj.bias): they would keep their random initialisation. Fix "
+        "config.json, or pass --allow-mismatched-weights to load anyway"
+    ]
     assert not (tmp_path / "a.csv").exists()
     assert classify_main([str(capture), "--model", str(truncated), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"mmae-classify: error: {truncated / 'model.safetensors'}: not a readable safetensors file (Error "
-                   "while deserializing header: incomplete metadata, file not fully covered); the file is damaged or "
-                   "incomplete (re-download or re-save the model)"]
-    assert classify_main([str(capture), "--model", str(bad), "--allow-mismatched-weights", "--output",
-                          str(tmp_path / "forced.csv"), "--no-progress"]) == 0
-    assert classify_main([str(capture), "--model", str(good), "--output", str(tmp_path / "g.csv"),
-                          "--no-progress"]) == 0
+    assert err == [
+        f"mmae-classify: error: {truncated / 'model.safetensors'}: not a readable safetensors file (Error "
+        "while deserializing header: incomplete metadata, file not fully covered); the file is damaged or "
+        "incomplete (re-download or re-save the model)"
+    ]
+    assert (
+        classify_main(
+            [
+                str(capture),
+                "--model",
+                str(bad),
+                "--allow-mismatched-weights",
+                "--output",
+                str(tmp_path / "forced.csv"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        classify_main([str(capture), "--model", str(good), "--output", str(tmp_path / "g.csv"), "--no-progress"]) == 0
+    )
     capsys.readouterr()
     fifo = tmp_path / "trap.pcap"
     os.mkfifo(fifo)
     with deadline(60):  # a FIFO given as a capture is reported, never opened
-        assert classify_main([str(fifo), str(capture), "--model", str(good), "--output", str(tmp_path / "f.csv"),
-                              "--no-progress"]) == 1
+        assert (
+            classify_main(
+                [str(fifo), str(capture), "--model", str(good), "--output", str(tmp_path / "f.csv"), "--no-progress"]
+            )
+            == 1
+        )
     assert f"error: {fifo}: not a regular file (FIFO), not read" in capsys.readouterr().err.splitlines()
 
 

@@ -21,8 +21,14 @@ def scan(n_flows, t0=0.0, spacing=1e-4):
     recs = []
     for i in range(n_flows):
         host, port = divmod(i, 1000)
-        recs.append((t0 + i * spacing, ether(raw_tcp("10.0.0.1", f"172.16.{host // 250}.{host % 250 + 1}", 40000,
-                                                     1 + port, flags=0x02, seq=i))))
+        recs.append(
+            (
+                t0 + i * spacing,
+                ether(
+                    raw_tcp("10.0.0.1", f"172.16.{host // 250}.{host % 250 + 1}", 40000, 1 + port, flags=0x02, seq=i)
+                ),
+            )
+        )
     return pcap_bytes(recs)
 
 
@@ -39,8 +45,15 @@ def same_flows(a, b):
         assert np.array_equal(x.input_bytes, y.input_bytes) and np.array_equal(x.packet_lengths, y.packet_lengths)
         assert np.array_equal(x.packet_directions, y.packet_directions)
         assert np.allclose(x.packet_iats, y.packet_iats) and np.allclose(x.flow_stats, y.flow_stats, rtol=1e-5)
-        assert (x.src_ip, x.src_port, x.dst_ip, x.dst_port, x.start_time, x.end_time, x.packet_count) == \
-            (y.src_ip, y.src_port, y.dst_ip, y.dst_port, y.start_time, y.end_time, y.packet_count)
+        assert (x.src_ip, x.src_port, x.dst_ip, x.dst_port, x.start_time, x.end_time, x.packet_count) == (
+            y.src_ip,
+            y.src_port,
+            y.dst_ip,
+            y.dst_port,
+            y.start_time,
+            y.end_time,
+            y.packet_count,
+        )
 
 
 # ---------------------------------------------------------------- the open-flow cap
@@ -96,7 +109,12 @@ def test_cap_evicts_the_least_recently_active_flow(engine, monkeypatch):
     # c arrives: b (last seen 0.1) is the oldest and is ended; b's next packet starts a new flow, which pushes a
     # (0.2) out; a's next packet pushes c (0.3) out; the end of the capture ends the last two
     assert [(f.dst_ip, f.packet_count, round(f.start_time, 6)) for f in flows] == [
-        ("10.0.0.3", 1, 0.1), ("10.0.0.2", 2, 0.0), ("10.0.0.4", 1, 0.3), ("10.0.0.3", 1, 0.4), ("10.0.0.2", 1, 0.5)]
+        ("10.0.0.3", 1, 0.1),
+        ("10.0.0.2", 2, 0.0),
+        ("10.0.0.4", 1, 0.3),
+        ("10.0.0.3", 1, 0.4),
+        ("10.0.0.2", 1, 0.5),
+    ]
     assert acc.flows_evicted_by_cap == 3
     unlimited, acc = read(data, engine)
     assert sorted(f.packet_count for f in unlimited) == [1, 2, 3] and acc.flows_evicted_by_cap == 0
@@ -131,8 +149,9 @@ def test_engines_agree_when_the_cap_is_applied_between_steps_of_a_block(monkeypa
         conv = []
         for i in range(25):
             conv += handshake(client=f"10.{part + 1}.0.{i + 1}", cport=20000 + i, t0=t0 + 0.01 * i)
-        conv += [(t0 + 0.05 + 1e-4 * i, raw_tcp("10.9.9.9", "172.16.0.1", 40000, 1 + i, flags=0x02))
-                 for i in range(120)]
+        conv += [
+            (t0 + 0.05 + 1e-4 * i, raw_tcp("10.9.9.9", "172.16.0.1", 40000, 1 + i, flags=0x02)) for i in range(120)
+        ]
         recs += sorted(conv, key=lambda r: r[0])
     data = pcap_bytes([(t, ether(p)) for t, p in recs])
     for opts in (dict(max_open_flows=15), dict(max_open_flows=4, bidirectional=False), dict(max_open_flows=0)):
@@ -198,22 +217,27 @@ def _pcapng_one_packet(tsresol, ticks):
     e = "<"
     option = struct.pack(e + "HH", 9, 1) + bytes([tsresol]) + b"\0\0\0" + struct.pack(e + "HH", 0, 0)
     frame = ether(udp())
-    return b"".join([
-        _block(e, 0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1)),
-        _block(e, 1, struct.pack(e + "HHI", 1, 0, 262144) + option),
-        _block(e, 6, struct.pack(e + "IIIII", 0, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame)) + frame),
-    ])
+    return b"".join(
+        [
+            _block(e, 0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1)),
+            _block(e, 1, struct.pack(e + "HHI", 1, 0, 262144) + option),
+            _block(e, 6, struct.pack(e + "IIIII", 0, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame)) + frame),
+        ]
+    )
 
 
 @pytest.mark.filterwarnings("error")  # the old code warned (overflow in a cast) and returned -0.000195
-@pytest.mark.parametrize("tsresol, ticks, seconds", [
-    (30, 10**15, 1e-15),  # 10^-30 s units
-    (0xFF, 2**60, 2.0**-67),  # 2^-127 s units
-    (0x80 | 63, 2**63 + 2**62, 1.5),  # 2^-63 s: tick counts past 2^63 are unsigned
-    (19, 3 * 10**19 // 2, 1.5),
-    (9, 1_700_000_000 * 10**9 + 250_000_000, 1_700_000_000.25),
-    (0, 42, 42.0),
-])
+@pytest.mark.parametrize(
+    "tsresol, ticks, seconds",
+    [
+        (30, 10**15, 1e-15),  # 10^-30 s units
+        (0xFF, 2**60, 2.0**-67),  # 2^-127 s units
+        (0x80 | 63, 2**63 + 2**62, 1.5),  # 2^-63 s: tick counts past 2^63 are unsigned
+        (19, 3 * 10**19 // 2, 1.5),
+        (9, 1_700_000_000 * 10**9 + 250_000_000, 1_700_000_000.25),
+        (0, 42, 42.0),
+    ],
+)
 def test_pcapng_timestamp_resolutions_follow_the_spec(tsresol, ticks, seconds):
     (chunk,) = list(CaptureReader(_pcapng_one_packet(tsresol, ticks)))
     assert chunk.timestamp[0] == pytest.approx(seconds, rel=1e-12)
@@ -225,6 +249,7 @@ def test_pcapng_timestamp_resolutions_follow_the_spec(tsresol, ticks, seconds):
 @contextlib.contextmanager
 def deadline(seconds):
     """Fail instead of hanging (opening a FIFO without a writer blocks forever)."""
+
     def alarm(signum, frame):
         raise TimeoutError(f"still blocked after {seconds} s")
 

@@ -16,15 +16,27 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # modules whose tests used to need ../shared, and that now also test the committed data (fast ones)
-FAST_MODULES = ["tests/test_traffic_netmamba.py", "tests/test_traffic_flows.py", "tests/test_convert.py",
-                "tests/test_feature_extraction.py"]
+FAST_MODULES = [
+    "tests/test_traffic_netmamba.py",
+    "tests/test_traffic_flows.py",
+    "tests/test_convert.py",
+    "tests/test_feature_extraction.py",
+]
 
 
 def working_tree_files() -> list[str]:
     if not (REPO / ".git").exists():
         pytest.skip("not a git checkout: no tracked-file list to clone from")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     return [name for name in listed if name and (REPO / name).is_file()]
 
 
@@ -40,11 +52,13 @@ def clone(tmp_path_factory):
 
 
 def run_in(clone: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MMAE_SHARED_DIR", "MMAE_REQUIRE_SHARED", "PYTEST_ADDOPTS", "TMPDIR")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MMAE_SHARED_DIR", "MMAE_REQUIRE_SHARED", "PYTEST_ADDOPTS", "TMPDIR")
+    }
     env["PYTHONPATH"] = str(clone)
-    return subprocess.run([sys.executable, *args], cwd=clone, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=clone, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_the_clone_imports_its_own_package(clone):
@@ -77,22 +91,43 @@ def test_a_non_editable_install_carries_what_it_needs(clone, tmp_path):
     """`pip install .` from a clone (the README's install line): the installed package, not the clone, renders
     the model cards (their templates ship inside the package)."""
     wheels, site = tmp_path / "wheels", tmp_path / "site"
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheels), str(clone)], capture_output=True, text=True, timeout=600)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(clone),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next(wheels.glob("mmae_hf-*.whl"))
-    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
-                                str(wheel)], capture_output=True, text=True, timeout=600)
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert installed.returncode == 0, installed.stderr[-3000:]
     script = (
         "import mmae_hf, json, pathlib\n"
         "from mmae_hf.model_card import DEFAULT_TEMPLATE, PRETRAINING_TEMPLATE\n"
         "print(pathlib.Path(mmae_hf.__file__).parent)\n"
-        "print(DEFAULT_TEMPLATE.is_file() and PRETRAINING_TEMPLATE.is_file())\n")
+        "print(DEFAULT_TEMPLATE.is_file() and PRETRAINING_TEMPLATE.is_file())\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("MMAE_SHARED_DIR", "PYTHONPATH")}
     env["PYTHONPATH"] = str(site)
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     package_dir, templates_found = done.stdout.strip().splitlines()[-2:]
     assert Path(package_dir).resolve() == (site / "mmae_hf").resolve() and templates_found == "True"

@@ -41,15 +41,43 @@ def test_push_to_hub_and_load_by_repo_id(tmp_path):
     with FakeHub() as hub:
         env = hub.env()
         push = subprocess.run(
-            [sys.executable, str(REPO / "train" / "finetune.py"), "--dataset", str(tmp_path / "data"),
-             "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none",
-             "--push_to_hub", "--hub_model_id", REPO_ID, "--dataset_name", "tester/traffic-synthetic"],
-            env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+            [
+                sys.executable,
+                str(REPO / "train" / "finetune.py"),
+                "--dataset",
+                str(tmp_path / "data"),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "4",
+                "--report_to",
+                "none",
+                "--push_to_hub",
+                "--hub_model_id",
+                REPO_ID,
+                "--dataset_name",
+                "tester/traffic-synthetic",
+            ],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert push.returncode == 0, push.stdout[-2000:] + push.stderr[-4000:]
         assert "\r" not in push.stdout + push.stderr  # no progress bars in a log (stderr is no terminal)
         files = hub.files(REPO_ID)
-        for name in ("config.json", "model.safetensors", "README.md", "modeling_mmae.py", "configuration_mmae.py",
-                     "test_confusion.png", "test_metrics.json"):
+        for name in (
+            "config.json",
+            "model.safetensors",
+            "README.md",
+            "modeling_mmae.py",
+            "configuration_mmae.py",
+            "test_confusion.png",
+            "test_metrics.json",
+        ):
             assert name in files, (name, sorted(files))
         readme = hub.file_bytes(REPO_ID, "README.md").decode()
         meta = yaml.safe_load(readme.split("---")[1])
@@ -60,11 +88,17 @@ def test_push_to_hub_and_load_by_repo_id(tmp_path):
         assert f'pipeline("traffic-classification", model="{REPO_ID}")' in readme  # usage names the real repo
         assert results["hub_url"].endswith(REPO_ID)
 
-        load = subprocess.run([sys.executable, str(tmp_path / "loader.py"), str(out / "model"), REPO_ID],
-                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+        load = subprocess.run(
+            [sys.executable, str(tmp_path / "loader.py"), str(out / "model"), REPO_ID],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert load.returncode == 0, load.stderr[-4000:]
     line = next(line for line in load.stdout.splitlines() if line.startswith("RESULT"))
-    loaded = json.loads(line[len("RESULT"):])
+    loaded = json.loads(line[len("RESULT") :])
     assert loaded["same_logits"] is True
     assert loaded["class"] == "MMAEForSequenceClassification"
     assert loaded["id2label"] == {"0": "app_0", "1": "app_1"}

@@ -40,9 +40,20 @@ def tiny_study(tmp_path_factory):
     config = MMAEConfig.from_preset("mmae-tiny", num_hidden_layers=1, hidden_size=32, intermediate_size=64)
     MMAEForPreTraining(config).save_pretrained(str(root / "ckpt"))
     settings = LabelEfficiencySettings(
-        checkpoint=str(root / "ckpt"), datasets=[str(root / "synth")], output_dir=str(root / "out"), ks=[2, None],
-        seeds=[0, 1], models=list(MODELS), tree_estimators=5,
-        finetune_overrides={"max_steps": 2, "per_device_train_batch_size": 4, "eval_every_steps": 1, "logging_steps": 1})
+        checkpoint=str(root / "ckpt"),
+        datasets=[str(root / "synth")],
+        output_dir=str(root / "out"),
+        ks=[2, None],
+        seeds=[0, 1],
+        models=list(MODELS),
+        tree_estimators=5,
+        finetune_overrides={
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "eval_every_steps": 1,
+            "logging_steps": 1,
+        },
+    )
     study = run_study(settings, progress=lambda line: None)
     return root, settings, study
 
@@ -76,7 +87,8 @@ def test_study_results_are_cached_and_summarised(tiny_study, tmp_path):
     assert rows[("probe", "2")]["seeds"] == 2
     gain = summary["gains"]["finetune_minus_scratch"]["2"]
     assert gain["mean_over_datasets"] == pytest.approx(
-        rows[("finetune", "2")]["test_macro_f1"] - rows[("scratch", "2")]["test_macro_f1"])
+        rows[("finetune", "2")]["test_macro_f1"] - rows[("scratch", "2")]["test_macro_f1"]
+    )
     text = markdown(study)
     assert "k = 2" in text and "k = all" in text and "random forest, raw 1600 bytes" in text
     assert plot(study, tmp_path / "le.png").stat().st_size > 1000
@@ -93,8 +105,9 @@ def test_runs_in_worker_processes_give_the_same_results(tiny_study, tmp_path):
     parallel = dataclasses.replace(settings, output_dir=str(tmp_path / "parallel"), models=models)
     again = run_study(parallel, progress=lambda line: None, jobs=2)
     expected = [r for r in study["runs"] if r["model"] in models]
-    assert [(r["model"], r["k"], r["seed"], r["test"]) for r in again["runs"]] == \
-        [(r["model"], r["k"], r["seed"], r["test"]) for r in expected]
+    assert [(r["model"], r["k"], r["seed"], r["test"]) for r in again["runs"]] == [
+        (r["model"], r["k"], r["seed"], r["test"]) for r in expected
+    ]
 
 
 def test_the_explanation_follows_the_numbers():
@@ -102,10 +115,15 @@ def test_the_explanation_follows_the_numbers():
 
     def study(ft_few, sc_few, ft_all, sc_all, tree):
         rows = []
-        for model, few, every in (("finetune", ft_few, ft_all), ("scratch", sc_few, sc_all),
-                                  ("extra_trees", tree, tree)):
-            rows += [{"dataset": "d", "model": model, "k": "10", "test_macro_f1": few, "seeds": 1},
-                     {"dataset": "d", "model": model, "k": "all", "test_macro_f1": every, "seeds": 1}]
+        for model, few, every in (
+            ("finetune", ft_few, ft_all),
+            ("scratch", sc_few, sc_all),
+            ("extra_trees", tree, tree),
+        ):
+            rows += [
+                {"dataset": "d", "model": model, "k": "10", "test_macro_f1": few, "seeds": 1},
+                {"dataset": "d", "model": model, "k": "all", "test_macro_f1": every, "seeds": 1},
+            ]
         return {"summary": {"rows": rows, "datasets": ["d"]}}
 
     text = explain(study(0.8, 0.5, 0.9, 0.9, 0.6))

@@ -111,8 +111,14 @@ def test_installed_package_holds_no_test_helpers_and_explain_no_pipeline_helpers
 
 
 def test_remote_code_files_import_only_torch_numpy_transformers_and_siblings():
-    for name in ("configuration_mmae", "modeling_mmae", "pmp", "feature_extraction_mmae", "pipeline_traffic",
-                 "data_contract"):
+    for name in (
+        "configuration_mmae",
+        "modeling_mmae",
+        "pmp",
+        "feature_extraction_mmae",
+        "pipeline_traffic",
+        "data_contract",
+    ):
         source = (PACKAGE / f"{name}.py").read_text()
         assert (0, "__future__") not in imported_modules(PACKAGE / f"{name}.py")  # it would switch off @strict
         for node in ast.parse(source).body:  # module level (function-level imports sit in try blocks)
@@ -194,8 +200,9 @@ def test_the_pipeline_makes_a_default_feature_extractor_with_a_warning(tmp_path,
 def test_flow_record_payload_is_a_deprecated_alias():
     from mmae_hf.traffic import FlowRecord
 
-    record = FlowRecord(np.arange(1600, dtype=np.uint8) % 7, *(np.zeros(5),) * 3, np.zeros(27), "a", "b", 1, 2, 6,
-                        0.0, 1.0, 5, 500)
+    record = FlowRecord(
+        np.arange(1600, dtype=np.uint8) % 7, *(np.zeros(5),) * 3, np.zeros(27), "a", "b", 1, 2, 6, 0.0, 1.0, 5, 500
+    )
     with pytest.warns(DeprecationWarning, match="input_bytes"):
         assert record.payload is record.input_bytes
     assert record.to_row()["input_bytes"] is record.input_bytes and "payload" not in record.to_row()

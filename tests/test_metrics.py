@@ -16,9 +16,7 @@ from mmae_hf.evaluation import (
 )
 
 # rows = true class, columns = predicted class
-HAND_CONFUSION = np.array([[8, 2, 0],
-                           [1, 3, 0],
-                           [0, 1, 1]])
+HAND_CONFUSION = np.array([[8, 2, 0], [1, 3, 0], [0, 1, 1]])
 NAMES = ["web", "video", "voip"]
 
 

@@ -96,7 +96,9 @@ def test_eager_and_sdpa_agree_with_the_pmp_bias_as_attention_mask(sdpa_calls):
     batch = pretraining_batch(config, size=4)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     teacher = model.teacher_forward(**inputs)
-    inputs.update(teacher_features=teacher.features, hard_token_scores=teacher.predicted_token_loss, hard_mask_share=0.5)
+    inputs.update(
+        teacher_features=teacher.features, hard_token_scores=teacher.predicted_token_loss, hard_mask_share=0.5
+    )
     with torch.no_grad():  # no gradient: the loss predictor runs the PMP bias through SDPA too
         sdpa = model(**inputs)
     # the PMP bias reached the SDPA kernel of the loss predictor as an additive mask over both FlowMix branches
@@ -273,7 +275,11 @@ def test_pretraining_forward_is_mix_encode_decode_loss():
         logits = model.unmix(decoded.logits, mask, source_of)
         target = model.mmae.embeddings.normalize(batch["input_bytes"]).view(4, config.num_tokens, -1)
         losses = model.compute_loss(
-            logits, target, mask, model.unmix(decoded.features, mask, source_of), model.unmix(predicted, mask, source_of)
+            logits,
+            target,
+            mask,
+            model.unmix(decoded.features, mask, source_of),
+            model.unmix(predicted, mask, source_of),
         )
     assert decoded.logits.shape[0] == 8  # two FlowMix branches per flow
     torch.testing.assert_close(losses["loss"], out.loss, atol=0, rtol=0)

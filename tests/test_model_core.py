@@ -177,7 +177,7 @@ def test_pairing_is_an_involution_and_prefers_similar_flows():
     order = torch.randperm(16, generator=gen)
     partner = greedy_symmetric_pairing(stats[order])
     assert torch.equal(partner[partner], torch.arange(16)) and not bool((partner == torch.arange(16)).any())
-    twin = (order % 8)
+    twin = order % 8
     assert torch.equal(twin[partner], twin)
 
 
@@ -234,7 +234,9 @@ def test_injected_noise_makes_the_forward_deterministic():
     model = MMAEForPreTraining(c).train()
     batch = DataCollatorForFlowMix(c, seed=3)(make_rows(4))
     teacher = model.teacher_forward(**model_inputs(batch))
-    kwargs = dict(teacher_features=teacher.features, hard_token_scores=teacher.predicted_token_loss, hard_mask_share=0.3)
+    kwargs = dict(
+        teacher_features=teacher.features, hard_token_scores=teacher.predicted_token_loss, hard_mask_share=0.3
+    )
     a = model(**model_inputs(batch), **kwargs)
     torch.manual_seed(123)  # global RNG state must not matter
     b = model(**model_inputs(batch), **kwargs)
@@ -272,8 +274,12 @@ def test_every_trainable_parameter_gets_a_gradient(use_flowmix):
     batch = DataCollatorForFlowMix(c, seed=5, use_flowmix=use_flowmix)(make_rows(6))
     teacher = MeanTeacher(model, total_steps=10)
     t = teacher(**model_inputs(batch))
-    out = model(**model_inputs(batch), teacher_features=t.features, hard_token_scores=t.predicted_token_loss,
-                hard_mask_share=0.5)
+    out = model(
+        **model_inputs(batch),
+        teacher_features=t.features,
+        hard_token_scores=t.predicted_token_loss,
+        hard_mask_share=0.5,
+    )
     out.loss.backward()
     # The ranking loss only sees differences of predicted losses, so the bias of the loss predictor's output layer
     # gets an exactly-zero gradient in theory (rounding noise in practice), as in the official model.
@@ -324,10 +330,24 @@ def test_mean_teacher_copy_ema_and_schedule():
 def reference_pmp_bias(pmp, query, times, lengths):
     """method.md §3 PMP written out naively (repeat each packet value over its 320 bytes, Conv1d, ...)."""
     F = torch.nn.functional
-    t = F.conv1d(times.repeat_interleave(320, dim=1).unsqueeze(1), pmp.time_embedder.proj.weight,
-                 pmp.time_embedder.proj.bias, stride=4).transpose(1, 2) + pmp.time_pos_embed
-    l = F.conv1d(lengths.repeat_interleave(320, dim=1).unsqueeze(1), pmp.len_embedder.proj.weight,
-                 pmp.len_embedder.proj.bias, stride=4).transpose(1, 2) + pmp.len_pos_embed
+    t = (
+        F.conv1d(
+            times.repeat_interleave(320, dim=1).unsqueeze(1),
+            pmp.time_embedder.proj.weight,
+            pmp.time_embedder.proj.bias,
+            stride=4,
+        ).transpose(1, 2)
+        + pmp.time_pos_embed
+    )
+    l = (
+        F.conv1d(
+            lengths.repeat_interleave(320, dim=1).unsqueeze(1),
+            pmp.len_embedder.proj.weight,
+            pmp.len_embedder.proj.bias,
+            stride=4,
+        ).transpose(1, 2)
+        + pmp.len_pos_embed
+    )
     m = pmp.stat_fusion(torch.cat([t, l], dim=-1))
     z = pmp.router_phi(m)
     r = z.shape[-1]

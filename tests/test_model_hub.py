@@ -27,7 +27,10 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "mmae" and config["ood_threshold"] == 0.7
     assert set(config["auto_map"]) == {
-        "AutoConfig", "AutoModel", "AutoModelForPreTraining", "AutoModelForSequenceClassification"
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForPreTraining",
+        "AutoModelForSequenceClassification",
     }
     for name in ("configuration_mmae.py", "modeling_mmae.py", "pmp.py"):
         assert (tmp_path / name).is_file(), name
@@ -101,7 +104,11 @@ def test_trust_remote_code_without_the_package(tmp_path):
     workdir.mkdir()
     result = subprocess.run(
         [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "x.pt"), str(tmp_path / "expect.pt")],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=120,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-OK MMAEForSequenceClassification MMAEModel MMAEForPreTraining" in result.stdout

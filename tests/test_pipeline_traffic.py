@@ -46,7 +46,6 @@ def save_model(folder, model, flow_options=None):
     model.save_pretrained(folder)
     from mmae_hf.feature_extraction_mmae import MMAEFeatureExtractor
 
-
     options = (flow_options or FlowOptions()).to_dict()
     MMAEFeatureExtractor(flow_options=options).save_pretrained(folder)
     return Path(folder)
@@ -108,8 +107,11 @@ def crafted(tmp_path_factory):
 @pytest.fixture(scope="module")
 def real_captures():
     """Three real captures of the committed sample traffic (about ten flows each; the second one is IPv6)."""
-    files = [SAMPLE_TRAFFIC / "tls-chat" / "tls-chat-00.pcap", SAMPLE_TRAFFIC / "udp-stream" / "udp-stream-03.pcap",
-             SAMPLE_TRAFFIC / "dtls-messaging" / "dtls-messaging-01.pcap"]
+    files = [
+        SAMPLE_TRAFFIC / "tls-chat" / "tls-chat-00.pcap",
+        SAMPLE_TRAFFIC / "udp-stream" / "udp-stream-03.pcap",
+        SAMPLE_TRAFFIC / "dtls-messaging" / "dtls-messaging-01.pcap",
+    ]
     assert all(path.is_file() for path in files)
     return files
 
@@ -329,8 +331,9 @@ def test_saved_pipeline_runs_in_a_fresh_process(classifier, crafted, tmp_path):
         """
     )
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     assert scores["pcap"] == pytest.approx([r["score"] for r in expected], abs=1e-6)

@@ -47,8 +47,17 @@ def dataset_dir(tmp_path_factory):
 
 
 def tiny_args(dataset_dir, output_dir, **overrides):
-    values = dict(dataset=str(dataset_dir), output_dir=str(output_dir), config="mmae-tiny", max_steps=4,
-                  per_device_train_batch_size=4, logging_steps=1, save_steps=0, report_to="none", progress_bar=False)
+    values = dict(
+        dataset=str(dataset_dir),
+        output_dir=str(output_dir),
+        config="mmae-tiny",
+        max_steps=4,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        save_steps=0,
+        report_to="none",
+        progress_bar=False,
+    )
     values.update(overrides)
     return PretrainingArguments(**values)
 
@@ -61,8 +70,13 @@ def test_reader_matches_dataset_rows_and_keeps_dtypes(dataset_dir):
     reader = FlowBatchReader(train)
     batch = reader[[5, 0, 17]]
     reference = train.with_format("numpy")[[5, 0, 17]]
-    expected = {"input_bytes": np.uint8, "packet_lengths": np.int32, "packet_iats": np.float32,
-                "packet_directions": np.int8, "flow_stats": np.float32}
+    expected = {
+        "input_bytes": np.uint8,
+        "packet_lengths": np.int32,
+        "packet_iats": np.float32,
+        "packet_directions": np.int8,
+        "flow_stats": np.float32,
+    }
     for name, dtype in expected.items():
         assert batch[name].dtype == dtype, name
         np.testing.assert_array_equal(batch[name], np.asarray(reference[name]).astype(dtype))
@@ -127,7 +141,9 @@ def test_weight_decay_groups():
     model = MMAEForPreTraining(MMAEConfig.from_preset("mmae-tiny"))
     decay, no_decay = optimizer_parameter_groups(model, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    assert {"mmae.embeddings.cls_token", "mmae.embeddings.position_embeddings", "decoder.decoder_pos_embed"} <= set(no_decay["names"])
+    assert {"mmae.embeddings.cls_token", "mmae.embeddings.position_embeddings", "decoder.decoder_pos_embed"} <= set(
+        no_decay["names"]
+    )
     assert all(p.ndim >= 2 for p in decay["params"])  # biases and LayerNorm weights are 1-d
     assert "mmae.encoder.layers.0.attention.qkv.weight" in decay["names"]
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -136,7 +152,10 @@ def test_weight_decay_groups():
 
 def test_config_overrides_and_bad_arguments(tmp_path):
     assert parse_config_overrides(["mask_ratio=0.75", "use_pmp=false", "hidden_act=gelu"]) == {
-        "mask_ratio": 0.75, "use_pmp": False, "hidden_act": "gelu"}
+        "mask_ratio": 0.75,
+        "use_pmp": False,
+        "hidden_act": "gelu",
+    }
     with pytest.raises(ValueError, match="even"):
         PretrainingArguments(dataset="x", output_dir=str(tmp_path), per_device_train_batch_size=7)
     with pytest.raises(ValueError, match="unknown MMAEConfig field"):
@@ -155,15 +174,42 @@ def test_cli_run_writes_a_loadable_model_and_logs(dataset_dir, tmp_path):
     import mmae_hf  # noqa: F401  (registers the Auto classes)
 
     out = tmp_path / "run"
-    code = pretrain.main(["--dataset", str(dataset_dir), "--config", "mmae-tiny", "--output_dir", str(out),
-                          "--max_steps", "3", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-                          "--save_steps", "2", "--gradient_accumulation_steps", "2", "--disable_tqdm",
-                          "--config_overrides", "mask_ratio=0.75"])
+    code = pretrain.main(
+        [
+            "--dataset",
+            str(dataset_dir),
+            "--config",
+            "mmae-tiny",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "4",
+            "--logging_steps",
+            "1",
+            "--save_steps",
+            "2",
+            "--gradient_accumulation_steps",
+            "2",
+            "--disable_tqdm",
+            "--config_overrides",
+            "mask_ratio=0.75",
+        ]
+    )
     assert code == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
-    for key in ("loss", "reconstruction_loss", "rank_loss", "distillation_loss", "learning_rate", "ema_momentum",
-                "hard_mask_share", "grad_norm"):
+    for key in (
+        "loss",
+        "reconstruction_loss",
+        "rank_loss",
+        "distillation_loss",
+        "learning_rate",
+        "ema_momentum",
+        "hard_mask_share",
+        "grad_norm",
+    ):
         assert all(math.isfinite(r[key]) for r in records), key
     assert records[0]["hard_mask_share"] == 0.0 and records[-1]["hard_mask_share"] > 0  # curriculum rises
     assert records[0]["ema_momentum"] == pytest.approx(0.96)
@@ -196,8 +242,15 @@ def test_resume_ends_with_the_same_weights(dataset_dir, tmp_path, accumulation):
     assert not stopped.finished and stopped.checkpoint.endswith("checkpoint-2")
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     with pytest.raises(CheckpointError, match="per_device_train_batch_size"):
-        run_pretraining(tiny_args(dataset_dir, tmp_path / "resumed", resume_from_checkpoint="latest",
-                                  per_device_train_batch_size=2, **common))
+        run_pretraining(
+            tiny_args(
+                dataset_dir,
+                tmp_path / "resumed",
+                resume_from_checkpoint="latest",
+                per_device_train_batch_size=2,
+                **common,
+            )
+        )
     with pytest.raises(CheckpointError, match="earlier run"):  # a fresh run would mix its checkpoints with these
         run_pretraining(tiny_args(dataset_dir, tmp_path / "resumed", **common))
     # a damaged copy of the checkpoint is refused with its folder named, and the original stays usable
@@ -215,10 +268,14 @@ def test_resume_ends_with_the_same_weights(dataset_dir, tmp_path, accumulation):
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
     # the logged trajectory is identical too (loss components of every step)
     def strip(path):
-        return [{k: v for k, v in json.loads(line).items() if k != "samples_per_second_per_process"}
-                for line in path.read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "samples_per_second_per_process"}
+            for line in path.read_text().splitlines()
+        ]
+
     assert strip(tmp_path / "straight" / "metrics.jsonl") == strip(tmp_path / "resumed" / "metrics.jsonl")
 
 
@@ -240,8 +297,9 @@ def test_nan_guard_names_step_and_component(dataset_dir, tmp_path):
         run_pretraining(tiny_args(dataset_dir, tmp_path / "poisoned"), model_cls=PoisonedDistillation)
     # a diverging learning rate is caught the same way, before any NaN reaches the weights
     with pytest.raises(NonFiniteLossError, match=r"non-finite \w+ at optimizer step 2 "):
-        run_pretraining(tiny_args(dataset_dir, tmp_path / "diverged", learning_rate=1e30, warmup_steps=0,
-                                  max_grad_norm=0.0))
+        run_pretraining(
+            tiny_args(dataset_dir, tmp_path / "diverged", learning_rate=1e30, warmup_steps=0, max_grad_norm=0.0)
+        )
 
 
 def test_find_unused_parameters_probe(dataset_dir):
@@ -274,14 +332,34 @@ def test_pretrain_on_a_dataset_built_from_pcaps(tmp_path):
     from mmae_hf.traffic.dataset import build_dataset
 
     tree = make_tree(tmp_path / "pcaps", {"chat": 5, "video": 5}, flows_per_file=2)
-    built = build_dataset(tree, tmp_path / "dataset", split_by="file", validation_size=0.2, test_size=0.2, seed=0,
-                          progress=False)
+    built = build_dataset(
+        tree, tmp_path / "dataset", split_by="file", validation_size=0.2, test_size=0.2, seed=0, progress=False
+    )
     num_train = built.dataset["train"].num_rows
     assert 4 <= num_train < sum(ds.num_rows for ds in built.dataset.values())
     out = tmp_path / "run"
-    assert pretrain.main(["--dataset", str(tmp_path / "dataset"), "--config", "mmae-tiny", "--output_dir", str(out),
-                          "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_steps", "0",
-                          "--report_to", "none", "--disable_tqdm"]) == 0
+    assert (
+        pretrain.main(
+            [
+                "--dataset",
+                str(tmp_path / "dataset"),
+                "--config",
+                "mmae-tiny",
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "4",
+                "--save_steps",
+                "0",
+                "--report_to",
+                "none",
+                "--disable_tqdm",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "pretraining_summary.json").read_text())
     assert summary["finished"] and summary["num_training_flows"] == num_train and summary["split"] == "train"
     assert (out / "model.safetensors").is_file()
@@ -290,7 +368,9 @@ def test_pretrain_on_a_dataset_built_from_pcaps(tmp_path):
 
     import mmae_hf  # noqa: F401
 
-    assert (out / "preprocessor_config.json").read_text() == (tmp_path / "dataset" / "preprocessor_config.json").read_text()
+    assert (out / "preprocessor_config.json").read_text() == (
+        tmp_path / "dataset" / "preprocessor_config.json"
+    ).read_text()
     extractor = AutoFeatureExtractor.from_pretrained(str(out))
     assert type(extractor).__name__ == "MMAEFeatureExtractor"
 
@@ -345,7 +425,10 @@ def test_compiled_and_plain_steps_agree(dataset_dir, tmp_path):
         assert compiled.last_metrics[name] == pytest.approx(plain.last_metrics[name], rel=1e-4, abs=1e-6), name
     from safetensors.torch import load_file
 
-    a, b = load_file(str(tmp_path / "plain" / "model.safetensors")), load_file(str(tmp_path / "compiled" / "model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "plain" / "model.safetensors")),
+        load_file(str(tmp_path / "compiled" / "model.safetensors")),
+    )
     assert a.keys() == b.keys()  # no "_orig_mod." prefix: the plain module is what gets saved
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key

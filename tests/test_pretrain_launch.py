@@ -28,18 +28,50 @@ def test_two_process_cpu_launch(tmp_path):
     data = tmp_path / "data"
     make_synthetic_traffic_dataset(num_classes=3, flows_per_class=16, seed=1).save_to_disk(str(data))
     out = tmp_path / "run"
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        ACCELERATE_USE_CPU="1",
+        HF_HOME=str(tmp_path / "hf_home"),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
 
     def launch(output_dir, *extra):
         command = [
-            sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
-            "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", str(free_port()),
-            "--mixed_precision", "no", "--dynamo_backend", "no",
+            sys.executable,
+            "-m",
+            "accelerate.commands.accelerate_cli",
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            str(free_port()),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
             str(REPO / "train" / "pretrain.py"),
-            "--dataset", str(data), "--config", "mmae-tiny", "--output_dir", str(output_dir),  # no --use_cpu: ACCELERATE_USE_CPU=1 suffices
-            "--max_steps", "2", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "1",
-            "--report_to", "none", "--disable_tqdm", *extra,
+            "--dataset",
+            str(data),
+            "--config",
+            "mmae-tiny",
+            "--output_dir",
+            str(output_dir),  # no --use_cpu: ACCELERATE_USE_CPU=1 suffices
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--logging_steps",
+            "1",
+            "--save_steps",
+            "1",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            *extra,
         ]
         done = subprocess.run(command, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=280)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -109,12 +141,20 @@ def test_pretrain_from_a_hub_dataset_id(tmp_path):
     out = tmp_path / "run"
     with FakeHub() as hub:
         env = hub.env(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-        done = subprocess.run([sys.executable, "-c", HUB_SCRIPT, str(out), str(REPO / "train")], env=env,
-                              cwd=str(tmp_path), capture_output=True, text=True, timeout=280)
+        done = subprocess.run(
+            [sys.executable, "-c", HUB_SCRIPT, str(out), str(REPO / "train")],
+            env=env,
+            cwd=str(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=280,
+        )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "pretraining_summary.json").read_text())
     assert summary["finished"] and summary["dataset"] == "tester/traffic-tiny" and summary["num_training_flows"] == 24
-    assert json.loads((out / "preprocessor_config.json").read_text())["feature_extractor_type"] == "MMAEFeatureExtractor"
+    assert (
+        json.loads((out / "preprocessor_config.json").read_text())["feature_extractor_type"] == "MMAEFeatureExtractor"
+    )
 
 
 def test_exit_guard_ends_a_process_whose_teardown_stalls(tmp_path):

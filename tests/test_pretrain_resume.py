@@ -38,11 +38,15 @@ def test_damaged_rng_state_is_refused_unless_inexact_is_allowed(dataset_dir, sto
     rng = checkpoint / "random_states_0.pkl"
     rng.write_bytes(rng.read_bytes()[: rng.stat().st_size // 2])  # truncated
     # accelerate itself only logs "Could not load random states" at INFO and goes on with other random numbers
-    with pytest.raises(CheckpointError, match=r"checkpoint-2: cannot resume exactly: random_states_0\.pkl cannot be "
-                                              r"read .*--allow_inexact_resume"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint-2: cannot resume exactly: random_states_0\.pkl cannot be "
+        r"read .*--allow_inexact_resume",
+    ):
         run_pretraining(tiny_args(dataset_dir, out, resume_from_checkpoint="latest", **COMMON))
-    resumed = run_pretraining(tiny_args(dataset_dir, out, resume_from_checkpoint="latest", allow_inexact_resume=True,
-                                        **COMMON))
+    resumed = run_pretraining(
+        tiny_args(dataset_dir, out, resume_from_checkpoint="latest", allow_inexact_resume=True, **COMMON)
+    )
     assert resumed.finished and "warning: resuming from" in capsys.readouterr().out
     weights = load_file(str(out / "model.safetensors"))
     assert weights.keys() == straight.keys()  # it ran to the end, with other random numbers than the straight run
@@ -73,8 +77,12 @@ def test_intact_checkpoint_still_resumes_exactly(dataset_dir, stopped_run, tmp_p
 
 
 @pytest.mark.parametrize("with_errno", [True, False])
-def test_full_disk_while_saving_a_checkpoint_is_named_and_leaves_no_half_checkpoint(dataset_dir, tmp_path,  # noqa: F811
-                                                                                     monkeypatch, with_errno):
+def test_full_disk_while_saving_a_checkpoint_is_named_and_leaves_no_half_checkpoint(
+    dataset_dir,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+    monkeypatch,
+    with_errno,
+):
     from accelerate import Accelerator
 
     original = Accelerator.save_state
@@ -89,8 +97,11 @@ def test_full_disk_while_saving_a_checkpoint_is_named_and_leaves_no_half_checkpo
     if not with_errno:  # torch's zip writer names no errno: the free space says what happened
         monkeypatch.setattr("mmae_hf.traffic.atomic.free_bytes", lambda path: 0)
     out = tmp_path / "run"
-    with pytest.raises(CheckpointError, match=r"checkpoint-2: the checkpoint could not be written: ENOSPC \(no space "
-                                              r"left on device\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint-2: the checkpoint could not be written: ENOSPC \(no space "
+        r"left on device\)",
+    ):
         run_pretraining(tiny_args(dataset_dir, out, stop_after_step=2, **COMMON))
     assert list_checkpoints(out) == []  # never a half-written checkpoint that "latest" would pick
     assert [p.name for p in (out / "checkpoints").iterdir()] == []
@@ -110,8 +121,9 @@ def test_checkpoints_are_renamed_into_place(dataset_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Accelerator, "save_state", spy)
     out = tmp_path / "run"
     (out / "checkpoints" / ".tmp-checkpoint-1").mkdir(parents=True)  # left by a killed run
-    result = run_pretraining(tiny_args(dataset_dir, out, save_steps=1, save_total_limit=2, overwrite_output_dir=True,
-                                       **COMMON))
+    result = run_pretraining(
+        tiny_args(dataset_dir, out, save_steps=1, save_total_limit=2, overwrite_output_dir=True, **COMMON)
+    )
     assert result.finished and all("/.tmp-checkpoint-" in str(path) for path in seen)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
     state = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())

@@ -24,8 +24,15 @@ def test_features_splits_and_determinism(tmp_path):
     for name, (dtype, length) in CONTRACT.items():
         assert features[name].length == length and features[name].feature.dtype == dtype, name
     assert isinstance(features["label"], ClassLabel) and features["label"].names == ["app_0", "app_1", "app_2"]
-    expected_scalars = {"source_file": "string", "group": "string", "start_time": "float64", "end_time": "float64",
-                        "packet_count": "int64", "byte_count": "int64", "protocol": "int8"}
+    expected_scalars = {
+        "source_file": "string",
+        "group": "string",
+        "start_time": "float64",
+        "end_time": "float64",
+        "packet_count": "int64",
+        "byte_count": "int64",
+        "protocol": "int8",
+    }
     for name, dtype in expected_scalars.items():
         assert features[name] == Value(dtype), name
     # split by capture file: no group in two splits

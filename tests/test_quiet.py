@@ -57,8 +57,21 @@ def test_build_dataset_writes_no_bars_into_a_log(tmp_path, capfd):
         for index in ("00", "01", "02"):
             shutil.copy(REPO / "examples" / "sample_traffic" / label / f"{label}-{index}.pcap", tree / label)
     try:
-        assert build.main(["--input", str(tree), "--output", str(tmp_path / "out"), "--validation-size", "0.34",
-                           "--test-size", "0.33"]) == 0  # no --no-progress: stderr is no terminal here
+        assert (
+            build.main(
+                [
+                    "--input",
+                    str(tree),
+                    "--output",
+                    str(tmp_path / "out"),
+                    "--validation-size",
+                    "0.34",
+                    "--test-size",
+                    "0.33",
+                ]
+            )
+            == 0
+        )  # no --no-progress: stderr is no terminal here
     finally:
         set_library_progress_bars(True)
     out, err = capfd.readouterr()
@@ -87,14 +100,22 @@ def test_setup_is_a_no_op_when_nothing_changed(tmp_path):
     (venv_bin / "python").symlink_to(sys.executable)
     (venv_bin / "activate").write_text(f'export PATH="{venv_bin}:$PATH"; export PYTHONPATH="{clone}"\n')
     stamp_input = subprocess.run(
-        ["bash", "-c", f'{{ cat pyproject.toml scripts/setup.sh; "{venv_bin / "python"}" -VV; '
-                       'echo "torch==2.13.0"; } | sha256sum | cut -d" " -f1'],
-        cwd=clone, capture_output=True, text=True, check=True).stdout.strip()
+        [
+            "bash",
+            "-c",
+            f'{{ cat pyproject.toml scripts/setup.sh; "{venv_bin / "python"}" -VV; '
+            'echo "torch==2.13.0"; } | sha256sum | cut -d" " -f1',
+        ],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     (clone / ".venv" / ".mmae-setup-stamp").write_text(stamp_input + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("MMAE_TORCH_SPEC", "MMAE_FORCE_SETUP", "PYTHONPATH")}
-    done = subprocess.run(["bash", "scripts/setup.sh"], cwd=clone, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(["bash", "scripts/setup.sh"], cwd=clone, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == (f"mmae-hf already installed in {clone}/.venv (setup unchanged; "
-                                   "MMAE_FORCE_SETUP=1 reinstalls)")
+    assert done.stdout.strip() == (
+        f"mmae-hf already installed in {clone}/.venv (setup unchanged; MMAE_FORCE_SETUP=1 reinstalls)"
+    )
     assert not (clone / ".venv" / "setup.log").exists()  # pip never ran

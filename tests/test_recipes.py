@@ -9,45 +9,80 @@ from mmae_hf.traffic.recipes import RECIPES, USTC_CLASSES, get_recipe
 
 # publishers' names (paper_datasets.md) -> the class the paper's pipeline gives them (None: left out)
 VPN_NAMES = {
-    "vpn_aim_chat1a.pcap": "chat", "vpn_aim_chat1b.pcap": "chat", "vpn_facebook_chat1a.pcap": "chat",
-    "vpn_hangouts_chat1b.pcap": "chat", "vpn_icq_chat1a.pcap": "chat", "vpn_skype_chat1b.pcap": "chat",
-    "vpn_email2a.pcap": "email", "vpn_email2b.pcap": "email",
-    "vpn_ftps_A.pcap": "ftp", "vpn_sftp_B.pcap": "ftp", "vpn_skype_files1a.pcap": "ftp",
+    "vpn_aim_chat1a.pcap": "chat",
+    "vpn_aim_chat1b.pcap": "chat",
+    "vpn_facebook_chat1a.pcap": "chat",
+    "vpn_hangouts_chat1b.pcap": "chat",
+    "vpn_icq_chat1a.pcap": "chat",
+    "vpn_skype_chat1b.pcap": "chat",
+    "vpn_email2a.pcap": "email",
+    "vpn_email2b.pcap": "email",
+    "vpn_ftps_A.pcap": "ftp",
+    "vpn_sftp_B.pcap": "ftp",
+    "vpn_skype_files1a.pcap": "ftp",
     "vpn_bittorrent.pcap": "p2p",
-    "vpn_netflix_A.pcap": "browsing", "vpn_spotify_A.pcap": "browsing", "vpn_voipbuster1b.pcap": "browsing",
-    "vpn_vimeo_A.pcap": "streaming", "vpn_youtube_A.pcap": "streaming",
-    "vpn_facebook_audio2.pcap": "voip", "vpn_hangouts_audio1.pcap": "voip", "vpn_skype_audio2.pcap": "voip",
+    "vpn_netflix_A.pcap": "browsing",
+    "vpn_spotify_A.pcap": "browsing",
+    "vpn_voipbuster1b.pcap": "browsing",
+    "vpn_vimeo_A.pcap": "streaming",
+    "vpn_youtube_A.pcap": "streaming",
+    "vpn_facebook_audio2.pcap": "voip",
+    "vpn_hangouts_audio1.pcap": "voip",
+    "vpn_skype_audio2.pcap": "voip",
     " vpn_skype_audio1.pcap": "voip",  # a stray leading space, as in some distributed copies
-    "vpn_chat.pcap": None, "facebook_chat_4a.pcap": None, "vpn_email2a.pcapng": None,
+    "vpn_chat.pcap": None,
+    "facebook_chat_4a.pcap": None,
+    "vpn_email2a.pcapng": None,
 }
 TOR_NAMES = {
-    "Tor/AUDIO_spotifygateway.pcap": "AUDIO", "Tor/BROWSING_gate_SSL_Browsing.pcap": "BROWSING",
-    "Tor/CHAT_aimchatgateway.pcap": "CHAT", "Tor/CHAT_gate_ICQ_chat.pcap": "CHAT",
-    "Tor/FILE-TRANSFER_gate_FTP_transfer.pcap": "FILE-TRANSFER", "Tor/MAIL_Gateway_Thunderbird_Imap.pcap": "MAIL",
-    "Tor/P2P_tor_p2p_vuze.pcap": "P2P", "Tor/VIDEO_Youtube_HTML5_Gateway.pcap": "VIDEO",
+    "Tor/AUDIO_spotifygateway.pcap": "AUDIO",
+    "Tor/BROWSING_gate_SSL_Browsing.pcap": "BROWSING",
+    "Tor/CHAT_aimchatgateway.pcap": "CHAT",
+    "Tor/CHAT_gate_ICQ_chat.pcap": "CHAT",
+    "Tor/FILE-TRANSFER_gate_FTP_transfer.pcap": "FILE-TRANSFER",
+    "Tor/MAIL_Gateway_Thunderbird_Imap.pcap": "MAIL",
+    "Tor/P2P_tor_p2p_vuze.pcap": "P2P",
+    "Tor/VIDEO_Youtube_HTML5_Gateway.pcap": "VIDEO",
     "Tor/VOIP_Skype_Voice_Gateway.pcap": "VOIP",
-    "Tor/tor_p2p_vuze-2-1.pcap": None, "Tor/tor_spotify2-1.pcap": None, "nonTor/CHAT_facebookchatgateway.pcap": None,
+    "Tor/tor_p2p_vuze-2-1.pcap": None,
+    "Tor/tor_spotify2-1.pcap": None,
+    "nonTor/CHAT_facebookchatgateway.pcap": None,
 }
 USTC_NAMES = {
-    **{f"{'Malware' if n in ('Cridex', 'Geodo', 'Htbot', 'Miuref', 'Neris', 'Nsis-ay', 'Shifu', 'Tinba', 'Virut', 'Zeus') else 'Benign'}/{n}.pcap": n
-       for n in USTC_CLASSES if n not in ("SMB", "Weibo")},
-    "Benign/SMB-1.pcap": "SMB", "Benign/SMB/SMB-2.pcap": "SMB", "Benign/Weibo-1.pcap": "Weibo",
-    "Benign/Weibo/Weibo-4.pcap": "Weibo", "Benign/readme.pcap": None,
+    **{
+        f"{'Malware' if n in ('Cridex', 'Geodo', 'Htbot', 'Miuref', 'Neris', 'Nsis-ay', 'Shifu', 'Tinba', 'Virut', 'Zeus') else 'Benign'}/{n}.pcap": n
+        for n in USTC_CLASSES
+        if n not in ("SMB", "Weibo")
+    },
+    "Benign/SMB-1.pcap": "SMB",
+    "Benign/SMB/SMB-2.pcap": "SMB",
+    "Benign/Weibo-1.pcap": "Weibo",
+    "Benign/Weibo/Weibo-4.pcap": "Weibo",
+    "Benign/readme.pcap": None,
 }
 IOT_NAMES = {
-    "1-Power/Audio/Amazon Echo Dot/power1.pcap": "Audio", "1-Power/Cameras/Arlo Basestation/p.pcap": "Cameras",
+    "1-Power/Audio/Amazon Echo Dot/power1.pcap": "Audio",
+    "1-Power/Cameras/Arlo Basestation/p.pcap": "Cameras",
     "1-Power/Home Automation/Gosund Plug/x.pcap": "Home Automation",
-    "6-Attacks/1-Flood/ACK flood/a.pcap": "Flood", "6-Attacks/2-RTSP Brute Force/Hydra/run1/h.pcap": "Hydra",
+    "6-Attacks/1-Flood/ACK flood/a.pcap": "Flood",
+    "6-Attacks/2-RTSP Brute Force/Hydra/run1/h.pcap": "Hydra",
     "6-Attacks/2-RTSP Brute Force/Nmap/run1/n.pcap": "Nmap",
-    "1-Power/Other/LG TV/t.pcap": None, "3-Interactions/Audio/Echo/i.pcap": None, "2-Idle/idle.pcap": None,
+    "1-Power/Other/LG TV/t.pcap": None,
+    "3-Interactions/Audio/Echo/i.pcap": None,
+    "2-Idle/idle.pcap": None,
     "1-Power/Audio/loose_in_class_folder.pcap": None,
 }
 
 
-@pytest.mark.parametrize("recipe, names, expected", [
-    ("iscx-vpn2016", VPN_NAMES, 7), ("iscx-tor2016", TOR_NAMES, 8), ("ustc-tfc2016", USTC_NAMES, 20),
-    ("cic-iot2022", IOT_NAMES, 6),
-])
+@pytest.mark.parametrize(
+    "recipe, names, expected",
+    [
+        ("iscx-vpn2016", VPN_NAMES, 7),
+        ("iscx-tor2016", TOR_NAMES, 8),
+        ("ustc-tfc2016", USTC_NAMES, 20),
+        ("cic-iot2022", IOT_NAMES, 6),
+    ],
+)
 def test_label_map_of_publisher_names(recipe, names, expected):
     r = get_recipe(recipe)
     got = {name: r.label_for(name) for name in names}
@@ -55,14 +90,14 @@ def test_label_map_of_publisher_names(recipe, names, expected):
     assert len({v for v in names.values() if v}) == expected == r.expected_classes
 
 
-@pytest.mark.parametrize("recipe, names", [("iscx-vpn2016", VPN_NAMES), ("iscx-tor2016", TOR_NAMES),
-                                           ("cic-iot2022", IOT_NAMES)])
+@pytest.mark.parametrize(
+    "recipe, names", [("iscx-vpn2016", VPN_NAMES), ("iscx-tor2016", TOR_NAMES), ("cic-iot2022", IOT_NAMES)]
+)
 def test_recipe_builds_expected_class_set_from_crafted_captures(recipe, names, tmp_path):
     for name in names:
         # two distinct flows per capture; unidirectional recipes make each direction its own flow
         write_pcap(tmp_path / name, [flow(f"{name}/{k}", sport=30000 + k, packets=2) for k in range(2)])
-    res = build_dataset(tmp_path, None, recipe=recipe, min_flows_per_class=0, max_flows_per_class=None,
-                        progress=False)
+    res = build_dataset(tmp_path, None, recipe=recipe, min_flows_per_class=0, max_flows_per_class=None, progress=False)
     classes = res.dataset["train"].features["label"].names
     assert classes == sorted({v for v in names.values() if v})
     rep = res.report
@@ -81,8 +116,15 @@ def test_recipe_builds_expected_class_set_from_crafted_captures(recipe, names, t
 def test_ustc_recipe_on_crafted_captures_and_caps(tmp_path):
     for name in USTC_NAMES:
         write_pcap(tmp_path / name, [flow(f"{name}/{k}", sport=30000 + k, packets=1) for k in range(3)])
-    res = build_dataset(tmp_path, None, recipe="ustc-tfc2016", min_flows_per_class=3, max_flows_per_class=5,
-                        progress=False, split_by="flow")
+    res = build_dataset(
+        tmp_path,
+        None,
+        recipe="ustc-tfc2016",
+        min_flows_per_class=3,
+        max_flows_per_class=5,
+        progress=False,
+        split_by="flow",
+    )
     assert res.dataset["train"].features["label"].names == sorted(USTC_CLASSES)
     counts = res.report["class_counts"]
     totals = {c: sum(counts[s][c] for s in counts) for c in USTC_CLASSES}
@@ -124,8 +166,11 @@ def test_crossplatform_recipe_reads_pcapng_named_pcap(tmp_path):
     """The CrossPlatform captures are pcapng files with a .pcap suffix; the OS folder selects the dataset."""
     for country in ("china", "us"):
         for os_name, app in (("android", "com.whatsapp"), ("ios", "WhatsApp")):
-            write_pcap(tmp_path / country / os_name / f"{app}.pcap",
-                       [flow(f"{country}/{os_name}/{k}", sport=30000 + k, packets=2) for k in range(2)], pcapng=True)
+            write_pcap(
+                tmp_path / country / os_name / f"{app}.pcap",
+                [flow(f"{country}/{os_name}/{k}", sport=30000 + k, packets=2) for k in range(2)],
+                pcapng=True,
+            )
     assert (tmp_path / "us" / "ios" / "WhatsApp.pcap").read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"
     res = build_dataset(tmp_path, None, recipe="crossplatform-android", min_flows_per_class=0, progress=False)
     assert res.dataset["train"].features["label"].names == ["com.whatsapp"]
@@ -140,14 +185,27 @@ def test_cstnet_minimum_drops_the_small_class_119_of_120(tmp_path):
     recipe = get_recipe("cstnet-tls1.3")
     labels = np.repeat(np.arange(120), [recipe.min_flows_per_class] * 119 + [recipe.min_flows_per_class - 1])
     split = np.zeros(len(labels), np.int8)
-    keep, dropped, _ = cap_classes(labels, split, np.ones(len(labels), bool), min_flows=recipe.min_flows_per_class,
-                                   max_flows=recipe.max_flows_per_class)
+    keep, dropped, _ = cap_classes(
+        labels,
+        split,
+        np.ones(len(labels), bool),
+        min_flows=recipe.min_flows_per_class,
+        max_flows=recipe.max_flows_per_class,
+    )
     assert len(np.unique(labels[keep])) == 119 == recipe.expected_classes and list(dropped) == [119]
 
 
 def test_recipe_registry_and_errors(tmp_path):
-    assert set(RECIPES) >= {"iscx-vpn2016", "iscx-tor2016", "ustc-tfc2016", "cic-iot2022", "crossplatform-android",
-                            "crossplatform-ios", "cstnet-tls1.3", "ndpi-encrypted-services"}
+    assert set(RECIPES) >= {
+        "iscx-vpn2016",
+        "iscx-tor2016",
+        "ustc-tfc2016",
+        "cic-iot2022",
+        "crossplatform-android",
+        "crossplatform-ios",
+        "cstnet-tls1.3",
+        "ndpi-encrypted-services",
+    }
     with pytest.raises(ValueError, match="unknown recipe 'nope'"):
         get_recipe("nope")
     write_pcap(tmp_path / "other.pcap", [flow("x")])
@@ -171,8 +229,16 @@ def _tor_capped_captures(root):
 
 def test_tor_recipe_applies_the_packet_cap_of_each_class(tmp_path):
     caps, lengths = _tor_capped_captures(tmp_path)
-    assert caps == {"BROWSING": 60, "CHAT": 100, "AUDIO": 100, "VIDEO": 200, "FILE-TRANSFER": 300, "MAIL": 300,
-                    "P2P": 150, "VOIP": 100}
+    assert caps == {
+        "BROWSING": 60,
+        "CHAT": 100,
+        "AUDIO": 100,
+        "VIDEO": 200,
+        "FILE-TRANSFER": 300,
+        "MAIL": 300,
+        "P2P": 150,
+        "VOIP": 100,
+    }
     res = build_dataset(tmp_path, None, recipe="iscx-tor2016", min_flows_per_class=0, progress=False)
     rep = res.report
     assert rep["recipe"]["packet_caps"] == caps and "packet_caps_not_applied" not in rep["recipe"]
@@ -207,9 +273,11 @@ def test_explicit_max_packets_overrides_the_tor_caps(tmp_path):
     assert set(res.report["packet_caps"]["max_packets_by_class"].values()) == {0}
     assert res.report["packets"]["skipped"] == {}
     assert sorted(r["packet_count"] for s in res.dataset.values() for r in s) == sorted(
-        n for n in lengths.values() for _ in range(2))
-    res = build_dataset(tmp_path, None, recipe="iscx-tor2016", min_flows_per_class=0, flow_options={"max_packets": 50},
-                        progress=False)
+        n for n in lengths.values() for _ in range(2)
+    )
+    res = build_dataset(
+        tmp_path, None, recipe="iscx-tor2016", min_flows_per_class=0, flow_options={"max_packets": 50}, progress=False
+    )
     assert {r["packet_count"] for s in res.dataset.values() for r in s} == {50}
     assert res.report["flow_options"]["max_packets"] == 50
     assert set(res.report["packet_caps"]["max_packets_by_class"].values()) == {50}

@@ -46,11 +46,11 @@ def read_pcap(path):
     records, offset = [], 24
     while offset < len(blob):
         assert offset + 16 <= len(blob), f"{path}: truncated record header at byte {offset}"
-        sec, frac, caplen, wirelen = struct.unpack(order + "IIII", blob[offset:offset + 16])
+        sec, frac, caplen, wirelen = struct.unpack(order + "IIII", blob[offset : offset + 16])
         assert caplen <= snaplen and caplen <= wirelen, f"{path}: bad record lengths at byte {offset}"
         assert offset + 16 + caplen <= len(blob), f"{path}: truncated packet data at byte {offset}"
         ts = sec + frac / (1e9 if nanos else 1e6)
-        records.append((ts, caplen, wirelen, blob[offset + 16:offset + 16 + caplen]))
+        records.append((ts, caplen, wirelen, blob[offset + 16 : offset + 16 + caplen]))
         offset += 16 + caplen
     return linktype, snaplen, records
 
@@ -182,7 +182,7 @@ def test_each_tcp_session_starts_with_a_handshake(captures):
                     continue
                 seen.add(key)
                 (ethertype,) = struct.unpack("!H", frame[12:14])
-                l4 = frame[14 + ((frame[14] & 0x0F) * 4 if ethertype == 0x0800 else 40):]
+                l4 = frame[14 + ((frame[14] & 0x0F) * 4 if ethertype == 0x0800 else 40) :]
                 flags = l4[13]
                 assert flags & 0x02 and not flags & 0x10, f"{label}/{name}: flow {key} does not start with SYN"
 

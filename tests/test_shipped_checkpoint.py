@@ -28,8 +28,9 @@ def test_encoder_loads_with_the_auto_classes_and_nothing_left_over():
     encoder, info = AutoModel.from_pretrained(str(CHECKPOINT), output_loading_info=True)
     assert type(encoder).__name__ == "MMAEModel"
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    classifier, info = AutoModelForSequenceClassification.from_pretrained(str(CHECKPOINT), num_labels=6,
-                                                                          output_loading_info=True)
+    classifier, info = AutoModelForSequenceClassification.from_pretrained(
+        str(CHECKPOINT), num_labels=6, output_loading_info=True
+    )
     assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"] and not info["unexpected_keys"]
     for name, value in encoder.state_dict().items():  # the classifier starts from exactly these weights
         assert torch.equal(value, classifier.mmae.state_dict()[name]), name
@@ -88,9 +89,14 @@ def test_remote_code_loading_without_the_package_gives_the_same_features(tmp_pat
     torch.save(expected, tmp_path / "expected.pt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", REMOTE, str(CHECKPOINT), str(tmp_path / "x.pt"),
-                             str(tmp_path / "expected.pt")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE, str(CHECKPOINT), str(tmp_path / "x.pt"), str(tmp_path / "expected.pt")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE True MMAEForSequenceClassification" in result.stdout
 

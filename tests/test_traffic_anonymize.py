@@ -26,7 +26,15 @@ def client_hello(sni: bytes) -> bytes:
     ext_sni = struct.pack("!HH", 0, len(name) + 2) + struct.pack("!H", len(name)) + name
     ext_other = struct.pack("!HH", 0x000B, 2) + b"\x01\x00"
     exts = ext_other + ext_sni
-    body = b"\x03\x03" + bytes(range(32)) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00" + struct.pack("!H", len(exts)) + exts
+    body = (
+        b"\x03\x03"
+        + bytes(range(32))
+        + b"\x00"
+        + b"\x00\x02\x13\x01"
+        + b"\x01\x00"
+        + struct.pack("!H", len(exts))
+        + exts
+    )
     hs = b"\x01" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
 
@@ -55,7 +63,12 @@ def test_default_removes_addresses_ports_ids_checksums(engine):
         assert s[8] == r[8] and s[33] == r[33]  # TTL and TCP flags kept
         assert np.array_equal(s[80:], r[80:])  # payload untouched
     blob = f.input_bytes.tobytes()
-    for needle in (bytes([198, 51, 100, 77]), bytes([203, 0, 113, 9]), struct.pack("!H", 51515), struct.pack("!H", 8443)):
+    for needle in (
+        bytes([198, 51, 100, 77]),
+        bytes([203, 0, 113, 9]),
+        struct.pack("!H", 51515),
+        struct.pack("!H", 8443),
+    ):
         assert needle not in blob
     # sequence numbers relative to the first per direction: SYN 0, SYN-ACK 0, client ACK seq 1 / ack 0
     seq = [int.from_bytes(slots(f)[k][24:28].tobytes(), "big") for k in range(5)]

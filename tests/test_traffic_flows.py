@@ -164,7 +164,9 @@ def engines_agree(files):
         b = list(iter_flows(path, engine="fast"))
         assert len(a) == len(b)
         for x, y in zip(sorted(a, key=lambda f: f.start_time), sorted(b, key=lambda f: f.start_time)):
-            assert np.array_equal(x.input_bytes, y.input_bytes) and np.allclose(x.flow_stats, y.flow_stats, rtol=1e-5, atol=1e-6)
+            assert np.array_equal(x.input_bytes, y.input_bytes) and np.allclose(
+                x.flow_stats, y.flow_stats, rtol=1e-5, atol=1e-6
+            )
 
 
 def test_engines_agree_on_the_sample_traffic():
@@ -220,7 +222,9 @@ def test_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
     monkeypatch.setattr(fastflows, "_key_hash", lambda keys: np.zeros(len(keys), dtype=np.uint64))  # all collide
     got = sorted(iter_flows(data, engine="fast"), key=lambda f: (f.start_time, f.src_port))
     assert len(got) == len(want) == 50
-    assert all(np.array_equal(a.input_bytes, b.input_bytes) and a.packet_count == b.packet_count for a, b in zip(got, want))
+    assert all(
+        np.array_equal(a.input_bytes, b.input_bytes) and a.packet_count == b.packet_count for a, b in zip(got, want)
+    )
 
 
 def test_engines_agree_at_the_active_timeout_edge():
@@ -240,10 +244,19 @@ def _same_record(x, y):
     assert np.array_equal(x.packet_directions, y.packet_directions)
     assert np.allclose(x.packet_iats, y.packet_iats)
     assert np.allclose(x.flow_stats, y.flow_stats, rtol=1e-5, atol=1e-6)
-    assert (x.src_ip, x.src_port, x.dst_ip, x.dst_port, x.protocol) == (y.src_ip, y.src_port, y.dst_ip, y.dst_port,
-                                                                        y.protocol)
-    assert (x.packet_count, x.byte_count, x.start_time, x.end_time) == (y.packet_count, y.byte_count, y.start_time,
-                                                                        y.end_time)
+    assert (x.src_ip, x.src_port, x.dst_ip, x.dst_port, x.protocol) == (
+        y.src_ip,
+        y.src_port,
+        y.dst_ip,
+        y.dst_port,
+        y.protocol,
+    )
+    assert (x.packet_count, x.byte_count, x.start_time, x.end_time) == (
+        y.packet_count,
+        y.byte_count,
+        y.start_time,
+        y.end_time,
+    )
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -295,14 +308,18 @@ def test_engines_agree_with_a_packet_cap_across_blocks(max_packets, monkeypatch)
     recs += [(1.0 + 0.01 * k, udp(sport=7000, dport=53, payload=bytes([k % 256]) * (k % 40 + 1))) for k in range(300)]
     data = pcap_bytes([(t, ether(p)) for t, p in recs])
     monkeypatch.setattr(pcapio, "BLOCK_SIZE", 4 << 10)
-    for opts in (FlowOptions(max_packets=max_packets),
-                 FlowOptions(max_packets=max_packets, bidirectional=False, tcp_close=False, num_packets=3),
-                 FlowOptions(max_packets=max_packets, idle_timeout=0.05, active_timeout=0.15, anonymize="strict")):
+    for opts in (
+        FlowOptions(max_packets=max_packets),
+        FlowOptions(max_packets=max_packets, bidirectional=False, tcp_close=False, num_packets=3),
+        FlowOptions(max_packets=max_packets, idle_timeout=0.05, active_timeout=0.15, anonymize="strict"),
+    ):
         got = {}
         for engine in ENGINES:
             acc = PacketAccounting()
-            flows = sorted(iter_flows(data, opts, accounting=acc, engine=engine),
-                           key=lambda f: (f.start_time, f.src_ip, f.src_port))
+            flows = sorted(
+                iter_flows(data, opts, accounting=acc, engine=engine),
+                key=lambda f: (f.start_time, f.src_ip, f.src_port),
+            )
             assert acc.packets_read == len(recs) == acc.packets_in_flows + acc.packets_skipped
             assert acc.packets_in_flows == sum(f.packet_count for f in flows)
             assert all(f.packet_count <= max_packets for f in flows)

@@ -57,7 +57,9 @@ def split_direction(path, key):
         for i in range(len(chunk)):
             s, n = int(chunk.file_offset[i]), int(chunk.caplen[i])
             rec = raw[s : s + 16 + n]
-            flows = list(iter_flows(raw[:24] + rec, FlowOptions(bidirectional=False, **NO_TIMEOUTS), engine="reference"))
+            flows = list(
+                iter_flows(raw[:24] + rec, FlowOptions(bidirectional=False, **NO_TIMEOUTS), engine="reference")
+            )
             if flows and direction_key(flows[0]) == key:
                 out.append(rec)
     assert struct.unpack(endian + "I", raw[20:24])[0] == 1
@@ -160,8 +162,11 @@ def test_scapy_reference_reproduces_netmambas_arrays(shared_dir, tmp_path):
 @pytest.mark.parametrize("engine", ["reference", "fast"])
 def test_flow_route_matches_every_remove_ip_fixture(engine, shared_dir):
     """Unidirectional flows (and whole files for BIDIR rows) with the netmamba profile."""
-    rows = [{**r, "input": r["input_file"], "output": r["output_file"]}
-            for r in read_csv(golden(shared_dir) / "manifest.csv") if r["remove_ip"] == "True"]
+    rows = [
+        {**r, "input": r["input_file"], "output": r["output_file"]}
+        for r in read_csv(golden(shared_dir) / "manifest.csv")
+        if r["remove_ip"] == "True"
+    ]
     assert len(rows) == 115
     assert flow_route_mismatches(rows, ndpi(shared_dir), engine) == []
 

@@ -212,14 +212,18 @@ def test_segmentation_offload_zero_ip_length(engine):
 def test_impossible_length_inside_a_block_is_caught():
     from traffic_pcaps import raw_tcp
 
-    frames = [(i * 0.001, ether(raw_tcp("10.0.0.1", "10.0.0.2", 1000 + i % 7, 80, payload=b"p" * 300))) for i in range(2000)]
+    frames = [
+        (i * 0.001, ether(raw_tcp("10.0.0.1", "10.0.0.2", 1000 + i % 7, 80, payload=b"p" * 300))) for i in range(2000)
+    ]
     data = bytearray(pcap_bytes(frames))
     rec = 24 + 10 * (16 + len(frames[0][1]))  # 11th record
     struct.pack_into("<I", data, rec + 8, (1 << 18) + 1)  # larger than any frame, still inside the file
     acc = PacketAccounting()
     flows = list(iter_flows(bytes(data), accounting=acc, source_name="mid.pcap", engine="fast"))
     assert acc.packets_read == 10 and sum(f.packet_count for f in flows) == 10
-    assert acc.errors == [f"mid.pcap: corrupt record header: captured length {(1 << 18) + 1} exceeds {1 << 18} at byte offset {rec}"]
+    assert acc.errors == [
+        f"mid.pcap: corrupt record header: captured length {(1 << 18) + 1} exceeds {1 << 18} at byte offset {rec}"
+    ]
 
 
 def test_binary_file_objects(tmp_path):

@@ -6,7 +6,10 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
-def tcp(src="10.0.0.1", dst="10.0.0.2", sport=40000, dport=443, flags="A", seq=1000, ack=0, payload=b"", v6=False, **ip):
+
+def tcp(
+    src="10.0.0.1", dst="10.0.0.2", sport=40000, dport=443, flags="A", seq=1000, ack=0, payload=b"", v6=False, **ip
+):
     l3 = IPv6(src=src, dst=dst, **ip) if v6 else IP(src=src, dst=dst, **ip)
     pkt = l3 / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack)
     return bytes(pkt / Raw(payload)) if payload else bytes(pkt)
@@ -17,7 +20,9 @@ def udp(src="10.0.0.1", dst="10.0.0.2", sport=40000, dport=53, payload=b"x", v6=
     return bytes(l3 / UDP(sport=sport, dport=dport) / Raw(payload))
 
 
-def handshake(client="10.0.0.1", server="10.0.0.2", cport=40000, sport=443, t0=0.0, data=(b"hello", b"world"), close="fin"):
+def handshake(
+    client="10.0.0.1", server="10.0.0.2", cport=40000, sport=443, t0=0.0, data=(b"hello", b"world"), close="fin"
+):
     """A small TCP connection as [(ts, ip_bytes)]."""
     c = dict(src=client, dst=server, sport=cport, dport=sport)
     s = dict(src=server, dst=client, sport=sport, dport=cport)

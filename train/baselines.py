@@ -19,8 +19,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="baseline", required=True)
     tree = sub.add_parser("tree", help="scikit-learn tree ensemble on side-channel features")
-    tree.add_argument("--kind", default="extra_trees",
-                      choices=["extra_trees", "random_forest", "hist_gradient_boosting"])
+    tree.add_argument(
+        "--kind", default="extra_trees", choices=["extra_trees", "random_forest", "hist_gradient_boosting"]
+    )
     tree.add_argument("--n-estimators", type=int, default=300)
     probe = sub.add_parser("linear-probe", help="logistic regression on frozen pre-trained CLS features")
     probe.add_argument("--pretrained", required=True, help="pre-trained MMAE folder or Hub repo id")
@@ -45,14 +46,23 @@ def _run(args) -> int:
         check_model_source(args.pretrained, "--pretrained")
     dsd = load_traffic_dataset(args.dataset)
     if args.baseline == "tree":
-        summary = run_tree_baseline(dsd, args.output_dir, kind=args.kind, seed=args.seed,
-                                    n_estimators=args.n_estimators)
+        summary = run_tree_baseline(
+            dsd, args.output_dir, kind=args.kind, seed=args.seed, n_estimators=args.n_estimators
+        )
     else:
         import mmae_hf  # noqa: F401
 
         summary = run_linear_probe(dsd, args.pretrained, args.output_dir, seed=args.seed, batch_size=args.batch_size)
-    print(json.dumps({"baseline": summary["model_name"], "validation": summary["validation"],
-                      "test": {k: v for k, v in summary["test"].items() if k != "per_class"}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "baseline": summary["model_name"],
+                "validation": summary["validation"],
+                "test": {k: v for k, v in summary["test"].items() if k != "per_class"},
+            },
+            indent=2,
+        )
+    )
     print(f"test_confusion_png: {summary['files']['confusion_png']}")
     return 0
 

@@ -16,8 +16,12 @@ import sys
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="export_encoder.py", description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="export_encoder.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--pretraining_dir", required=True, help="a finished train/pretrain.py output folder")
     p.add_argument("--output_dir", required=True, help="the checkpoint folder to write")
     p.add_argument("--corpus_report", help="corpus_report.json (default: beside the run's --dataset)")
@@ -50,13 +54,22 @@ def _run(args) -> int:
 
     set_library_progress_bars(progress_wanted(False))  # bars only on a terminal
 
-    folder = export_encoder(args.pretraining_dir, args.output_dir, corpus_report=args.corpus_report,
-                            diagnostics=args.diagnostics, label_efficiency=args.label_efficiency,
-                            license=args.license, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
-                            private=args.hub_private_repo)
+    folder = export_encoder(
+        args.pretraining_dir,
+        args.output_dir,
+        corpus_report=args.corpus_report,
+        diagnostics=args.diagnostics,
+        label_efficiency=args.label_efficiency,
+        license=args.license,
+        overwrite=args.overwrite,
+        push_to_hub=args.push_to_hub,
+        private=args.hub_private_repo,
+    )
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    print(f"encoder checkpoint: {folder} ({size / 1e6:.1f} MB)" +
-          (f"; published to {args.push_to_hub}" if args.push_to_hub else ""))
+    print(
+        f"encoder checkpoint: {folder} ({size / 1e6:.1f} MB)"
+        + (f"; published to {args.push_to_hub}" if args.push_to_hub else "")
+    )
     return 0
 
 

@@ -23,9 +23,12 @@ import sys
 from pathlib import Path
 
 # old option names (before the Trainer's names were adopted); dash forms of every option are accepted too
-RENAMED_OPTIONS = {"--epochs": "--num_train_epochs", "--batch_size": "--per_device_train_batch_size",
-                   "--eval_batch_size": "--per_device_eval_batch_size",
-                   "--label_smoothing": "--label_smoothing_factor"}
+RENAMED_OPTIONS = {
+    "--epochs": "--num_train_epochs",
+    "--batch_size": "--per_device_train_batch_size",
+    "--eval_batch_size": "--per_device_eval_batch_size",
+    "--label_smoothing": "--label_smoothing_factor",
+}
 SYNONYMS = {"--no_progress": "--disable_tqdm", "--no-progress": "--disable_tqdm"}
 
 
@@ -34,8 +37,14 @@ def build_parser():
     from mmae_hf.training.finetuning import FinetuneArguments
 
     summary, _, rest = __doc__.partition("\n\n")
-    return TrainingScriptParser(FinetuneArguments, renamed=RENAMED_OPTIONS, synonyms=SYNONYMS,
-                                prog="finetune.py", description=summary, epilog=rest)
+    return TrainingScriptParser(
+        FinetuneArguments,
+        renamed=RENAMED_OPTIONS,
+        synonyms=SYNONYMS,
+        prog="finetune.py",
+        description=summary,
+        epilog=rest,
+    )
 
 
 def main(argv=None) -> int:
@@ -58,11 +67,15 @@ def _run(parser, argv) -> int:
     if "files" not in summary:  # a non-main process of a multi-process run: rank 0 reports
         return 0
     test, files, threshold = summary["test"], summary["files"], summary["ood_threshold"]
-    print(f"test: accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, weighted-F1 "
-          f"{test['weighted_f1']:.4f} (selected: {summary['best_checkpoint'] or 'final'}, OOD threshold "
-          f"{'none' if threshold is None else f'{threshold:.4f}'})")
-    print(f"model: {files['model']} (card: README.md; confusion matrix: {files['test_confusion_png']}; "
-          f"everything: {Path(args.output_dir) / 'results.json'})")
+    print(
+        f"test: accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, weighted-F1 "
+        f"{test['weighted_f1']:.4f} (selected: {summary['best_checkpoint'] or 'final'}, OOD threshold "
+        f"{'none' if threshold is None else f'{threshold:.4f}'})"
+    )
+    print(
+        f"model: {files['model']} (card: README.md; confusion matrix: {files['test_confusion_png']}; "
+        f"everything: {Path(args.output_dir) / 'results.json'})"
+    )
     return 0
 
 

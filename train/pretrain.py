@@ -44,17 +44,32 @@ outputs (in --output_dir):
 """
 
 # old option names; dash forms of every option are accepted too
-RENAMED_OPTIONS = {"--config_override": "--config_overrides", "--no_progress_bar": "--disable_tqdm",
-                   "--cpu": "--use_cpu", "--num_workers": "--dataloader_num_workers"}
+RENAMED_OPTIONS = {
+    "--config_override": "--config_overrides",
+    "--no_progress_bar": "--disable_tqdm",
+    "--cpu": "--use_cpu",
+    "--num_workers": "--dataloader_num_workers",
+}
 SYNONYMS = {"--no_progress": "--disable_tqdm", "--no-progress": "--disable_tqdm"}
 
 # option groups of --help; fields of PretrainingArguments not named here go to "runtime"
 GROUPS = {
     "data and model": ("dataset", "split", "dataset_cache_dir", "config", "config_overrides", "output_dir"),
     "length and batch": ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "stop_after_step"),
-    "optimisation": ("learning_rate", "base_learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
-                     "warmup_steps", "warmup_ratio", "min_lr_ratio", "max_grad_norm", "ema_momentum_start",
-                     "ema_momentum_end"),
+    "optimisation": (
+        "learning_rate",
+        "base_learning_rate",
+        "weight_decay",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "warmup_steps",
+        "warmup_ratio",
+        "min_lr_ratio",
+        "max_grad_norm",
+        "ema_momentum_start",
+        "ema_momentum_end",
+    ),
 }
 HELP = {
     "dataset": "dataset folder (save_to_disk or parquet shards) or Hub dataset id",
@@ -70,7 +85,9 @@ HELP = {
     "learning_rate": "peak lr (default: --base_learning_rate x global batch / 256)",
     "base_learning_rate": "lr per 256 flows of global batch, used when --learning_rate is not given",
     "weight_decay": "AdamW weight decay (not on biases, norms, position embeddings, CLS)",
-    "adam_beta1": "AdamW beta1", "adam_beta2": "AdamW beta2", "adam_epsilon": "AdamW epsilon",
+    "adam_beta1": "AdamW beta1",
+    "adam_beta2": "AdamW beta2",
+    "adam_epsilon": "AdamW epsilon",
     "warmup_steps": "linear warm-up steps (default: --warmup_ratio of --max_steps)",
     "warmup_ratio": "share of the steps used for linear warm-up",
     "min_lr_ratio": "the cosine decays to this share of the peak lr",
@@ -78,11 +95,12 @@ HELP = {
     "ema_momentum_start": "teacher EMA momentum at the start (cosine schedule)",
     "ema_momentum_end": "teacher EMA momentum at the end",
     "mixed_precision": "no, bf16 or fp16 (default: the launcher's setting, accelerate launch --mixed_precision or "
-                       "a config file, else no)",
+    "a config file, else no)",
     "use_cpu": "run on the CPU even when a GPU is present",
     "seed": "model init, data order, FlowMix pairs, mask noise",
     "dataloader_num_workers": "background threads reading batches",
-    "logging_steps": "log every N steps", "save_steps": "checkpoint every N steps (0: off)",
+    "logging_steps": "log every N steps",
+    "save_steps": "checkpoint every N steps (0: off)",
     "save_total_limit": "checkpoints kept",
     "resume_from_checkpoint": "checkpoint folder, or 'latest'",
     "allow_inexact_resume": "continue even if the checkpoint's RNG / collator states cannot be restored (not exact)",
@@ -93,7 +111,7 @@ HELP = {
     "torch_threads": "CPU threads per process (on small shared machines 1 can be much faster than all cores)",
     "torch_compile": "compile the student's and teacher's forward (torch.compile; the first step pays the compilation)",
     "disable_tqdm": "no progress bar at all (--no_progress works too); without it the bar is drawn only when stderr "
-                    "is a terminal",
+    "is a terminal",
 }
 CLI_ONLY = {"config_overrides", "progress_bar"}  # fields whose command-line form differs (see cli_dataclasses)
 
@@ -115,15 +133,26 @@ def cli_dataclasses():
         else:
             default = dataclasses.field(metadata={"help": HELP.get(f.name, "")})
         specs[f.name] = (f.name, hints[f.name], default)
-    specs["config_overrides"] = ("config_overrides", list[str], dataclasses.field(
-        default_factory=list, metadata={"help": HELP["config_overrides"], "action": "extend", "metavar": "KEY=VALUE"}))
-    specs["disable_tqdm"] = ("disable_tqdm", bool, dataclasses.field(default=False,
-                                                                      metadata={"help": HELP["disable_tqdm"]}))
+    specs["config_overrides"] = (
+        "config_overrides",
+        list[str],
+        dataclasses.field(
+            default_factory=list,
+            metadata={"help": HELP["config_overrides"], "action": "extend", "metavar": "KEY=VALUE"},
+        ),
+    )
+    specs["disable_tqdm"] = (
+        "disable_tqdm",
+        bool,
+        dataclasses.field(default=False, metadata={"help": HELP["disable_tqdm"]}),
+    )
     grouped = {name: [specs.pop(n) for n in names if n in specs] for name, names in GROUPS.items()}
     grouped["runtime"] = list(specs.values())
     classes = []
     for title, fields in grouped.items():
-        required = [f for f in fields if f[2].default is dataclasses.MISSING and f[2].default_factory is dataclasses.MISSING]
+        required = [
+            f for f in fields if f[2].default is dataclasses.MISSING and f[2].default_factory is dataclasses.MISSING
+        ]
         optional = [f for f in fields if f not in required]
         cls = dataclasses.make_dataclass("Pretrain_" + title.replace(" ", "_"), required + optional)
         cls._argument_group_name = title
@@ -134,8 +163,14 @@ def cli_dataclasses():
 def build_parser():
     from mmae_hf.argparsing import TrainingScriptParser
 
-    return TrainingScriptParser(cli_dataclasses(), renamed=RENAMED_OPTIONS, synonyms=SYNONYMS, prog="pretrain.py",
-                                description=__doc__.split("\n\n")[0], epilog=LAUNCH_HELP)
+    return TrainingScriptParser(
+        cli_dataclasses(),
+        renamed=RENAMED_OPTIONS,
+        synonyms=SYNONYMS,
+        prog="pretrain.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=LAUNCH_HELP,
+    )
 
 
 def main(argv=None):
@@ -195,8 +230,12 @@ def guard_process_exit(code, grace_seconds=60.0):
 
     def watchdog():
         time.sleep(grace_seconds)
-        print(f"warning: the run finished but the process did not exit within {grace_seconds:.0f} s; "
-              "stacks of all threads follow, then the process exits", file=sys.stderr, flush=True)
+        print(
+            f"warning: the run finished but the process did not exit within {grace_seconds:.0f} s; "
+            "stacks of all threads follow, then the process exits",
+            file=sys.stderr,
+            flush=True,
+        )
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -210,7 +249,10 @@ if __name__ == "__main__":
     from mmae_hf.traffic.atomic import run_interruptible
 
     # Ctrl-C / SIGTERM: one line and exit 130 / 143 (checkpoints are renamed into place only when complete)
-    exit_code = run_interruptible(main, "pretrain.py", "the checkpoints written so far are complete "
-                                  "(continue with --resume_from_checkpoint latest)")
+    exit_code = run_interruptible(
+        main,
+        "pretrain.py",
+        "the checkpoints written so far are complete (continue with --resume_from_checkpoint latest)",
+    )
     guard_process_exit(exit_code)  # only as a script: in-process callers (tests) keep their interpreter
     sys.exit(exit_code)

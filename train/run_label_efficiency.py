@@ -22,21 +22,37 @@ REPO = Path(__file__).resolve().parents[1]
 def parse_args(argv=None):
     from mmae_hf.training.label_efficiency import MODELS
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", required=True, help="pre-trained MMAE folder (save_pretrained) or Hub id")
     p.add_argument("--datasets", nargs="+", required=True, help="labelled dataset folders (train/validation/test)")
     p.add_argument("--ks", nargs="+", default=["5", "10", "25", "50", "all"], help="flows per class, or 'all'")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--finetune_arg", "--finetune-arg", dest="finetune_arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="a FinetuneArguments field for both fine-tuned models, e.g. learning_rate=1e-3 (repeatable); "
-                        "default: the recipe train/finetune.py picks")
-    p.add_argument("--probe_pooling", "--probe-pooling", dest="probe_pooling", default="cls", choices=["cls", "mean", "cls+mean"])
+    p.add_argument(
+        "--finetune_arg",
+        "--finetune-arg",
+        dest="finetune_arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a FinetuneArguments field for both fine-tuned models, e.g. learning_rate=1e-3 (repeatable); "
+        "default: the recipe train/finetune.py picks",
+    )
+    p.add_argument(
+        "--probe_pooling", "--probe-pooling", dest="probe_pooling", default="cls", choices=["cls", "mean", "cls+mean"]
+    )
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
     p.add_argument("--explain", action="store_true", help="print what the table means, in words, after it")
     p.add_argument("--name", default="label_efficiency", help="result file name")
-    p.add_argument("--output_dir", "--output-dir", dest="output_dir", default=str(REPO / "outputs" / "label-efficiency"), help="run cache")
+    p.add_argument(
+        "--output_dir",
+        "--output-dir",
+        dest="output_dir",
+        default=str(REPO / "outputs" / "label-efficiency"),
+        help="run cache",
+    )
     p.add_argument("--results_dir", "--results-dir", dest="results_dir", default=str(REPO / "benchmarks" / "results"))
     return p.parse_args(argv)
 
@@ -49,13 +65,25 @@ def main(argv=None) -> int:
 
     started = time.time()
     settings = LabelEfficiencySettings(
-        checkpoint=args.checkpoint, datasets=args.datasets, output_dir=args.output_dir,
-        ks=[None if k == "all" else int(k) for k in args.ks], seeds=args.seeds, models=args.models,
-        finetune_overrides=parse_config_overrides(args.finetune_arg), probe_pooling=args.probe_pooling)
+        checkpoint=args.checkpoint,
+        datasets=args.datasets,
+        output_dir=args.output_dir,
+        ks=[None if k == "all" else int(k) for k in args.ks],
+        seeds=args.seeds,
+        models=args.models,
+        finetune_overrides=parse_config_overrides(args.finetune_arg),
+        probe_pooling=args.probe_pooling,
+    )
     study = run_study(settings, progress=lambda line: print(line, flush=True), jobs=args.jobs)
-    study["settings"] = {"checkpoint": args.checkpoint, "datasets": [Path(d).name for d in args.datasets],
-                         "ks": args.ks, "seeds": args.seeds, "models": args.models,
-                         "finetune_overrides": settings.finetune_overrides, "probe_pooling": args.probe_pooling}
+    study["settings"] = {
+        "checkpoint": args.checkpoint,
+        "datasets": [Path(d).name for d in args.datasets],
+        "ks": args.ks,
+        "seeds": args.seeds,
+        "models": args.models,
+        "finetune_overrides": settings.finetune_overrides,
+        "probe_pooling": args.probe_pooling,
+    }
     study["wall_time_s"] = round(time.time() - started, 1)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
@@ -67,8 +95,10 @@ def main(argv=None) -> int:
     if args.explain:
         print(explain(study))
         print()
-    print(f"results: {results / (args.name + '.md')} (.json, .png); runs (model cards, confusion matrices): "
-          f"{args.output_dir}/runs/")
+    print(
+        f"results: {results / (args.name + '.md')} (.json, .png); runs (model cards, confusion matrices): "
+        f"{args.output_dir}/runs/"
+    )
     return 0
 
 

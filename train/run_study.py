@@ -35,13 +35,18 @@ def parse_args(argv=None):
     p = ArgumentParser(prog="run_study.py", description=__doc__.split("\n\n")[0], epilog=__doc__)
     p.add_argument("--dataset", help="dataset folder or Hub repo id with train/validation/test splits")
     p.add_argument("--study", default="study", help="name of the study (file names of the results)")
-    p.add_argument("--dataset-name", help="name (or Hub repo id) of the dataset in tables and model cards "
-                                          "(default: the folder name)")
+    p.add_argument(
+        "--dataset-name",
+        help="name (or Hub repo id) of the dataset in tables and model cards (default: the folder name)",
+    )
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS), metavar="VARIANT")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--output-dir", help="runs go here (default: outputs/studies/<study>)")
-    p.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"),
-                   help="where <study>.json and <study>.md are written")
+    p.add_argument(
+        "--results-dir",
+        default=str(REPO / "benchmarks" / "results"),
+        help="where <study>.json and <study>.md are written",
+    )
     p.add_argument("--preset", default="mmae-tiny", help="model config preset for pre-training and from-scratch runs")
     p.add_argument("--pretrain-steps", type=int, default=300)
     p.add_argument("--pretrain-batch-size", type=int, default=32)
@@ -92,7 +97,9 @@ def run_logged(cmd: list[str], log_path: Path, quiet: bool) -> float:
         code = proc.wait()
     if code != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
-        raise StudyRunError(f"command failed with exit code {code} (log: {log_path}):\n  {shlex.join(cmd)}\n" + "\n".join(tail))
+        raise StudyRunError(
+            f"command failed with exit code {code} (log: {log_path}):\n  {shlex.join(cmd)}\n" + "\n".join(tail)
+        )
     return time.time() - started
 
 
@@ -104,10 +111,28 @@ def ensure_pretraining(name: str, seed: int, args, out: Path) -> tuple[Path, flo
     if summary_path.is_file() and not args.force and json.loads(summary_path.read_text()).get("finished"):
         print(f"[study] reusing pre-training {name} seed {seed}: {run_dir}", flush=True)
         return run_dir, float(json.loads(summary_path.read_text()).get("wall_time_s") or 0.0)
-    cmd = [sys.executable, str(REPO / "train" / "pretrain.py"), "--dataset", args.dataset, "--config", args.preset,
-           "--output_dir", str(run_dir), "--max_steps", str(args.pretrain_steps),
-           "--per_device_train_batch_size", str(args.pretrain_batch_size), "--learning_rate", str(args.pretrain_lr),
-           "--seed", str(seed), "--save_steps", "0", "--logging_steps", "10"]
+    cmd = [
+        sys.executable,
+        str(REPO / "train" / "pretrain.py"),
+        "--dataset",
+        args.dataset,
+        "--config",
+        args.preset,
+        "--output_dir",
+        str(run_dir),
+        "--max_steps",
+        str(args.pretrain_steps),
+        "--per_device_train_batch_size",
+        str(args.pretrain_batch_size),
+        "--learning_rate",
+        str(args.pretrain_lr),
+        "--seed",
+        str(seed),
+        "--save_steps",
+        "0",
+        "--logging_steps",
+        "10",
+    ]
     if PRETRAININGS[name]:
         cmd += ["--config_overrides", *(f"{key}={json.dumps(value)}" for key, value in PRETRAININGS[name].items())]
     cmd += shlex.split(args.pretrain_args)
@@ -147,12 +172,28 @@ def run_variant(name: str, seed: int, args, out: Path, dsd) -> dict:
     else:
         print(f"[study] {name} seed {seed}: {variant.description}", flush=True)
         if variant.kind == "finetune":
-            cmd = [sys.executable, str(REPO / "train" / "finetune.py"), "--dataset", args.dataset,
-                   "--output_dir", str(run_dir), "--num_train_epochs", str(args.epochs),
-                   "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
-                   "--layer_decay", str(args.layer_decay), "--seed", str(seed),
-                   "--model_name", f"{args.study}-{name}-seed{seed}",
-                   "--dataset_name", args.dataset_name or _dataset_name(args.dataset)]
+            cmd = [
+                sys.executable,
+                str(REPO / "train" / "finetune.py"),
+                "--dataset",
+                args.dataset,
+                "--output_dir",
+                str(run_dir),
+                "--num_train_epochs",
+                str(args.epochs),
+                "--per_device_train_batch_size",
+                str(args.batch_size),
+                "--learning_rate",
+                str(args.learning_rate),
+                "--layer_decay",
+                str(args.layer_decay),
+                "--seed",
+                str(seed),
+                "--model_name",
+                f"{args.study}-{name}-seed{seed}",
+                "--dataset_name",
+                args.dataset_name or _dataset_name(args.dataset),
+            ]
             cmd += ["--pretrained", str(pretrain_dir)] if pretrain_dir else ["--preset", args.preset]
             cmd += shlex.split(args.finetune_args)
             run_logged(cmd, out / "logs" / f"{name}-seed{seed}.log", args.quiet)
@@ -161,15 +202,30 @@ def run_variant(name: str, seed: int, args, out: Path, dsd) -> dict:
             encoder_dir = pretrain_dir or save_random_encoder(args.preset, seed, run_dir / "random_encoder")
             results = run_linear_probe(dsd, str(encoder_dir), run_dir, seed=seed, name=f"{name} seed {seed}")
         else:
-            results = run_tree_baseline(dsd, run_dir, kind=variant.tree_kind, seed=seed,
-                                        n_estimators=args.tree_estimators, name=f"{name} seed {seed}")
+            results = run_tree_baseline(
+                dsd,
+                run_dir,
+                kind=variant.tree_kind,
+                seed=seed,
+                n_estimators=args.tree_estimators,
+                name=f"{name} seed {seed}",
+            )
     test = {k: v for k, v in results["test"].items() if k != "per_class"}
-    print(f"[study] {name} seed {seed}: test macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f}",
-          flush=True)
-    return {"variant": name, "seed": seed, "kind": variant.kind, "test": test, "validation": results["validation"],
-            "run_wall_time_s": results.get("wall_time_s"), "pretrain_wall_time_s": pretrain_seconds,
-            "wall_time_s": (results.get("wall_time_s") or 0.0) + pretrain_seconds,
-            "dir": str(run_dir), "files": results.get("files", {})}
+    print(
+        f"[study] {name} seed {seed}: test macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f}", flush=True
+    )
+    return {
+        "variant": name,
+        "seed": seed,
+        "kind": variant.kind,
+        "test": test,
+        "validation": results["validation"],
+        "run_wall_time_s": results.get("wall_time_s"),
+        "pretrain_wall_time_s": pretrain_seconds,
+        "wall_time_s": (results.get("wall_time_s") or 0.0) + pretrain_seconds,
+        "dir": str(run_dir),
+        "files": results.get("files", {}),
+    }
 
 
 def _baseline_kind(name: str) -> str:
@@ -190,24 +246,38 @@ def refresh_model_cards(runs: list[dict], dataset_name: str) -> None:
             continue
         model_dir = Path(run["dir"]) / "model"
         summary = json.loads((Path(run["dir"]) / "results.json").read_text())
-        others = [{"name": f"{r['variant']} ({_baseline_kind(r['variant'])})" if r["kind"] != "finetune"
-                   else r["variant"], "test": r["test"]}
-                  for r in runs if r["seed"] == run["seed"] and r["variant"] != run["variant"]]
+        others = [
+            {
+                "name": f"{r['variant']} ({_baseline_kind(r['variant'])})" if r["kind"] != "finetune" else r["variant"],
+                "test": r["test"],
+            }
+            for r in runs
+            if r["seed"] == run["seed"] and r["variant"] != run["variant"]
+        ]
         fe_path = model_dir / "preprocessor_config.json"
         card = build_finetuned_model_card(
-            summary, dataset_name=dataset_name, baselines=others,
+            summary,
+            dataset_name=dataset_name,
+            baselines=others,
             feature_extractor_config=json.loads(fe_path.read_text()) if fe_path.is_file() else None,
-            config=json.loads((model_dir / "config.json").read_text()))
+            config=json.loads((model_dir / "config.json").read_text()),
+        )
         card.save(model_dir / "README.md")
 
 
 def _code_version() -> str | None:
     """The git commit the study ran at (with "+dirty" when the working tree had local changes), if known."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("+dirty" if dirty else "")) or None
@@ -224,8 +294,11 @@ def main(argv=None) -> int:
     from mmae_hf.traffic.atomic import run_interruptible
 
     args = parse_args(argv)
-    return run_interruptible(lambda: run_main("run_study.py", lambda: _main(args), debug=args.debug), "run_study.py",
-                             "completed runs are kept and reused by the next call")
+    return run_interruptible(
+        lambda: run_main("run_study.py", lambda: _main(args), debug=args.debug),
+        "run_study.py",
+        "completed runs are kept and reused by the next call",
+    )
 
 
 def _main(args) -> int:
@@ -252,16 +325,39 @@ def _main(args) -> int:
     rows = summarize_study(runs, args.variants)
     dataset_name = args.dataset_name or _dataset_name(args.dataset)
     refresh_model_cards(runs, dataset_name)
-    settings = {k: getattr(args, k) for k in ("preset", "pretrain_steps", "pretrain_batch_size", "pretrain_lr", "epochs",
-                                              "batch_size", "learning_rate", "layer_decay", "tree_estimators",
-                                              "pretrain_args", "finetune_args")}
+    settings = {
+        k: getattr(args, k)
+        for k in (
+            "preset",
+            "pretrain_steps",
+            "pretrain_batch_size",
+            "pretrain_lr",
+            "epochs",
+            "batch_size",
+            "learning_rate",
+            "layer_decay",
+            "tree_estimators",
+            "pretrain_args",
+            "finetune_args",
+        )
+    }
     study = {
-        "study": args.study, "created": now_utc(), "seeds": args.seeds, "variants": args.variants,
-        "dataset": {"name": dataset_name, "num_rows": {s: len(dsd[s]) for s in dsd},
-                    "label_names": list(dsd["train"].features["label"].names)},
-        "chance": chance_levels(dsd["train"]["label"], dsd["test"]["label"],
-                                dsd["train"].features["label"].num_classes),
-        "settings": settings, "summary": rows, "runs": runs, "wall_time_s": time.time() - started,
+        "study": args.study,
+        "created": now_utc(),
+        "seeds": args.seeds,
+        "variants": args.variants,
+        "dataset": {
+            "name": dataset_name,
+            "num_rows": {s: len(dsd[s]) for s in dsd},
+            "label_names": list(dsd["train"].features["label"].names),
+        },
+        "chance": chance_levels(
+            dsd["train"]["label"], dsd["test"]["label"], dsd["train"].features["label"].num_classes
+        ),
+        "settings": settings,
+        "summary": rows,
+        "runs": runs,
+        "wall_time_s": time.time() - started,
         "code_version": _code_version(),
     }
     results_dir = Path(args.results_dir)

@@ -17,8 +17,13 @@ TASK = "traffic-classification"
 
 def pipeline_entry() -> dict:
     """``{task: {"impl", "pt", "type"}}`` as ``Pipeline.save_pretrained`` writes it for the traffic pipeline."""
-    return {TASK: {"impl": "pipeline_traffic.TrafficClassificationPipeline",
-                   "pt": ["AutoModelForSequenceClassification"], "type": "multimodal"}}
+    return {
+        TASK: {
+            "impl": "pipeline_traffic.TrafficClassificationPipeline",
+            "pt": ["AutoModelForSequenceClassification"],
+            "type": "multimodal",
+        }
+    }
 
 
 class RegisteredCustomPipelines(dict):

@@ -601,7 +601,9 @@ class MMAEForPreTraining(MMAEPreTrainedModel):
         highest `hard_token_scores` are masked first (their noise is set to +inf), the rest at random."""
         batch, length = mask_noise.shape
         if length != self.config.num_tokens:
-            raise ValueError(f"mask_noise must have shape [batch, {self.config.num_tokens}], got {tuple(mask_noise.shape)}")
+            raise ValueError(
+                f"mask_noise must have shape [batch, {self.config.num_tokens}], got {tuple(mask_noise.shape)}"
+            )
         num_keep = self.config.num_tokens - self.config.num_masked_tokens
         noise = mask_noise.float()
         if self.config.use_guided_masking and hard_token_scores is not None and hard_mask_share > 0:
@@ -634,7 +636,9 @@ class MMAEForPreTraining(MMAEPreTrainedModel):
         times = (
             scale_packet_iats(packet_iats.to(device)) if packet_iats is not None else torch.zeros(shape, device=device)
         )
-        directions = packet_directions.to(device) if self.config.pmp_use_directions and packet_directions is not None else None
+        directions = (
+            packet_directions.to(device) if self.config.pmp_use_directions and packet_directions is not None else None
+        )
         lengths = (
             scale_packet_lengths(packet_lengths.to(device), directions)
             if packet_lengths is not None

@@ -88,11 +88,26 @@ def _make_flow(class_id, flow_index, rng):
     gaps = iats[1:num_packets].astype(np.float64) if num_packets > 1 else np.zeros(1)
     stats = np.zeros(NUM_FLOW_STATS, dtype=np.float64)
     stats[:20] = [
-        packet_count, byte_count, present.mean(), present.std(), present.min(), present.max(),
-        np.median(present), np.quantile(present, 0.25), np.quantile(present, 0.75), duration,
-        gaps.mean(), gaps.std(), gaps.min(), gaps.max(), np.median(gaps),
-        present.mean() - 20 - l4_header, present.max() - 20 - l4_header, 0.0,
-        packet_count / max(duration, 1e-6), byte_count / max(duration, 1e-6),
+        packet_count,
+        byte_count,
+        present.mean(),
+        present.std(),
+        present.min(),
+        present.max(),
+        np.median(present),
+        np.quantile(present, 0.25),
+        np.quantile(present, 0.75),
+        duration,
+        gaps.mean(),
+        gaps.std(),
+        gaps.min(),
+        gaps.max(),
+        np.median(gaps),
+        present.mean() - 20 - l4_header,
+        present.max() - 20 - l4_header,
+        0.0,
+        packet_count / max(duration, 1e-6),
+        byte_count / max(duration, 1e-6),
     ]
     stats[20:25] = rng.integers(0, 3, size=5)
     stats[25] = float(protocol == 6)

@@ -48,8 +48,10 @@ def describe_os_error(error: BaseException, path=None) -> str:
         return f"{name} ({os.strerror(code).lower()}){where}{target}"
     free = free_bytes(path) if path is not None else None
     if free is not None and free < (1 << 20):
-        return (f"ENOSPC (no space left on device){where}: {free} bytes free on that file system "
-                f"({type(error).__name__}: {error})")
+        return (
+            f"ENOSPC (no space left on device){where}: {free} bytes free on that file system "
+            f"({type(error).__name__}: {error})"
+        )
     return f"{type(error).__name__}: {error}{where}"
 
 
@@ -255,5 +257,14 @@ def run_interruptible(main, prog: str, what: str = "nothing was written") -> int
         return 130
 
 
-__all__ = ["Interrupted", "OutputWriteError", "StagedFolder", "atomic_write_text", "describe_os_error", "free_bytes",
-           "interrupts_as_exceptions", "remove_stale", "run_interruptible"]
+__all__ = [
+    "Interrupted",
+    "OutputWriteError",
+    "StagedFolder",
+    "atomic_write_text",
+    "describe_os_error",
+    "free_bytes",
+    "interrupts_as_exceptions",
+    "remove_stale",
+    "run_interruptible",
+]

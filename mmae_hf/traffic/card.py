@@ -49,8 +49,13 @@ STAT_DEFINITIONS = {
 
 
 def _size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                        (10_000_000, "1M<n<10M")):
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ):
         if n < limit:
             return name
     return "10M<n<100M"
@@ -87,7 +92,10 @@ def stat_definitions_table(stat_names=None) -> str:
 def columns_table(flow_options: dict) -> str:
     """Markdown table of the data contract's columns for a byte layout: name, type, meaning."""
     widths = column_widths(flow_options["num_packets"], flow_options["header_bytes"], flow_options["payload_bytes"])
-    rows = [[f"`{name}`", f"{dtype} x {widths[name]}", COLUMN_DESCRIPTIONS[name]] for name, dtype in FLOW_ARRAY_COLUMNS.items()]
+    rows = [
+        [f"`{name}`", f"{dtype} x {widths[name]}", COLUMN_DESCRIPTIONS[name]]
+        for name, dtype in FLOW_ARRAY_COLUMNS.items()
+    ]
     rows.append(["`label`", "ClassLabel", COLUMN_DESCRIPTIONS["label"]])
     rows += [[f"`{name}`", "string", COLUMN_DESCRIPTIONS[name]] for name in ("source_file", "group")]
     rows += [[f"`{name}`", dtype, COLUMN_DESCRIPTIONS[name]] for name, dtype in FLOW_SCALAR_COLUMNS.items()]
@@ -117,11 +125,11 @@ def make_dataset_card(report: dict, *, pretty_name=None, license=None):
     total = flows["final"]
     data = DatasetCardData(
         # a folder's name, never a path of the building machine
-        pretty_name=pretty_name or f"{report['input'].get('recipe') or Path(str(report['input'].get('root'))).name} flows",
+        pretty_name=pretty_name
+        or f"{report['input'].get('recipe') or Path(str(report['input'].get('root'))).name} flows",
         license=license or "unknown",
         task_categories=["other"],  # the Hub has no traffic task; the models' task is traffic-classification
-        tags=["network-traffic", "encrypted-traffic", "pcap", "flow-classification", "traffic-classification",
-              "mmae"],
+        tags=["network-traffic", "encrypted-traffic", "pcap", "flow-classification", "traffic-classification", "mmae"],
         size_categories=[_size_category(total)],
     )
     # our own metadata, under one key so that it cannot clash with the Hub's
@@ -140,14 +148,20 @@ def make_dataset_card(report: dict, *, pretty_name=None, license=None):
     }
     skipped_rows = [[reason, n] for reason, n in packets["skipped"].items()] or [["(none)", 0]]
     missing = split.get("classes_missing_from_splits") or {}
-    missing_text = ("".join(f"\n  - `{c}`: not in {', '.join(s)}" for c, s in missing.items())
-                    if missing else "none (every class is in every split).")
+    missing_text = (
+        "".join(f"\n  - `{c}`: not in {', '.join(s)}" for c, s in missing.items())
+        if missing
+        else "none (every class is in every split)."
+    )
     dropped = flows.get("classes_below_minimum") or {}
-    dropped_text = (", ".join(f"`{c}` ({n} flows)" for c, n in dropped.items()) if dropped else "none")
-    min_text = (f"Classes removed for having fewer than {flows['min_flows_per_class']} flows: {dropped_text}."
-                if flows["min_flows_per_class"] else "No minimum number of flows per class.")
+    dropped_text = ", ".join(f"`{c}` ({n} flows)" for c, n in dropped.items()) if dropped else "none"
+    min_text = (
+        f"Classes removed for having fewer than {flows['min_flows_per_class']} flows: {dropped_text}."
+        if flows["min_flows_per_class"]
+        else "No minimum number of flows per class."
+    )
     capped = flows.get("removed_by_cap") or {}
-    capped_text = (", ".join(f"`{c}` (-{n})" for c, n in capped.items()) if capped else "none")
+    capped_text = ", ".join(f"`{c}` (-{n})" for c, n in capped.items()) if capped else "none"
     conflicts = dup.get("label_conflicts") or []
     recipe = report.get("recipe")
     recipe_section = f"\n## Recipe\n\n`{recipe['name']}`: {recipe['description']}\n" if recipe else ""
@@ -155,22 +169,30 @@ def make_dataset_card(report: dict, *, pretty_name=None, license=None):
     caps = {c: n for c, n in ((report.get("packet_caps") or {}).get("max_packets_by_class") or {}).items() if n}
     caps_text = ""
     if caps:
-        caps_text = (f"\n\nPackets per flow capped ({report['packet_caps']['source']}): only the first N packets "
-                     f"of each flow are kept, N by class: {caps}. Later packets of a flow are dropped "
-                     "(`over_packet_cap`); `packet_count`, `byte_count`, `end_time` and `flow_stats` describe the "
-                     "kept packets only.")
+        caps_text = (
+            f"\n\nPackets per flow capped ({report['packet_caps']['source']}): only the first N packets "
+            f"of each flow are kept, N by class: {caps}. Later packets of a flow are dropped "
+            "(`over_packet_cap`); `packet_count`, `byte_count`, `end_time` and `flow_stats` describe the "
+            "kept packets only."
+        )
         if report["packet_caps"]["source"] == "recipe":
-            caps_text += (" The caps depend on the class, so `preprocessor_config.json` holds none: flows read at "
-                          "inference are not capped.")
-    license_text = (f"`{license}`." if license else "`unknown`: the flows come from captures whose terms the builder "
-                    "cannot know; set `license:` above to the captures' license before publishing.")
+            caps_text += (
+                " The caps depend on the class, so `preprocessor_config.json` holds none: flows read at "
+                "inference are not capped."
+            )
+    license_text = (
+        f"`{license}`."
+        if license
+        else "`unknown`: the flows come from captures whose terms the builder "
+        "cannot know; set `license:` above to the captures' license before publishing."
+    )
     body = f"""
 # {data.pretty_name}
 
 Flow-level encrypted-traffic classification data built with mmae-hf
-(`mmae_hf.traffic.dataset.build_dataset`, version {report['mmae_hf_version']}). One row is one flow ({direction}):
-the first {opts['num_packets']} packets x ({opts['header_bytes']} header bytes from the IP header on +
-{opts['payload_bytes']} transport-payload bytes) in `{BYTE_COLUMN}`, per-packet lengths, gaps and directions,
+(`mmae_hf.traffic.dataset.build_dataset`, version {report["mmae_hf_version"]}). One row is one flow ({direction}):
+the first {opts["num_packets"]} packets x ({opts["header_bytes"]} header bytes from the IP header on +
+{opts["payload_bytes"]} transport-payload bytes) in `{BYTE_COLUMN}`, per-packet lengths, gaps and directions,
 {len(FLOW_STAT_NAMES)} flow statistics, the class in `label` and the capture it came from in `source_file`.
 
 ```python
@@ -184,29 +206,29 @@ License: {license_text}
 
 {class_count_table(report)}
 
-- Split: **{split['method']}** (ratios train/validation/test = {split['ratios']['train']:.2f}/{split['ratios']['validation']:.2f}/{split['ratios']['test']:.2f}, seed {split['seed']}),
-  stratified by class. Groups per split: {split.get('groups_per_split')}. Groups on more than one split:
-  {len(split.get('groups_on_several_splits') or [])}.
+- Split: **{split["method"]}** (ratios train/validation/test = {split["ratios"]["train"]:.2f}/{split["ratios"]["validation"]:.2f}/{split["ratios"]["test"]:.2f}, seed {split["seed"]}),
+  stratified by class. Groups per split: {split.get("groups_per_split")}. Groups on more than one split:
+  {len(split.get("groups_on_several_splits") or [])}.
 - Classes missing from a split: {missing_text}
 - {min_text}
-- Per-class cap: {flows['max_flows_per_class'] or 'none'}; flows removed by it: {capped_text}.
+- Per-class cap: {flows["max_flows_per_class"] or "none"}; flows removed by it: {capped_text}.
 
 ## Anonymisation and flow assembly
 
-Anonymisation profile **`{opts['anonymize']}`** (see `mmae_hf.traffic.ANONYMIZATION_PROFILES`). Flow options:
+Anonymisation profile **`{opts["anonymize"]}`** (see `mmae_hf.traffic.ANONYMIZATION_PROFILES`). Flow options:
 `{opts}`. The same options are saved in `preprocessor_config.json` (`MMAEFeatureExtractor`) and must be reused at
 inference.{caps_text}
 
 ## Dropped packets and flows
 
-{packets['packets_read']} packets read from {report['input']['files']} captures, {packets['packets_in_flows']} in flows.
-{len(report.get('errors') or [])} capture(s) reported errors (see `build_report.json`).
+{packets["packets_read"]} packets read from {report["input"]["files"]} captures, {packets["packets_in_flows"]} in flows.
+{len(report.get("errors") or [])} capture(s) reported errors (see `build_report.json`).
 
-{_table(['skip reason', 'packets'], skipped_rows)}
+{_table(["skip reason", "packets"], skipped_rows)}
 
-Exact duplicate payloads: {dup.get('duplicate_clusters', 0)} clusters, {flows['removed_duplicates']} flows removed
-({dup.get('removed_within_split', 0)} within a split, {dup.get('removed_across_splits', 0)} across splits:
-{dup.get('across_split_pairs', {})}). Payloads shared by different classes (label conflicts): {len(conflicts)}.
+Exact duplicate payloads: {dup.get("duplicate_clusters", 0)} clusters, {flows["removed_duplicates"]} flows removed
+({dup.get("removed_within_split", 0)} within a split, {dup.get("removed_across_splits", 0)} across splits:
+{dup.get("across_split_pairs", {})}). Payloads shared by different classes (label conflicts): {len(conflicts)}.
 
 ## Columns
 

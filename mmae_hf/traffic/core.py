@@ -112,17 +112,24 @@ class FlowOptions:
             raise ValueError("idle_timeout and active_timeout must be positive")
         if self.min_packets < 1:
             raise ValueError("min_packets must be >= 1")
-        if isinstance(self.max_packets, bool) or not isinstance(self.max_packets, (int, np.integer)) \
-                or self.max_packets < 0:
+        if (
+            isinstance(self.max_packets, bool)
+            or not isinstance(self.max_packets, (int, np.integer))
+            or self.max_packets < 0
+        ):
             raise ValueError(f"max_packets must be an integer >= 0 (0 = no cap), got {self.max_packets!r}")
         self.max_packets = int(self.max_packets)
-        if isinstance(self.max_open_flows, bool) or not isinstance(self.max_open_flows, (int, np.integer)) \
-                or self.max_open_flows < 0:
+        if (
+            isinstance(self.max_open_flows, bool)
+            or not isinstance(self.max_open_flows, (int, np.integer))
+            or self.max_open_flows < 0
+        ):
             raise ValueError(f"max_open_flows must be an integer >= 0 (0 = no cap), got {self.max_open_flows!r}")
         self.max_open_flows = int(self.max_open_flows)
         if self.max_packets and self.max_packets < self.min_packets:
-            raise ValueError(f"max_packets={self.max_packets} is below min_packets={self.min_packets}: every flow "
-                             "would be dropped")
+            raise ValueError(
+                f"max_packets={self.max_packets} is below min_packets={self.min_packets}: every flow would be dropped"
+            )
 
     @property
     def slot_bytes(self) -> int:

@@ -117,18 +117,34 @@ def corpus_captures(root) -> list[dict]:
         if "/" not in relative:
             continue  # a capture at the top has no source folder
         source = relative.split("/", 1)[0]
-        captures.append({"file": relative, "source": source,
-                         "identity": identity_of.get(relative, Path(relative).name),
-                         "license": licenses.get(source)})
+        captures.append(
+            {
+                "file": relative,
+                "source": source,
+                "identity": identity_of.get(relative, Path(relative).name),
+                "license": licenses.get(source),
+            }
+        )
     if not captures:
         raise ValueError(f"{root}: no captures found in <source>/ sub-folders")
     return captures
 
 
-def build_pretraining_corpus(inputs, output_dir, *, evaluation_sets=(), include_train=(), anonymize="default",
-                             validation_size: float = 0.05, seed: int = 0, num_proc: int = 1,
-                             max_flows_per_source: int | None = None, overwrite: bool = False, progress: bool = True,
-                             command: str | None = None) -> dict:
+def build_pretraining_corpus(
+    inputs,
+    output_dir,
+    *,
+    evaluation_sets=(),
+    include_train=(),
+    anonymize="default",
+    validation_size: float = 0.05,
+    seed: int = 0,
+    num_proc: int = 1,
+    max_flows_per_source: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
     """Build the corpus (see the module docstring) and save it atomically to ``output_dir``; returns the report.
 
     Args:
@@ -154,11 +170,14 @@ def build_pretraining_corpus(inputs, output_dir, *, evaluation_sets=(), include_
     evaluations = [read_evaluation_set(p) for p in evaluation_sets]
     for ev in evaluations:
         if ev.anonymize is not None and ev.anonymize != anonymize:
-            raise ValueError(f"{ev.path}: anonymised with {ev.anonymize!r} but the corpus uses {anonymize!r}: identical "
-                             "flows would not collide, so the payload exclusion could not work; build both alike")
+            raise ValueError(
+                f"{ev.path}: anonymised with {ev.anonymize!r} but the corpus uses {anonymize!r}: identical "
+                "flows would not collide, so the payload exclusion could not work; build both alike"
+            )
     held_groups = set().union(*(ev.held_out_groups for ev in evaluations)) if evaluations else set()
-    held_digests = (np.concatenate([ev.held_out_digests for ev in evaluations]) if evaluations
-                    else np.zeros((0, 16), np.uint8))
+    held_digests = (
+        np.concatenate([ev.held_out_digests for ev in evaluations]) if evaluations else np.zeros((0, 16), np.uint8)
+    )
     held_digest_set = {row.tobytes() for row in held_digests}
 
     splits, sources, licenses, excluded, per_input = [], Counter(), {}, [], []
@@ -179,21 +198,42 @@ def build_pretraining_corpus(inputs, output_dir, *, evaluation_sets=(), include_
                 writer.writerow(["file", "label", "group"])
                 for capture in kept:
                     writer.writerow([capture["file"], capture["source"], capture["file"]])
-            result = build_dataset(root, None, manifest=manifest, split_by="file",
-                                   validation_size=validation_size, test_size=0.0, seed=seed, anonymize=anonymize,
-                                   num_proc=num_proc, progress=progress)
-            per_input.append({"input": root.name, "captures": len(captures), "captures_used": len(kept),
-                              "flows_extracted": result.report["flows"]["extracted"],
-                              "duplicates_removed": result.report["flows"]["removed_duplicates"],
-                              "packets_skipped": result.report["packets"]["skipped"],
-                              "capture_errors": result.report["errors"]})
+            result = build_dataset(
+                root,
+                None,
+                manifest=manifest,
+                split_by="file",
+                validation_size=validation_size,
+                test_size=0.0,
+                seed=seed,
+                anonymize=anonymize,
+                num_proc=num_proc,
+                progress=progress,
+            )
+            per_input.append(
+                {
+                    "input": root.name,
+                    "captures": len(captures),
+                    "captures_used": len(kept),
+                    "flows_extracted": result.report["flows"]["extracted"],
+                    "duplicates_removed": result.report["flows"]["removed_duplicates"],
+                    "packets_skipped": result.report["packets"]["skipped"],
+                    "capture_errors": result.report["errors"],
+                }
+            )
             splits.append(result.dataset)
         for path in include_train:
             train = load_traffic_dataset(path, "train")
             name = Path(path).name
-            splits.append(DatasetDict({"train": train.map(lambda b, name=name: {"label_name": [name] * len(b[BYTE_COLUMN])},
-                                                          batched=True),
-                                       }))
+            splits.append(
+                DatasetDict(
+                    {
+                        "train": train.map(
+                            lambda b, name=name: {"label_name": [name] * len(b[BYTE_COLUMN])}, batched=True
+                        ),
+                    }
+                )
+            )
             licenses.setdefault(name, "see the dataset card of " + name)
 
         corpus = {}
@@ -234,9 +274,15 @@ def build_pretraining_corpus(inputs, output_dir, *, evaluation_sets=(), include_
             "anonymize": anonymize,
             "seed": seed,
             "validation_size": validation_size,
-            "evaluation_sets": [{"path": Path(ev.path).name, "held_out_captures": len(ev.held_out_groups),
-                                 "held_out_flows": int(len(ev.held_out_digests)), "anonymize": ev.anonymize}
-                                for ev in evaluations],
+            "evaluation_sets": [
+                {
+                    "path": Path(ev.path).name,
+                    "held_out_captures": len(ev.held_out_groups),
+                    "held_out_flows": int(len(ev.held_out_digests)),
+                    "anonymize": ev.anonymize,
+                }
+                for ev in evaluations
+            ],
             "excluded_captures": len(excluded),
             "held_out_captures_not_in_corpus": sorted(held_groups - {c["identity"] for c in excluded}),
             "excluded_capture_list": excluded,
@@ -301,26 +347,49 @@ def corpus_card(report: dict) -> str:
     """The corpus's README.md: YAML metadata, then what is in it and what was kept out."""
     total = sum(report["flows"].values())
     licenses = sorted({str(v) for v in report["licenses"].values() if v})
-    lines = ["---", "license: other", "task_categories:", "- feature-extraction", "tags:", "- network-traffic",
-             "- encrypted-traffic", "- pcap", "- unlabelled", "pretty_name: MMAE pre-training corpus", "---", "",
-             "# MMAE pre-training corpus", "",
-             f"{total:,} unlabelled flows (train {report['flows'].get('train', 0):,}, held-out validation "
-             f"{report['flows'].get('validation', 0):,}, split by capture), anonymisation profile "
-             f"`{report['anonymize']}`. The `source` column names where a flow comes from; it is not a label.", "",
-             "| source | train flows | validation flows | licence |", "|---|---:|---:|---|"]
+    lines = [
+        "---",
+        "license: other",
+        "task_categories:",
+        "- feature-extraction",
+        "tags:",
+        "- network-traffic",
+        "- encrypted-traffic",
+        "- pcap",
+        "- unlabelled",
+        "pretty_name: MMAE pre-training corpus",
+        "---",
+        "",
+        "# MMAE pre-training corpus",
+        "",
+        f"{total:,} unlabelled flows (train {report['flows'].get('train', 0):,}, held-out validation "
+        f"{report['flows'].get('validation', 0):,}, split by capture), anonymisation profile "
+        f"`{report['anonymize']}`. The `source` column names where a flow comes from; it is not a label.",
+        "",
+        "| source | train flows | validation flows | licence |",
+        "|---|---:|---:|---|",
+    ]
     by = report["flows_by_source"]
     for source in sorted(set(by.get("train", {})) | set(by.get("validation", {}))):
-        lines.append(f"| {source} | {by.get('train', {}).get(source, 0):,} | "
-                     f"{by.get('validation', {}).get(source, 0):,} | {report['licenses'].get(source) or '?'} |")
+        lines.append(
+            f"| {source} | {by.get('train', {}).get(source, 0):,} | "
+            f"{by.get('validation', {}).get(source, 0):,} | {report['licenses'].get(source) or '?'} |"
+        )
     lines += ["", "## Kept out (evaluation flows never reach pre-training)", ""]
     for ev in report["evaluation_sets"]:
-        lines.append(f"- `{ev['path']}`: {ev['held_out_flows']} validation/test flows from "
-                     f"{ev['held_out_captures']} captures")
-    lines += [f"- captures left out whole (a held-out flow was cut from them): {report['excluded_captures']}",
-              f"- corpus flows removed because their bytes equal a held-out flow's: "
-              f"{report['removed_held_out_payloads']} {report['removed_held_out_payloads_by_source'] or ''}", "",
-              f"Licences of the sources: {', '.join(licenses) or 'unknown'}.", "",
-              f"Built with: `{report['command']}`", ""]
+        lines.append(
+            f"- `{ev['path']}`: {ev['held_out_flows']} validation/test flows from {ev['held_out_captures']} captures"
+        )
+    lines += [
+        f"- captures left out whole (a held-out flow was cut from them): {report['excluded_captures']}",
+        f"- corpus flows removed because their bytes equal a held-out flow's: "
+        f"{report['removed_held_out_payloads']} {report['removed_held_out_payloads_by_source'] or ''}",
+        "",
+        f"Licences of the sources: {', '.join(licenses) or 'unknown'}.",
+        "",
+        f"Built with: `{report['command']}`",
+        "",
+    ]
     return "\n".join(lines)
 
 

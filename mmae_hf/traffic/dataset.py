@@ -135,8 +135,16 @@ def discover_tree(root, suffixes=PCAP_SUFFIXES, special_files=None) -> list:
     return files
 
 
-def read_manifest(manifest, *, file_column: str = "file", label_column: str = "label", group_column=None,
-                  root=None, seen_column=None, special_files=None) -> list:
+def read_manifest(
+    manifest,
+    *,
+    file_column: str = "file",
+    label_column: str = "label",
+    group_column=None,
+    root=None,
+    seen_column=None,
+    special_files=None,
+) -> list:
     """Captures listed in a CSV manifest with a header row (``file,label[,group]``).
 
     File paths are relative to ``root`` (default: the manifest's folder) unless absolute. ``group_column`` names
@@ -155,8 +163,10 @@ def read_manifest(manifest, *, file_column: str = "file", label_column: str = "l
         header = reader.fieldnames or []
         missing = [c for c in (file_column, label_column) if c not in header]
         if missing:
-            raise ValueError(f"{manifest}:1: header must name the columns {file_column!r} and {label_column!r}; "
-                             f"missing {missing} (found {header})")
+            raise ValueError(
+                f"{manifest}:1: header must name the columns {file_column!r} and {label_column!r}; "
+                f"missing {missing} (found {header})"
+            )
         if group_column is None and "group" in header:
             group_column = "group"
         if group_column is not None and group_column not in header:
@@ -166,8 +176,10 @@ def read_manifest(manifest, *, file_column: str = "file", label_column: str = "l
         for row in reader:
             line = reader.line_num
             if None in row or any(v is None for v in row.values()):
-                raise ValueError(f"{manifest}:{line}: expected {len(header)} comma-separated fields "
-                                 f"({', '.join(header)}), got a different number")
+                raise ValueError(
+                    f"{manifest}:{line}: expected {len(header)} comma-separated fields "
+                    f"({', '.join(header)}), got a different number"
+                )
             name = row[file_column].strip()
             label = row[label_column].strip()
             if not name:
@@ -183,7 +195,9 @@ def read_manifest(manifest, *, file_column: str = "file", label_column: str = "l
             if not path.is_file():
                 raise ValueError(f"{manifest}:{line}: file {name!r} does not exist (looked for {path})")
             if name in first_line_of:
-                raise ValueError(f"{manifest}:{line}: file {name!r} is listed twice (first on line {first_line_of[name]})")
+                raise ValueError(
+                    f"{manifest}:{line}: file {name!r} is listed twice (first on line {first_line_of[name]})"
+                )
             first_line_of[name] = line
             group = row[group_column].strip() if group_column else ""
             seen_key = row[seen_column].strip() if seen_column else ""
@@ -204,16 +218,22 @@ def _empty_columns(num_bytes: int, num_packets: int, num_stats: int, keep_addres
     }
     cols.update({k: np.zeros(0, t) for k, t in _SCALARS.items()})
     if keep_addresses:
-        cols.update(src_ip=np.zeros(0, "U1"), dst_ip=np.zeros(0, "U1"),
-                    src_port=np.zeros(0, np.int32), dst_port=np.zeros(0, np.int32))
+        cols.update(
+            src_ip=np.zeros(0, "U1"),
+            dst_ip=np.zeros(0, "U1"),
+            src_port=np.zeros(0, np.int32),
+            dst_port=np.zeros(0, np.int32),
+        )
     return cols
 
 
 def _records_to_columns(records: list, options, num_stats: int, keep_addresses: bool) -> dict:
     if not records:
         return _empty_columns(options.num_bytes, options.num_packets, num_stats, keep_addresses)
-    cols = {name: np.stack([getattr(r, name) for r in records]).astype(dtype, copy=False)
-            for name, dtype in _VECTORS.items()}
+    cols = {
+        name: np.stack([getattr(r, name) for r in records]).astype(dtype, copy=False)
+        for name, dtype in _VECTORS.items()
+    }
     cols.update({name: np.array([getattr(r, name) for r in records], dtype=dtype) for name, dtype in _SCALARS.items()})
     if keep_addresses:
         cols["src_ip"] = np.array([str(r.src_ip) for r in records])  # fixed-width unicode
@@ -230,8 +250,14 @@ _WORKER: dict = {}
 def _init_worker(options_dict: dict, keep_addresses: bool, strict: bool, flow_reader, spill_dir) -> None:
     from . import FLOW_STAT_NAMES, FlowOptions
 
-    _WORKER.update(options=FlowOptions.from_dict(options_dict), keep_addresses=keep_addresses, strict=strict,
-                   reader=flow_reader, num_stats=len(FLOW_STAT_NAMES), spill_dir=spill_dir)
+    _WORKER.update(
+        options=FlowOptions.from_dict(options_dict),
+        keep_addresses=keep_addresses,
+        strict=strict,
+        reader=flow_reader,
+        num_stats=len(FLOW_STAT_NAMES),
+        spill_dir=spill_dir,
+    )
 
 
 def _init_pool_worker(*args) -> None:
@@ -280,8 +306,15 @@ def _extract_one(task) -> dict:
             raise
         error = str(exc) if name in str(exc) else f"{name}: {type(exc).__name__}: {exc}"
     columns = _records_to_columns(records, options, _WORKER["num_stats"], _WORKER["keep_addresses"])
-    result = {"index": index, "name": name, "num_flows": len(records), "start_time": columns["start_time"],
-              "digest": payload_digests(columns[BYTE_COLUMN]), "accounting": accounting.to_dict(), "error": error}
+    result = {
+        "index": index,
+        "name": name,
+        "num_flows": len(records),
+        "start_time": columns["start_time"],
+        "digest": payload_digests(columns[BYTE_COLUMN]),
+        "accounting": accounting.to_dict(),
+        "error": error,
+    }
     if _WORKER["spill_dir"] is not None:
         np.savez(spill_path(_WORKER["spill_dir"], index), **columns)  # plain arrays only: loads without pickle
     else:
@@ -290,9 +323,18 @@ def _extract_one(task) -> dict:
     return result
 
 
-def iter_extract_captures(files: list, options, *, keep_addresses: bool = False, strict: bool = False,
-                          num_proc: int = 1, progress: bool = True, flow_reader=None, spill_dir=None,
-                          packet_caps=None):
+def iter_extract_captures(
+    files: list,
+    options,
+    *,
+    keep_addresses: bool = False,
+    strict: bool = False,
+    num_proc: int = 1,
+    progress: bool = True,
+    flow_reader=None,
+    spill_dir=None,
+    packet_caps=None,
+):
     """Extract every capture, yielding one result dict per file in the order of ``files`` (whatever the workers'
     scheduling). A result holds ``columns`` (the flows as numpy arrays) unless ``spill_dir`` is given, in which
     case the workers write them to ``spill_path(spill_dir, index)``.
@@ -370,13 +412,16 @@ class _FlowStore:
 
 
 # ----------------------------------------------------------------------------------------------- features
-def contract_features(class_names, *, keep_addresses: bool = False, num_bytes: int = 1600, num_packets: int = 5,
-                      num_stats: int = 27):
+def contract_features(
+    class_names, *, keep_addresses: bool = False, num_bytes: int = 1600, num_packets: int = 5, num_stats: int = 27
+):
     """The `datasets.Features` of the data contract (docs/INTERFACES.md) for these class names."""
     from datasets import ClassLabel, Features, List, Value
 
     widths = {BYTE_COLUMN: num_bytes, "flow_stats": num_stats}
-    spec = {name: List(Value(dtype), length=widths.get(name, num_packets)) for name, dtype in FLOW_ARRAY_COLUMNS.items()}
+    spec = {
+        name: List(Value(dtype), length=widths.get(name, num_packets)) for name, dtype in FLOW_ARRAY_COLUMNS.items()
+    }
     spec.update(label=ClassLabel(names=list(class_names)), source_file=Value("string"), group=Value("string"))
     spec.update({name: Value(dtype) for name, dtype in FLOW_SCALAR_COLUMNS.items()})
     if keep_addresses:
@@ -411,8 +456,12 @@ def _arrow_dataset(columns: dict, features, split_name: str):
         values = columns[name]
         digest.update(name.encode())
         digest.update(values.tobytes() if values.dtype.kind != "O" else "\0".join(values.tolist()).encode())
-    return Dataset(InMemoryTable(_arrow_table(columns, features)), info=DatasetInfo(features=features),
-                   split=NamedSplit(split_name), fingerprint=digest.hexdigest()[:16])
+    return Dataset(
+        InMemoryTable(_arrow_table(columns, features)),
+        info=DatasetInfo(features=features),
+        split=NamedSplit(split_name),
+        fingerprint=digest.hexdigest()[:16],
+    )
 
 
 class _SplitWriter:
@@ -447,8 +496,9 @@ class _SplitWriter:
 
 
 # ----------------------------------------------------------------------------------------------- caps
-def cap_classes(labels: np.ndarray, split: np.ndarray, keep: np.ndarray, *, min_flows: int = 0, max_flows=None,
-                seed: int = 0) -> tuple:
+def cap_classes(
+    labels: np.ndarray, split: np.ndarray, keep: np.ndarray, *, min_flows: int = 0, max_flows=None, seed: int = 0
+) -> tuple:
     """Apply per-class minimum and maximum flow counts to the kept rows.
 
     Classes with fewer than ``min_flows`` kept flows are removed entirely. A class with more than ``max_flows``
@@ -513,15 +563,18 @@ def _resolve_options(flow_options, overrides: dict):
     return FlowOptions.from_dict(values)
 
 
-def _collect(input_path, *, recipe, manifest, file_column, label_column, group_column, seen_column=None,
-             special_files=None):
+def _collect(
+    input_path, *, recipe, manifest, file_column, label_column, group_column, seen_column=None, special_files=None
+):
     """(files, input description, excluded names) for any kind of input; FIFOs, sockets and devices found on the
     way are appended to ``special_files`` as ``{"file": name, "kind": kind}`` (never opened)."""
     input_path = Path(input_path)
     if recipe is not None:
         if seen_column is not None:
-            raise ValueError(f"{input_path}: seen_column {seen_column!r} needs a CSV manifest that holds that column; "
-                             f"recipe {recipe.name!r} labels captures by their paths")
+            raise ValueError(
+                f"{input_path}: seen_column {seen_column!r} needs a CSV manifest that holds that column; "
+                f"recipe {recipe.name!r} labels captures by their paths"
+            )
         files, excluded = recipe.collect(input_path, special_files=special_files)
         return files, {"kind": "recipe", "recipe": recipe.name, "root": input_path.name}, excluded
     if manifest is None and input_path.is_file() and input_path.suffix.lower() == ".csv":
@@ -531,11 +584,26 @@ def _collect(input_path, *, recipe, manifest, file_column, label_column, group_c
     if manifest is not None:
         manifest = Path(manifest)
         root = input_path if input_path.is_dir() else manifest.parent
-        files = read_manifest(manifest, file_column=file_column, label_column=label_column,
-                              group_column=group_column, root=root, seen_column=seen_column,
-                              special_files=special_files)
-        return files, {"kind": "manifest", "manifest": manifest.name, "root": root.name,
-                       "group_column": group_column, "seen_column": seen_column}, []
+        files = read_manifest(
+            manifest,
+            file_column=file_column,
+            label_column=label_column,
+            group_column=group_column,
+            root=root,
+            seen_column=seen_column,
+            special_files=special_files,
+        )
+        return (
+            files,
+            {
+                "kind": "manifest",
+                "manifest": manifest.name,
+                "root": root.name,
+                "group_column": group_column,
+                "seen_column": seen_column,
+            },
+            [],
+        )
     return discover_tree(input_path, special_files=special_files), {"kind": "tree", "root": input_path.name}, []
 
 
@@ -640,16 +708,23 @@ def _plan(input_path, build: BuildOptions) -> _Plan:
         raise ValueError(f"num_proc must be an integer >= 1, got {build.num_proc!r}")
     flow_options, manifest, group_column = build.flow_options, build.manifest, build.group_column
     explicit_cap = build.max_packets is not None or (
-        "max_packets" in flow_options if isinstance(flow_options, dict) else
-        bool(flow_options is not None and flow_options.max_packets))
+        "max_packets" in flow_options
+        if isinstance(flow_options, dict)
+        else bool(flow_options is not None and flow_options.max_packets)
+    )
     split_by = build.split_by or (rec.split_by if rec else None) or "file"
     if build.seen_column is not None and split_by not in ("file", "group"):
-        raise ValueError(f"seen_column {build.seen_column!r} needs a group split (split_by 'file' or 'group'), "
-                         f"not {split_by!r}")
-    min_flows = build.min_flows_per_class if build.min_flows_per_class is not None else (
-        rec.min_flows_per_class if rec else 0)
-    max_flows = build.max_flows_per_class if build.max_flows_per_class is not None else (
-        rec.max_flows_per_class if rec else None)
+        raise ValueError(
+            f"seen_column {build.seen_column!r} needs a group split (split_by 'file' or 'group'), not {split_by!r}"
+        )
+    min_flows = (
+        build.min_flows_per_class if build.min_flows_per_class is not None else (rec.min_flows_per_class if rec else 0)
+    )
+    max_flows = (
+        build.max_flows_per_class
+        if build.max_flows_per_class is not None
+        else (rec.max_flows_per_class if rec else None)
+    )
     if rec is not None:
         manifest = manifest if manifest is not None else (Path(input_path) / rec.manifest if rec.manifest else None)
         group_column = group_column or rec.group_column
@@ -657,9 +732,15 @@ def _plan(input_path, build: BuildOptions) -> _Plan:
         if flow_options is not None and not isinstance(flow_options, dict):
             base = flow_options.to_dict()
         flow_options = base
-    options = _resolve_options(flow_options, {"anonymize": build.anonymize, "min_packets": build.min_packets,
-                                              "drop_service_chatter": build.drop_service_chatter,
-                                              "max_packets": build.max_packets})
+    options = _resolve_options(
+        flow_options,
+        {
+            "anonymize": build.anonymize,
+            "min_packets": build.min_packets,
+            "drop_service_chatter": build.drop_service_chatter,
+            "max_packets": build.max_packets,
+        },
+    )
     # the recipe's per-class packet caps (ISCX-Tor): each capture is read with its class's cap
     packet_caps = {} if rec is None or explicit_cap else {k: int(v) for k, v in rec.packet_caps.items()}
     for label, cap in packet_caps.items():  # a cap that FlowOptions rejects fails here, before any reading
@@ -671,8 +752,13 @@ def _plan(input_path, build: BuildOptions) -> _Plan:
     if rec is not None and rec.packet_caps and explicit_cap:
         caps_source = f"max_packets={options.max_packets} (overrides the recipe's packet_caps)"
     special = []
-    columns = dict(file_column=build.file_column, label_column=build.label_column, group_column=group_column,
-                   seen_column=build.seen_column, special_files=special)
+    columns = dict(
+        file_column=build.file_column,
+        label_column=build.label_column,
+        group_column=group_column,
+        seen_column=build.seen_column,
+        special_files=special,
+    )
     if rec is not None and rec.manifest:
         files, source, excluded = _collect(input_path, recipe=None, manifest=manifest, **columns)
         source.update(kind="recipe", recipe=rec.name)
@@ -682,9 +768,19 @@ def _plan(input_path, build: BuildOptions) -> _Plan:
         source["special_files_skipped"] = special
     # more workers than captures or CPUs only costs memory and start-up time
     num_proc = int(max(1, min(build.num_proc, len(files), _available_cpus())))
-    return _Plan(files=files, options=options, recipe=rec, split_by=split_by, min_flows=min_flows,
-                 max_flows=max_flows, packet_caps=packet_caps, caps_source=caps_source, source=source,
-                 excluded=excluded, num_proc=num_proc)
+    return _Plan(
+        files=files,
+        options=options,
+        recipe=rec,
+        split_by=split_by,
+        min_flows=min_flows,
+        max_flows=max_flows,
+        packet_caps=packet_caps,
+        caps_source=caps_source,
+        source=source,
+        excluded=excluded,
+        num_proc=num_proc,
+    )
 
 
 def _available_cpus() -> int:
@@ -722,11 +818,16 @@ def build_dataset(input_path, output_dir=None, options: BuildOptions | None = No
         # work folders of older versions lived inside the output folder; a killed build left one behind
         staged = StagedFolder(output_dir, overwrite=build.overwrite, ignore=(".mmae_build_*",))
         staged.check()  # before any capture is read
-        if build.overwrite and staged.existing_content() and not any(
-                (output_dir / marker).exists() for marker in ("dataset_dict.json", REPORT_NAME)):
+        if (
+            build.overwrite
+            and staged.existing_content()
+            and not any((output_dir / marker).exists() for marker in ("dataset_dict.json", REPORT_NAME))
+        ):
             # --overwrite replaces the whole folder: never a folder that holds something else than a dataset
-            raise FileExistsError(f"{output_dir}: --overwrite replaces the whole folder, but this one is not a dataset "
-                                  f"folder (no dataset_dict.json or {REPORT_NAME}); choose another --output")
+            raise FileExistsError(
+                f"{output_dir}: --overwrite replaces the whole folder, but this one is not a dataset "
+                f"folder (no dataset_dict.json or {REPORT_NAME}); choose another --output"
+            )
     plan = _plan(input_path, build)
     with contextlib.ExitStack() as stack:
         dataset_dir = stack.enter_context(staged).path if staged is not None else None
@@ -744,15 +845,22 @@ def build_dataset(input_path, output_dir=None, options: BuildOptions | None = No
             where = output_dir if output_dir is not None else work  # (the staging folder is its sibling)
             raise OutputWriteError(
                 f"{output_dir or 'dataset'}: the dataset could not be written: {describe_os_error(error, where)}; "
-                + ("the output folder is unchanged" if output_dir is not None else "nothing was kept")) from error
+                + ("the output folder is unchanged" if output_dir is not None else "nothing was kept")
+            ) from error
     if staged is not None:
         from datasets import load_from_disk
 
         result.dataset = load_from_disk(str(output_dir))  # the staged copy was renamed: serve the final one
         result.output_dir = output_dir
     if build.push_to_hub:
-        push_dataset(result.dataset, build.push_to_hub, report=result.report, card=result.card, private=build.private,
-                     output_dir=output_dir)
+        push_dataset(
+            result.dataset,
+            build.push_to_hub,
+            report=result.report,
+            card=result.card,
+            private=build.private,
+            output_dir=output_dir,
+        )
     return result
 
 
@@ -783,9 +891,16 @@ def _build(plan: _Plan, build: BuildOptions, work: Path, output_dir, started: fl
     t0 = time.perf_counter()
     store = _FlowStore(work / "flows", int(build.max_memory_mb) << 20)
     results = []
-    for res in iter_extract_captures(files, options, keep_addresses=keep_addresses, strict=build.strict,
-                                     num_proc=plan.num_proc, progress=build.progress, flow_reader=build.flow_reader,
-                                     packet_caps=packet_caps):
+    for res in iter_extract_captures(
+        files,
+        options,
+        keep_addresses=keep_addresses,
+        strict=build.strict,
+        num_proc=plan.num_proc,
+        progress=build.progress,
+        flow_reader=build.flow_reader,
+        packet_caps=packet_caps,
+    ):
         store.put(res["index"], res.pop("columns"))
         results.append(res)
     extract_seconds = time.perf_counter() - t0
@@ -794,8 +909,13 @@ def _build(plan: _Plan, build: BuildOptions, work: Path, output_dir, started: fl
     for f, res in zip(files, results):
         acc = PacketAccounting.from_dict(res["accounting"])
         accounting.merge(acc)
-        per_file[f.name] = {"label": f.label, "group": f.group, "flows": res["num_flows"],
-                            "packets_read": acc.packets_read, "packets_skipped": dict(sorted(acc.skipped.items()))}
+        per_file[f.name] = {
+            "label": f.label,
+            "group": f.group,
+            "flows": res["num_flows"],
+            "packets_read": acc.packets_read,
+            "packets_skipped": dict(sorted(acc.skipped.items())),
+        }
         file_cap = packet_caps.get(f.label, options.max_packets)
         if file_cap:
             per_file[f.name]["max_packets"] = file_cap
@@ -819,16 +939,29 @@ def _build(plan: _Plan, build: BuildOptions, work: Path, output_dir, started: fl
     seen_keys = None
     if any(f.seen_key for f in files):
         seen_keys = np.array([f.seen_key for f in files], dtype=str)[row_file]
-    assignment, split_report = split_flows(plan.split_by, labels, groups=groups, start_times=start_times,
-                                           validation_size=validation_size, test_size=test_size, seed=seed,
-                                           seen_keys=seen_keys)
+    assignment, split_report = split_flows(
+        plan.split_by,
+        labels,
+        groups=groups,
+        start_times=start_times,
+        validation_size=validation_size,
+        test_size=test_size,
+        seed=seed,
+        seen_keys=seen_keys,
+    )
     if build.dedup:
-        keep, dedup_report = deduplicate(digests, labels, assignment, sources=_RowNames(row_file, files),
-                                         drop_label_conflicts=build.drop_label_conflicts)
+        keep, dedup_report = deduplicate(
+            digests,
+            labels,
+            assignment,
+            sources=_RowNames(row_file, files),
+            drop_label_conflicts=build.drop_label_conflicts,
+        )
     else:
         keep, dedup_report = assignment >= 0, None
-    keep, dropped_classes, capped = cap_classes(labels, assignment, keep, min_flows=min_flows, max_flows=max_flows,
-                                                seed=seed)
+    keep, dropped_classes, capped = cap_classes(
+        labels, assignment, keep, min_flows=min_flows, max_flows=max_flows, seed=seed
+    )
 
     # 5. final classes (sorted, Python order: MMAE's label mapping) and split files, one capture at a time
     class_names = sorted({label_names_all[c] for c in np.unique(labels[keep])})
@@ -837,22 +970,32 @@ def _build(plan: _Plan, build: BuildOptions, work: Path, output_dir, started: fl
         unreadable = ""
         if errors:
             shown = [e["error"] if e["file"] in e["error"] else f"{e['file']}: {e['error']}" for e in errors[:10]]
-            unreadable = (f"; {len(errors)} capture(s) could not be read: " + "; ".join(shown)
-                          + (f"; ... and {len(errors) - 10} more" if len(errors) > 10 else ""))
-        raise ValueError(f"no flows left to write: {num_flows} flows extracted from {len(files)} captures "
-                         f"(packets skipped: {dict(accounting.skipped)}; "
-                         f"classes under the minimum of {min_flows} flows: {below}){unreadable}")
+            unreadable = (
+                f"; {len(errors)} capture(s) could not be read: "
+                + "; ".join(shown)
+                + (f"; ... and {len(errors) - 10} more" if len(errors) > 10 else "")
+            )
+        raise ValueError(
+            f"no flows left to write: {num_flows} flows extracted from {len(files)} captures "
+            f"(packets skipped: {dict(accounting.skipped)}; "
+            f"classes under the minimum of {min_flows} flows: {below}){unreadable}"
+        )
     remap = np.full(len(label_names_all), -1, dtype=np.int64)
     for new, name in enumerate(class_names):
         remap[label_index[name]] = new
-    features = contract_features(class_names, keep_addresses=keep_addresses, num_bytes=options.num_bytes,
-                                 num_packets=options.num_packets, num_stats=len(FLOW_STAT_NAMES))
+    features = contract_features(
+        class_names,
+        keep_addresses=keep_addresses,
+        num_bytes=options.num_bytes,
+        num_packets=options.num_packets,
+        num_stats=len(FLOW_STAT_NAMES),
+    )
     t0 = time.perf_counter()
     writers = [_SplitWriter(work / f"{name}.arrow", features) for name in SPLIT_NAMES]
     kept_rows = np.flatnonzero(keep)
     file_bounds = np.searchsorted(row_file[kept_rows], np.arange(len(files) + 1))
     for i in tqdm(range(len(files)), desc="Writing splits", unit="file", disable=not build.progress):
-        rows = kept_rows[file_bounds[i]:file_bounds[i + 1]]
+        rows = kept_rows[file_bounds[i] : file_bounds[i + 1]]
         if not len(rows):
             continue
         columns = store.get(i, row_in_file[rows])
@@ -866,12 +1009,16 @@ def _build(plan: _Plan, build: BuildOptions, work: Path, output_dir, started: fl
         writer.close()
     splits, class_counts = {}, {}
     for s, (name, writer) in enumerate(zip(SPLIT_NAMES, writers)):
-        ds = Dataset.from_file(str(writer.path), info=DatasetInfo(features=features), split=NamedSplit(name),
-                               in_memory=output_dir is None)
+        ds = Dataset.from_file(
+            str(writer.path), info=DatasetInfo(features=features), split=NamedSplit(name), in_memory=output_dir is None
+        )
         # a content fingerprint (rows, labels, options) makes save_to_disk's state.json deterministic
         rows = np.flatnonzero(keep & (assignment == s))
-        fingerprint = hashlib.sha256(json.dumps([name, class_names, options.to_dict(), keep_addresses]
-                                                + ([packet_caps] if packet_caps else [])).encode())
+        fingerprint = hashlib.sha256(
+            json.dumps(
+                [name, class_names, options.to_dict(), keep_addresses] + ([packet_caps] if packet_caps else [])
+            ).encode()
+        )
         for array in (digests[rows], remap[labels[rows]], row_file[rows]):
             fingerprint.update(np.ascontiguousarray(array).tobytes())
         ds._fingerprint = fingerprint.hexdigest()[:16]
@@ -883,12 +1030,18 @@ def _build(plan: _Plan, build: BuildOptions, work: Path, output_dir, started: fl
 
     missing = {}
     for name in class_names:
-        absent = [s for s in SPLIT_NAMES if class_counts[s][name] == 0 and
-                  (s == "train" or (validation_size if s == "validation" else test_size) > 0)]
+        absent = [
+            s
+            for s in SPLIT_NAMES
+            if class_counts[s][name] == 0
+            and (s == "train" or (validation_size if s == "validation" else test_size) > 0)
+        ]
         if absent:
             missing[name] = absent
     group_sets = [set(np.unique(groups[keep & (assignment == s)]).tolist()) for s in range(3)]
-    overlap = sorted((group_sets[0] & group_sets[1]) | (group_sets[0] & group_sets[2]) | (group_sets[1] & group_sets[2]))
+    overlap = sorted(
+        (group_sets[0] & group_sets[1]) | (group_sets[0] & group_sets[2]) | (group_sets[1] & group_sets[2])
+    )
     split_dict = split_report.to_dict(label_names_all)
     split_dict["classes_missing_from_splits"] = missing
     split_dict["groups_on_several_splits"] = [str(group_names[g]) for g in overlap]
@@ -900,19 +1053,26 @@ def _build(plan: _Plan, build: BuildOptions, work: Path, output_dir, started: fl
         split_dict["seen_column_keys_per_split"] = {name: len(k) for name, k in zip(SPLIT_NAMES, keys_in)}
         held_out_keys = seen_keys[keep & (assignment > 0)]
         split_dict["held_out_flows_with_keys_unseen_in_train"] = int(
-            ((held_out_keys != "") & ~np.isin(held_out_keys, keys_in[0])).sum())
+            ((held_out_keys != "") & ~np.isin(held_out_keys, keys_in[0])).sum()
+        )
 
     report = {
         "format": "mmae_hf.build_report/1",
         "mmae_hf_version": __version__,
         "command": build.command,
-        "input": {**source, "files": len(files), "files_excluded": len(plan.excluded),
-                  "excluded_examples": list(plan.excluded[:20]), "num_proc": plan.num_proc},
+        "input": {
+            **source,
+            "files": len(files),
+            "files_excluded": len(plan.excluded),
+            "excluded_examples": list(plan.excluded[:20]),
+            "num_proc": plan.num_proc,
+        },
         "flow_options": options.to_dict(),
         # packets kept per flow, by class (0 = all): the recipe's per-class caps or flow_options' max_packets
-        "packet_caps": {"source": plan.caps_source,
-                        "max_packets_by_class": {name: int(packet_caps.get(name, options.max_packets))
-                                                 for name in label_names_all}},
+        "packet_caps": {
+            "source": plan.caps_source,
+            "max_packets_by_class": {name: int(packet_caps.get(name, options.max_packets)) for name in label_names_all},
+        },
         "keep_addresses": keep_addresses,
         "classes": class_names,
         "class_counts": class_counts,
@@ -932,8 +1092,9 @@ def _build(plan: _Plan, build: BuildOptions, work: Path, output_dir, started: fl
         "errors": errors,
         # per-capture details; for very large inputs only the captures with errors or skipped packets
         "files_listed": "all" if len(per_file) <= MAX_FILES_IN_REPORT else "with_errors_or_skipped_packets",
-        "files": per_file if len(per_file) <= MAX_FILES_IN_REPORT else {
-            k: v for k, v in per_file.items() if v.get("errors") or v["packets_skipped"]},
+        "files": per_file
+        if len(per_file) <= MAX_FILES_IN_REPORT
+        else {k: v for k, v in per_file.items() if v.get("errors") or v["packets_skipped"]},
         "timing_seconds": {"extract": round(extract_seconds, 3), "write_splits": round(write_seconds, 3)},
         "captures_spilled_to_disk": store.spilled,
     }
@@ -1020,15 +1181,32 @@ def verify_saved_splits(path, dataset) -> None:
     else:
         name = str(getattr(dataset, "split", None) or "")
         found, expected = {name: len(dataset)}, {k: v for k, v in expected.items() if k == name}
-    wrong = [f"{name}: {found.get(name, 'missing')} rows (report: {rows})" for name, rows in expected.items()
-             if found.get(name) != rows]
+    wrong = [
+        f"{name}: {found.get(name, 'missing')} rows (report: {rows})"
+        for name, rows in expected.items()
+        if found.get(name) != rows
+    ]
     if wrong:
-        raise ValueError(f"{path}: the saved splits do not match {REPORT_NAME} ({'; '.join(wrong)}): the folder is "
-                         "incomplete or was changed after the build; rebuild it")
+        raise ValueError(
+            f"{path}: the saved splits do not match {REPORT_NAME} ({'; '.join(wrong)}): the folder is "
+            "incomplete or was changed after the build; rebuild it"
+        )
 
 
 __all__ = [
-    "BuildOptions", "BuildResult", "CaptureFile", "PCAP_SUFFIXES", "build_dataset", "cap_classes", "contract_features",
-    "discover_tree", "extract_captures", "iter_extract_captures", "load_traffic_dataset", "push_dataset", "read_manifest", "verify_saved_splits",
+    "BuildOptions",
+    "BuildResult",
+    "CaptureFile",
+    "PCAP_SUFFIXES",
+    "build_dataset",
+    "cap_classes",
+    "contract_features",
+    "discover_tree",
+    "extract_captures",
+    "iter_extract_captures",
+    "load_traffic_dataset",
+    "push_dataset",
+    "read_manifest",
+    "verify_saved_splits",
     "walk_captures",
 ]

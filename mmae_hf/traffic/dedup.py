@@ -75,8 +75,9 @@ def row_keys(payload: np.ndarray) -> np.ndarray:
     return payload.view(np.dtype((np.void, width))).reshape(len(payload))
 
 
-def deduplicate(payload: np.ndarray, labels: np.ndarray, split: np.ndarray, *, sources=None,
-                drop_label_conflicts: bool = False) -> tuple:
+def deduplicate(
+    payload: np.ndarray, labels: np.ndarray, split: np.ndarray, *, sources=None, drop_label_conflicts: bool = False
+) -> tuple:
     """Find exact duplicate payloads. Returns ``(keep bool [N], DedupReport)``.
 
     Args:
@@ -114,12 +115,14 @@ def deduplicate(payload: np.ndarray, labels: np.ndarray, split: np.ndarray, *, s
         conflict = len(np.unique(member_labels)) > 1
         if conflict:
             values, value_counts = np.unique(member_labels, return_counts=True)
-            report.label_conflicts.append({
-                "labels": {int(v): int(k) for v, k in zip(values, value_counts)},
-                "splits": sorted({SPLIT_NAMES[int(s)] for s in split[members]}),
-                "examples": [str(sources[m]) for m in members[:3]] if sources is not None else [],
-                "dropped": bool(drop_label_conflicts),
-            })
+            report.label_conflicts.append(
+                {
+                    "labels": {int(v): int(k) for v, k in zip(values, value_counts)},
+                    "splits": sorted({SPLIT_NAMES[int(s)] for s in split[members]}),
+                    "examples": [str(sources[m]) for m in members[:3]] if sources is not None else [],
+                    "dropped": bool(drop_label_conflicts),
+                }
+            )
         removed = members if (conflict and drop_label_conflicts) else members[1:]
         for m in removed:
             keep[m] = False

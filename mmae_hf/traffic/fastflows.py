@@ -25,14 +25,31 @@ from .flows import STEP_PACKETS, packet_slot
 # Accumulator columns of the flow table and their dtypes: only what the 27 statistics and the kept packets need,
 # in the narrowest type that holds it (counters and sums that can grow stay 64-bit).
 _COLUMNS = {
-    **dict.fromkeys(("n", "bytes", "sumsq", "fwd_n", "fwd_bytes", "pay_sum", "zero_pay", "syn", "fin", "rst", "psh",
-                     "dir_changes", "order"), np.int64),
+    **dict.fromkeys(
+        (
+            "n",
+            "bytes",
+            "sumsq",
+            "fwd_n",
+            "fwd_bytes",
+            "pay_sum",
+            "zero_pay",
+            "syn",
+            "fin",
+            "rst",
+            "psh",
+            "dir_changes",
+            "order",
+        ),
+        np.int64,
+    ),
     **dict.fromkeys(("lmin", "lmax", "bwd_max", "pay_max", "sport", "dport"), np.int32),
     **dict.fromkeys(("ipv", "last_dir"), np.int8),
     "nslots": np.int16,
     "proto": np.uint8,
-    **dict.fromkeys(("start", "last", "tmax", "iat_sum", "iat_sumsq", "iat_min", "iat_max", "fwd_iat_sum", "last_fwd"),
-                    np.float64),
+    **dict.fromkeys(
+        ("start", "last", "tmax", "iat_sum", "iat_sumsq", "iat_min", "iat_max", "fwd_iat_sum", "last_fwd"), np.float64
+    ),
     **dict.fromkeys(("init_lo", "closed", "fin_fwd", "fin_bwd", "used"), bool),
 }
 _FRESH = {"lmin": np.iinfo(np.int32).max, "iat_min": np.inf, "last_fwd": np.nan}  # initial values other than 0
@@ -167,7 +184,9 @@ class FlowTable:
             has_iat = n_iat > 0
             iat_mean = np.where(has_iat, self.iat_sum[rows] / n_iat, 0.0)
             s[:, 10] = iat_mean
-            s[:, 11] = np.where(has_iat, np.sqrt(np.maximum(self.iat_sumsq[rows] / n_iat - iat_mean * iat_mean, 0.0)), 0.0)
+            s[:, 11] = np.where(
+                has_iat, np.sqrt(np.maximum(self.iat_sumsq[rows] / n_iat - iat_mean * iat_mean, 0.0)), 0.0
+            )
             s[:, 12] = np.where(has_iat, self.iat_min[rows], 0.0)
             s[:, 13] = np.where(has_iat, self.iat_max[rows], 0.0)
             s[:, 14] = np.where(fwd_n > 1, self.fwd_iat_sum[rows] / (fwd_n - 1), 0.0)
@@ -275,7 +294,9 @@ class FastAssembler:
         t = self.table
         opts = self.options
         rows = np.flatnonzero(
-            t.used & ~self._ready_mask() & ((self.clock - t.last > opts.idle_timeout) | (self.clock - t.start > opts.active_timeout))
+            t.used
+            & ~self._ready_mask()
+            & ((self.clock - t.last > opts.idle_timeout) | (self.clock - t.start > opts.active_timeout))
         )
         for key in t.key[rows].tolist():
             del self.active[key]
@@ -330,9 +351,20 @@ class FastAssembler:
         return [
             FlowRecord(pay, lens, iats, dirs, st, sip, dip, sp, dp, pr, t0, t1, n, nb, name)
             for pay, lens, iats, dirs, st, sip, dip, sp, dp, pr, t0, t1, n, nb in zip(
-                payload, t.lens[keep], t.iats[keep], t.dirs[keep], stats, src_ip, dst_ip,
-                t.sport[keep].tolist(), t.dport[keep].tolist(), t.proto[keep].tolist(),
-                t.start[keep].tolist(), t.tmax[keep].tolist(), t.n[keep].tolist(), t.bytes[keep].tolist(),
+                payload,
+                t.lens[keep],
+                t.iats[keep],
+                t.dirs[keep],
+                stats,
+                src_ip,
+                dst_ip,
+                t.sport[keep].tolist(),
+                t.dport[keep].tolist(),
+                t.proto[keep].tolist(),
+                t.start[keep].tolist(),
+                t.tmax[keep].tolist(),
+                t.n[keep].tolist(),
+                t.bytes[keep].tolist(),
             )  # fmt: skip
         ]
 
@@ -473,10 +505,18 @@ class FastAssembler:
         ev_hi = np.searchsorted(event_pos, seg_ends)
         # a new flow whose only event, if any, is a SYN on its first packet and that stays within the active
         # timeout: nothing can happen in it (the common case of a scan: one new flow per packet)
-        first_event_quiet = (ev_hi - ev_lo == 1) & (event_pos[np.minimum(ev_lo, len(event_pos) - 1)] == seg_starts) \
-            & ~closing[seg_starts] if len(event_pos) else np.zeros(n_seg, dtype=bool)
-        quiet = (seg_rows < 0) & ((ev_hi == ev_lo) | first_event_quiet) \
+        first_event_quiet = (
+            (ev_hi - ev_lo == 1)
+            & (event_pos[np.minimum(ev_lo, len(event_pos) - 1)] == seg_starts)
+            & ~closing[seg_starts]
+            if len(event_pos)
+            else np.zeros(n_seg, dtype=bool)
+        )
+        quiet = (
+            (seg_rows < 0)
+            & ((ev_hi == ev_lo) | first_event_quiet)
             & (clock_s[seg_ends - 1] - ts_s[seg_starts] <= active_t)
+        )
         busy = np.flatnonzero(~quiet).tolist()
         if busy:
             ev_lo, ev_hi = ev_lo.tolist(), ev_hi.tolist()
@@ -611,8 +651,23 @@ class FastAssembler:
         active.update(zip(seg_keys, last_rows.tolist()))
 
     # ------------------------------------------------------------------ per-run aggregates of kept packets
-    def _accumulate(self, batch: PacketBatch, rows, starts, ends, cnt, run_id, ts_s, length_s, pay_s, flags_s, tcp_s,
-                    fwd, direction, orig) -> None:
+    def _accumulate(
+        self,
+        batch: PacketBatch,
+        rows,
+        starts,
+        ends,
+        cnt,
+        run_id,
+        ts_s,
+        length_s,
+        pay_s,
+        flags_s,
+        tcp_s,
+        fwd,
+        direction,
+        orig,
+    ) -> None:
         """Merge the packets of each run into its table row (statistics, ``tmax``, slots).
 
         Args:

@@ -258,7 +258,9 @@ class ReferenceAssembler(_AssemblerBase):
                          "payload_length", "seq", "ack")
         ]  # fmt: skip
         src, dst = batch.src_addr[idx].tobytes(), batch.dst_addr[idx].tobytes()
-        for j, (i, ts, ipv, proto, sport, dport, flags, length, paylen, seq, ack) in enumerate(zip(idx.tolist(), *cols)):
+        for j, (i, ts, ipv, proto, sport, dport, flags, length, paylen, seq, ack) in enumerate(
+            zip(idx.tolist(), *cols)
+        ):
             a = 16 * j
             self.add_packet(batch, i, ts, ipv, proto, src[a : a + 16], sport, dst[a : a + 16], dport, flags, length,
                             paylen, seq, ack)  # fmt: skip

@@ -104,7 +104,9 @@ def _open(source, split, cache_dir):
             raise DatasetLoadError(str(error)) from error
         return loaded, False
     if path.exists():
-        raise DatasetLoadError(f"{source}: is a file; pass the dataset folder (save_to_disk or parquet shards) or a Hub id")
+        raise DatasetLoadError(
+            f"{source}: is a file; pass the dataset folder (save_to_disk or parquet shards) or a Hub id"
+        )
     text = str(source)
     if text.startswith((".", os.sep, "~")) or text.count("/") > 1:
         raise DatasetNotFoundError(f"{source}: no such dataset folder, and not a Hub dataset id (owner/name)")
@@ -113,7 +115,9 @@ def _open(source, split, cache_dir):
     except Exception as error:  # noqa: BLE001 - datasets raises many types; re-raised with the id named
         what = f"split {split!r}" if split is not None else "it"
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise DatasetLoadError(f"{source}: not a local folder, and {what} could not be loaded from the Hub ({first_line})") from error
+        raise DatasetLoadError(
+            f"{source}: not a local folder, and {what} could not be loaded from the Hub ({first_line})"
+        ) from error
 
 
 __all__ = ["DatasetLoadError", "DatasetNotFoundError", "load_traffic_dataset", "rename_legacy_columns"]

@@ -163,7 +163,9 @@ def find_ipv4(frame: bytes, linktype: int) -> int | None:
     return None
 
 
-def netmamba_file_array(source, remove_ip: bool = True, num_packets: int = 5, source_name: str | None = None) -> np.ndarray:
+def netmamba_file_array(
+    source, remove_ip: bool = True, num_packets: int = 5, source_name: str | None = None
+) -> np.ndarray:
     """NetMamba's 1600-byte array for a whole (already split) flow pcap: the first five records in file order.
 
     Records without an IPv4 layer (ARP, IPv6, ...) use up a slot and give zeros, as in NetMamba.

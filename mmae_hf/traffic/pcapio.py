@@ -26,8 +26,12 @@ MAX_RECORD = 1 << 18  # 256 KiB: larger than any real frame (jumbo frames, 64 Ki
 MAX_PCAPNG_BLOCK = 1 << 24
 
 
-_SPECIAL_FILES = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                  (stat.S_ISBLK, "block device"))
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
 
 
 def special_file_kind(path) -> str | None:
@@ -162,7 +166,10 @@ class CaptureReader:
                 if len(bad):
                     first = int(bad[0])
                     off = offs[first]
-                    damage = (base + off, f"corrupt record header: captured length {int(chunk.caplen[first])} exceeds {max_record}")
+                    damage = (
+                        base + off,
+                        f"corrupt record header: captured length {int(chunk.caplen[first])} exceeds {max_record}",
+                    )
                     chunk = chunk.head(first)
                 if len(chunk):
                     yield chunk

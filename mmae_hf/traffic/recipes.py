@@ -88,15 +88,24 @@ class Recipe:
             else:
                 files.append(CaptureFile(str(root / rel), rel, label, rel))
         if not files:
-            raise ValueError(f"{root}: no capture matches recipe {self.name!r} ({len(excluded)} captures left out, "
-                             f"e.g. {excluded[:3]})")
+            raise ValueError(
+                f"{root}: no capture matches recipe {self.name!r} ({len(excluded)} captures left out, "
+                f"e.g. {excluded[:3]})"
+            )
         return files, excluded
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "title": self.title, "description": self.description,
-                "min_flows_per_class": self.min_flows_per_class, "max_flows_per_class": self.max_flows_per_class,
-                "flow_options": dict(self.flow_options), "split_by": self.split_by,
-                "expected_classes": self.expected_classes, "packet_caps": dict(self.packet_caps)}
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "min_flows_per_class": self.min_flows_per_class,
+            "max_flows_per_class": self.max_flows_per_class,
+            "flow_options": dict(self.flow_options),
+            "split_by": self.split_by,
+            "expected_classes": self.expected_classes,
+            "packet_caps": dict(self.packet_caps),
+        }
 
 
 def _stem(rel: str) -> str:
@@ -132,7 +141,13 @@ def iscx_vpn_label(rel: str):
 
 # ------------------------------------------------------------------------------------------------ ISCX-Tor2016
 _TOR_CLASSES = {  # prefix (case-sensitive) -> max packets per unidirectional flow in NetMamba
-    "BROWSING": 60, "CHAT": 100, "AUDIO": 100, "VIDEO": 200, "FILE-TRANSFER": 300, "MAIL": 300, "P2P": 150,
+    "BROWSING": 60,
+    "CHAT": 100,
+    "AUDIO": 100,
+    "VIDEO": 200,
+    "FILE-TRANSFER": 300,
+    "MAIL": 300,
+    "P2P": 150,
     "VOIP": 100,
 }
 
@@ -149,8 +164,28 @@ def iscx_tor_label(rel: str):
 
 
 # ------------------------------------------------------------------------------------------------ USTC-TFC2016
-USTC_CLASSES = ("BitTorrent", "Cridex", "FTP", "Facetime", "Geodo", "Gmail", "Htbot", "Miuref", "MySQL", "Neris",
-                "Nsis-ay", "Outlook", "SMB", "Shifu", "Skype", "Tinba", "Virut", "Weibo", "WorldOfWarcraft", "Zeus")
+USTC_CLASSES = (
+    "BitTorrent",
+    "Cridex",
+    "FTP",
+    "Facetime",
+    "Geodo",
+    "Gmail",
+    "Htbot",
+    "Miuref",
+    "MySQL",
+    "Neris",
+    "Nsis-ay",
+    "Outlook",
+    "SMB",
+    "Shifu",
+    "Skype",
+    "Tinba",
+    "Virut",
+    "Weibo",
+    "WorldOfWarcraft",
+    "Zeus",
+)
 _USTC_PARTS = re.compile(r"^(SMB|Weibo)-\d+$")
 
 
@@ -174,7 +209,7 @@ def cic_iot_label(rel: str):
     """``1-Power/{Audio,Cameras,Home Automation}/<device>/...`` and the ``6-Attacks`` Flood / Hydra / Nmap trees."""
     parts = _segments(rel)[:-1]  # folders only
     for i, seg in enumerate(parts):
-        rest = parts[i + 1:]
+        rest = parts[i + 1 :]
         if seg == "1-Power" and len(rest) >= 2 and rest[0] in _IOT_POWER:  # pooled over device sub-folders
             return _IOT_POWER[rest[0]]
         if seg == "6-Attacks" and rest:
@@ -209,38 +244,98 @@ def cstnet_label(rel: str):
 RECIPES = {
     r.name: r
     for r in (
-        Recipe("iscx-vpn2016", "ISCX-VPN2016 (VPN captures)",
-               "VPN captures of UNB's VPN-nonVPN set, NetMamba's prefix rule (7 classes: browsing, chat, email, ftp, "
-               "p2p, streaming, voip; the MMAE README's 8 is an upper bound); 500-4000 unidirectional flows per class.",
-               iscx_vpn_label, 500, 4000, PAPER_FLOW_OPTIONS, suffixes=(".pcap",), expected_classes=7),
-        Recipe("iscx-tor2016", "ISCX-Tor2016 (Tor captures)",
-               "Tor captures of UNB's Tor-nonTor set, class = upper-case file-name prefix (8 classes); "
-               "10-4000 unidirectional flows per class.",
-               iscx_tor_label, 10, 4000, PAPER_FLOW_OPTIONS, expected_classes=8, packet_caps=dict(_TOR_CLASSES)),
-        Recipe("ustc-tfc2016", "USTC-TFC2016",
-               "Benign and malware captures of USTC-TFC2016, class = capture name (SMB and Weibo parts merged; "
-               "20 classes); 500-2000 unidirectional flows per class.",
-               ustc_label, 500, 2000, PAPER_FLOW_OPTIONS, expected_classes=20),
-        Recipe("cic-iot2022", "CIC-IoT2022 (power and attacks)",
-               "CIC IoT 2022: 1-Power/{Audio,Cameras,Home Automation} pooled over devices, 6-Attacks Flood, Hydra, "
-               "Nmap (6 classes); 200-6000 unidirectional flows per class.",
-               cic_iot_label, 200, 6000, PAPER_FLOW_OPTIONS, expected_classes=6),
-        Recipe("crossplatform-android", "CrossPlatform Android",
-               "ReCon cross-market app captures, Android: class = app (countries merged); apps with 50-2000 "
-               "unidirectional flows (the paper reports 181 apps).",
-               crossplatform_label("android"), 50, 2000, PAPER_FLOW_OPTIONS, expected_classes=181),
-        Recipe("crossplatform-ios", "CrossPlatform iOS",
-               "ReCon cross-market app captures, iOS: class = app (countries merged); apps with 50-2000 "
-               "unidirectional flows (the paper reports 124 apps).",
-               crossplatform_label("ios"), 50, 2000, PAPER_FLOW_OPTIONS, expected_classes=124),
-        Recipe("cstnet-tls1.3", "CSTNET-TLS 1.3",
-               "ET-BERT's CSTNET-TLS 1.3 session captures, class = app folder; 50-2000 unidirectional flows per "
-               "class (ET-BERT lists 120 classes, the paper 119: the minimum drops the smallest).",
-               cstnet_label, 50, 2000, PAPER_FLOW_OPTIONS, expected_classes=119),
-        Recipe("ndpi-encrypted-services", "nDPI encrypted services (development set)",
-               "The project's development set: one pcap per flow, labels and source captures from manifest.csv; "
-               "split by source capture (group = source_pcap), bidirectional flows, no caps.",
-               None, 0, None, {}, split_by="group", manifest="manifest.csv", group_column="source_pcap"),
+        Recipe(
+            "iscx-vpn2016",
+            "ISCX-VPN2016 (VPN captures)",
+            "VPN captures of UNB's VPN-nonVPN set, NetMamba's prefix rule (7 classes: browsing, chat, email, ftp, "
+            "p2p, streaming, voip; the MMAE README's 8 is an upper bound); 500-4000 unidirectional flows per class.",
+            iscx_vpn_label,
+            500,
+            4000,
+            PAPER_FLOW_OPTIONS,
+            suffixes=(".pcap",),
+            expected_classes=7,
+        ),
+        Recipe(
+            "iscx-tor2016",
+            "ISCX-Tor2016 (Tor captures)",
+            "Tor captures of UNB's Tor-nonTor set, class = upper-case file-name prefix (8 classes); "
+            "10-4000 unidirectional flows per class.",
+            iscx_tor_label,
+            10,
+            4000,
+            PAPER_FLOW_OPTIONS,
+            expected_classes=8,
+            packet_caps=dict(_TOR_CLASSES),
+        ),
+        Recipe(
+            "ustc-tfc2016",
+            "USTC-TFC2016",
+            "Benign and malware captures of USTC-TFC2016, class = capture name (SMB and Weibo parts merged; "
+            "20 classes); 500-2000 unidirectional flows per class.",
+            ustc_label,
+            500,
+            2000,
+            PAPER_FLOW_OPTIONS,
+            expected_classes=20,
+        ),
+        Recipe(
+            "cic-iot2022",
+            "CIC-IoT2022 (power and attacks)",
+            "CIC IoT 2022: 1-Power/{Audio,Cameras,Home Automation} pooled over devices, 6-Attacks Flood, Hydra, "
+            "Nmap (6 classes); 200-6000 unidirectional flows per class.",
+            cic_iot_label,
+            200,
+            6000,
+            PAPER_FLOW_OPTIONS,
+            expected_classes=6,
+        ),
+        Recipe(
+            "crossplatform-android",
+            "CrossPlatform Android",
+            "ReCon cross-market app captures, Android: class = app (countries merged); apps with 50-2000 "
+            "unidirectional flows (the paper reports 181 apps).",
+            crossplatform_label("android"),
+            50,
+            2000,
+            PAPER_FLOW_OPTIONS,
+            expected_classes=181,
+        ),
+        Recipe(
+            "crossplatform-ios",
+            "CrossPlatform iOS",
+            "ReCon cross-market app captures, iOS: class = app (countries merged); apps with 50-2000 "
+            "unidirectional flows (the paper reports 124 apps).",
+            crossplatform_label("ios"),
+            50,
+            2000,
+            PAPER_FLOW_OPTIONS,
+            expected_classes=124,
+        ),
+        Recipe(
+            "cstnet-tls1.3",
+            "CSTNET-TLS 1.3",
+            "ET-BERT's CSTNET-TLS 1.3 session captures, class = app folder; 50-2000 unidirectional flows per "
+            "class (ET-BERT lists 120 classes, the paper 119: the minimum drops the smallest).",
+            cstnet_label,
+            50,
+            2000,
+            PAPER_FLOW_OPTIONS,
+            expected_classes=119,
+        ),
+        Recipe(
+            "ndpi-encrypted-services",
+            "nDPI encrypted services (development set)",
+            "The project's development set: one pcap per flow, labels and source captures from manifest.csv; "
+            "split by source capture (group = source_pcap), bidirectional flows, no caps.",
+            None,
+            0,
+            None,
+            {},
+            split_by="group",
+            manifest="manifest.csv",
+            group_column="source_pcap",
+        ),
     )
 }
 
@@ -253,5 +348,16 @@ def get_recipe(name: str) -> Recipe:
         raise ValueError(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}") from None
 
 
-__all__ = ["PAPER_FLOW_OPTIONS", "RECIPES", "Recipe", "USTC_CLASSES", "get_recipe", "cic_iot_label",
-           "crossplatform_label", "cstnet_label", "iscx_tor_label", "iscx_vpn_label", "ustc_label"]
+__all__ = [
+    "PAPER_FLOW_OPTIONS",
+    "RECIPES",
+    "Recipe",
+    "USTC_CLASSES",
+    "get_recipe",
+    "cic_iot_label",
+    "crossplatform_label",
+    "cstnet_label",
+    "iscx_tor_label",
+    "iscx_vpn_label",
+    "ustc_label",
+]

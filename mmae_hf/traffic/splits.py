@@ -109,8 +109,8 @@ def split_by_flow(labels: np.ndarray, ratios: tuple, seed: int) -> np.ndarray:
         idx = idx[rng.permutation(len(idx))]
         n_train, n_val, _ = _split_counts(len(idx), ratios)
         out[idx[:n_train]] = TRAIN
-        out[idx[n_train:n_train + n_val]] = VALIDATION
-        out[idx[n_train + n_val:]] = TEST
+        out[idx[n_train : n_train + n_val]] = VALIDATION
+        out[idx[n_train + n_val :]] = TEST
     return out
 
 
@@ -127,13 +127,12 @@ def split_by_time(labels: np.ndarray, start_times: np.ndarray, ratios: tuple) ->
         idx = idx[np.argsort(start_times[idx], kind="stable")]
         n_train, n_val, _ = _split_counts(len(idx), ratios)
         out[idx[:n_train]] = TRAIN
-        out[idx[n_train:n_train + n_val]] = VALIDATION
-        out[idx[n_train + n_val:]] = TEST
+        out[idx[n_train : n_train + n_val]] = VALIDATION
+        out[idx[n_train + n_val :]] = TEST
     return out
 
 
-def split_by_group(labels: np.ndarray, groups, ratios: tuple, seed: int, trials: int = 8,
-                   seen_keys=None) -> np.ndarray:
+def split_by_group(labels: np.ndarray, groups, ratios: tuple, seed: int, trials: int = 8, seen_keys=None) -> np.ndarray:
     """Group-aware stratified split: every group goes whole to one split.
 
     ``seen_keys`` (optional, one value per flow, e.g. the application behind a flow) asks for held-out splits
@@ -240,8 +239,17 @@ def split_by_group(labels: np.ndarray, groups, ratios: tuple, seed: int, trials:
     return out
 
 
-def split_flows(method: str, labels, *, groups=None, start_times=None, validation_size: float = 0.1,
-                test_size: float = 0.1, seed: int = 0, seen_keys=None) -> tuple:
+def split_flows(
+    method: str,
+    labels,
+    *,
+    groups=None,
+    start_times=None,
+    validation_size: float = 0.1,
+    test_size: float = 0.1,
+    seed: int = 0,
+    seen_keys=None,
+) -> tuple:
     """Assign each flow to a split. Returns ``(assignment int8 [N], SplitReport)``.
 
     ``method`` is ``"flow"``, ``"file"`` / ``"group"`` (needs ``groups``) or ``"time"`` (needs ``start_times``).
@@ -283,6 +291,12 @@ def split_flows(method: str, labels, *, groups=None, start_times=None, validatio
 
 
 __all__ = [
-    "SPLIT_NAMES", "SPLIT_METHODS", "SplitReport", "normalize_ratios", "split_by_flow", "split_by_group",
-    "split_by_time", "split_flows",
+    "SPLIT_NAMES",
+    "SPLIT_METHODS",
+    "SplitReport",
+    "normalize_ratios",
+    "split_by_flow",
+    "split_by_group",
+    "split_by_time",
+    "split_flows",
 ]

@@ -57,18 +57,21 @@ def make_tree_model(kind: str, seed: int, n_estimators: int = 300, n_jobs: int =
     from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 
     if kind == "extra_trees":
-        return ExtraTreesClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs,
-                                    class_weight="balanced")
+        return ExtraTreesClassifier(
+            n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs, class_weight="balanced"
+        )
     if kind == "random_forest":
-        return RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs,
-                                      class_weight="balanced")
+        return RandomForestClassifier(
+            n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs, class_weight="balanced"
+        )
     if kind == "hist_gradient_boosting":
         return HistGradientBoostingClassifier(random_state=seed, class_weight="balanced", max_iter=200)
     raise ValueError(f"unknown tree baseline {kind!r}; choose one of {', '.join(TREE_KINDS)}")
 
 
-def run_tree_baseline(dsd, output_dir, kind: str = "extra_trees", seed: int = 0, n_estimators: int = 300,
-                      name: str | None = None) -> dict[str, Any]:
+def run_tree_baseline(
+    dsd, output_dir, kind: str = "extra_trees", seed: int = 0, n_estimators: int = 300, name: str | None = None
+) -> dict[str, Any]:
     """Fit a tree ensemble on ``train`` side-channel features; score ``validation`` and ``test``."""
     started = time.time()
     out = Path(output_dir)
@@ -111,19 +114,28 @@ def encoder_cls_features(model, payload: np.ndarray, batch_size: int = 256) -> n
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(payload), batch_size):
-            batch = torch.from_numpy(np.array(payload[start:start + batch_size], dtype=np.uint8))  # writable copy
+            batch = torch.from_numpy(np.array(payload[start : start + batch_size], dtype=np.uint8))  # writable copy
             output = base(input_bytes=batch)
-            pooled = output.pooler_output if getattr(output, "pooler_output", None) is not None \
+            pooled = (
+                output.pooler_output
+                if getattr(output, "pooler_output", None) is not None
                 else output.last_hidden_state[:, 0]
+            )
             chunks.append(pooled.float().numpy())
     if not chunks:
         return np.zeros((0, base.config.hidden_size), dtype=np.float32)
     return np.concatenate(chunks)
 
 
-def run_linear_probe(dsd, pretrained: str, output_dir, seed: int = 0,
-                     c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0), batch_size: int = 256,
-                     name: str = "linear probe") -> dict[str, Any]:
+def run_linear_probe(
+    dsd,
+    pretrained: str,
+    output_dir,
+    seed: int = 0,
+    c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0),
+    batch_size: int = 256,
+    name: str = "linear probe",
+) -> dict[str, Any]:
     """Logistic regression on frozen CLS features; C picked by validation macro-F1."""
     import torch
     from sklearn.linear_model import LogisticRegression
@@ -141,10 +153,14 @@ def run_linear_probe(dsd, pretrained: str, output_dir, seed: int = 0,
     encoder = MMAEModel.from_pretrained(pretrained, dtype=torch.float32)
     hf_logging.set_verbosity_warning()
     torch.manual_seed(seed)
-    features = {split: encoder_cls_features(encoder, payload_matrix(dsd[split]), batch_size)
-                for split in ("train", "validation", "test")}
-    labels = {split: np.asarray(dsd[split].with_format("numpy")["label"], dtype=np.int64)
-              for split in ("train", "validation", "test")}
+    features = {
+        split: encoder_cls_features(encoder, payload_matrix(dsd[split]), batch_size)
+        for split in ("train", "validation", "test")
+    }
+    labels = {
+        split: np.asarray(dsd[split].with_format("numpy")["label"], dtype=np.int64)
+        for split in ("train", "validation", "test")
+    }
     search = []
     best = None
     for c in c_grid:

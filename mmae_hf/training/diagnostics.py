@@ -58,7 +58,7 @@ def encoder_features(encoder, payload: np.ndarray, pooling: str = "cls", batch_s
     encoder.eval()
     parts = []
     for start in range(0, len(payload), batch_size):
-        batch = torch.from_numpy(np.array(payload[start:start + batch_size], dtype=np.uint8))  # a writable copy
+        batch = torch.from_numpy(np.array(payload[start : start + batch_size], dtype=np.uint8))  # a writable copy
         hidden = encoder(input_bytes=batch).last_hidden_state.float()
         cls, tokens = hidden[:, 0], hidden[:, 1:].mean(dim=1)
         parts.append({"cls": cls, "mean": tokens, "cls+mean": torch.cat([cls, tokens], dim=-1)}[pooling].numpy())
@@ -67,8 +67,18 @@ def encoder_features(encoder, payload: np.ndarray, pooling: str = "cls", batch_s
     return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 
 
-def linear_probe(train_x, train_y, val_x, val_y, test_x=None, test_y=None, *, num_labels: int,
-                 cs=(0.01, 0.1, 1.0, 10.0), seed: int = 0) -> dict:
+def linear_probe(
+    train_x,
+    train_y,
+    val_x,
+    val_y,
+    test_x=None,
+    test_y=None,
+    *,
+    num_labels: int,
+    cs=(0.01, 0.1, 1.0, 10.0),
+    seed: int = 0,
+) -> dict:
     """Logistic regression on standardised features; C chosen by validation macro-F1 (test never looked at).
 
     Returns ``{"C", "validation": metrics, "test": metrics}`` with accuracy / macro-F1 / weighted-F1.
@@ -100,8 +110,15 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x=None, test_y=None, *, nu
 # -------------------------------------------------------------------------------------- byte fields
 
 
-def byte_field_codes(payload: np.ndarray, packet_lengths: np.ndarray, protocol=None, *, num_packets: int = 5,
-                     header_bytes: int = 80, payload_bytes: int = 240) -> np.ndarray:
+def byte_field_codes(
+    payload: np.ndarray,
+    packet_lengths: np.ndarray,
+    protocol=None,
+    *,
+    num_packets: int = 5,
+    header_bytes: int = 80,
+    payload_bytes: int = 240,
+) -> np.ndarray:
     """One `FIELD_NAMES` code per byte (``int8 [N, num_bytes]``).
 
     Header bytes are named by `mmae_hf.explain.field_map` (IP header incl. options, TCP / UDP header); bytes past
@@ -115,8 +132,14 @@ def byte_field_codes(payload: np.ndarray, packet_lengths: np.ndarray, protocol=N
     slot = header_bytes + payload_bytes
     for row in range(len(payload)):
         proto = None if protocol is None else int(protocol[row])
-        fields = field_map(payload[row], protocol=proto, packet_lengths=packet_lengths[row], num_packets=num_packets,
-                           header_bytes=header_bytes, payload_bytes=payload_bytes)
+        fields = field_map(
+            payload[row],
+            protocol=proto,
+            packet_lengths=packet_lengths[row],
+            num_packets=num_packets,
+            header_bytes=header_bytes,
+            payload_bytes=payload_bytes,
+        )
         for k, segments in enumerate(fields):
             base = k * slot
             for start, end, name in segments:
@@ -130,9 +153,9 @@ def byte_field_codes(payload: np.ndarray, packet_lengths: np.ndarray, protocol=N
                     code = _CODE["payload"]
                 else:
                     continue
-                codes[row, base + start:base + end] = code
+                codes[row, base + start : base + end] = code
                 if name == "payload":
-                    _mark_tls_records(payload[row, base + start:base + end], codes[row, base + start:base + end])
+                    _mark_tls_records(payload[row, base + start : base + end], codes[row, base + start : base + end])
     return codes
 
 
@@ -142,7 +165,7 @@ def _mark_tls_records(data: np.ndarray, codes: np.ndarray) -> None:
         content_type, major, minor = int(data[position]), int(data[position + 1]), int(data[position + 2])
         if content_type not in TLS_CONTENT_TYPES or major != 3 or minor > 4:
             return
-        codes[position:position + 5] = _CODE["tls_record_header"]
+        codes[position : position + 5] = _CODE["tls_record_header"]
         position += 5 + (int(data[position + 3]) << 8 | int(data[position + 4]))
 
 
@@ -178,17 +201,29 @@ def reconstruct_masked_bytes(model, columns: dict, seed: int = 0, batch_size: in
     n = len(columns[BYTE_COLUMN])
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
-        batch = {name: torch.from_numpy(np.ascontiguousarray(columns[name][start:stop]))
-                 for name in (BYTE_COLUMN, "packet_lengths", "packet_iats", "packet_directions")}
+        batch = {
+            name: torch.from_numpy(np.ascontiguousarray(columns[name][start:stop]))
+            for name in (BYTE_COLUMN, "packet_lengths", "packet_iats", "packet_directions")
+        }
         size = stop - start
         noise = torch.rand(size, config.num_tokens, generator=generator)
         partner = None
         if config.use_flowmix:
-            partner = (random_pairing(size, generator) if pairing == "random" else greedy_symmetric_pairing(
-                transform_flow_stats(torch.from_numpy(np.asarray(columns["flow_stats"][start:stop], np.float32)))))
-        out = model(input_bytes=batch[BYTE_COLUMN], packet_lengths=batch["packet_lengths"],
-                    packet_iats=batch["packet_iats"], packet_directions=batch["packet_directions"],
-                    partner_index=partner, mask_noise=noise)
+            partner = (
+                random_pairing(size, generator)
+                if pairing == "random"
+                else greedy_symmetric_pairing(
+                    transform_flow_stats(torch.from_numpy(np.asarray(columns["flow_stats"][start:stop], np.float32)))
+                )
+            )
+        out = model(
+            input_bytes=batch[BYTE_COLUMN],
+            packet_lengths=batch["packet_lengths"],
+            packet_iats=batch["packet_iats"],
+            packet_directions=batch["packet_directions"],
+            partner_index=partner,
+            mask_noise=noise,
+        )
         values = ((out.logits.float().reshape(size, -1) * 0.5 + 0.5) * 255.0).round().clamp(0, 255)
         predicted.append(values.to(torch.uint8).numpy())
         masked.append(out.mask.repeat_interleave(config.bytes_per_token, dim=1).numpy())
@@ -196,8 +231,14 @@ def reconstruct_masked_bytes(model, columns: dict, seed: int = 0, batch_size: in
     return np.concatenate(predicted), np.concatenate(masked)
 
 
-def reconstruction_by_field(predicted: np.ndarray, masked: np.ndarray, truth: np.ndarray, codes: np.ndarray,
-                            baseline: np.ndarray, mean_baseline: np.ndarray | None = None) -> dict:
+def reconstruction_by_field(
+    predicted: np.ndarray,
+    masked: np.ndarray,
+    truth: np.ndarray,
+    codes: np.ndarray,
+    baseline: np.ndarray,
+    mean_baseline: np.ndarray | None = None,
+) -> dict:
     """Per `FIELD_NAMES` category (and ``all``), over the masked bytes: the model's exact-byte accuracy and mean
     absolute error, the same for the most-frequent-byte baseline, and how many masked bytes were scored. With
     ``mean_baseline`` (the mean byte of each position, `np.mean` over training flows) also the root mean squared
@@ -216,12 +257,14 @@ def reconstruction_by_field(predicted: np.ndarray, masked: np.ndarray, truth: np
         if count == 0:
             rows[name] = {"masked_bytes": 0}
             continue
-        rows[name] = {"masked_bytes": count,
-                      "model_accuracy": float(model_hit[where].mean()),
-                      "baseline_accuracy": float(base_hit[where].mean()),
-                      "model_mae": float(model_err[where].mean()),
-                      "baseline_mae": float(base_err[where].mean()),
-                      "model_rmse": float(np.sqrt((model_err[where].astype(np.float64) ** 2).mean()))}
+        rows[name] = {
+            "masked_bytes": count,
+            "model_accuracy": float(model_hit[where].mean()),
+            "baseline_accuracy": float(base_hit[where].mean()),
+            "model_mae": float(model_err[where].mean()),
+            "baseline_mae": float(base_err[where].mean()),
+            "model_rmse": float(np.sqrt((model_err[where].astype(np.float64) ** 2).mean())),
+        }
         if mean_baseline is not None:
             mean_err = np.broadcast_to(mean_baseline.astype(np.float64), truth.shape) - truth
             rows[name]["mean_baseline_rmse"] = float(np.sqrt((mean_err[where] ** 2).mean()))
@@ -255,7 +298,9 @@ def load_pretraining_checkpoint(path, config=None):
     state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{weights}: does not match the run's config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{weights}: does not match the run's config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     return model
 
 

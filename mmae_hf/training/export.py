@@ -25,8 +25,10 @@ def encoder_of(pretraining_dir):
 
     folder = Path(pretraining_dir)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: no config.json (not a finished run of train/pretrain.py; a run that "
-                                "stopped early leaves only checkpoints: resume it first)")
+        raise FileNotFoundError(
+            f"{folder}: no config.json (not a finished run of train/pretrain.py; a run that "
+            "stopped early leaves only checkpoints: resume it first)"
+        )
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -38,9 +40,19 @@ def encoder_of(pretraining_dir):
     return encoder
 
 
-def export_encoder(pretraining_dir, output_dir, *, corpus_report=None, diagnostics=None, label_efficiency=None,
-                   repo_id: str | None = None, license: str = "apache-2.0", overwrite: bool = False,
-                   push_to_hub: str | None = None, private: bool = False) -> Path:
+def export_encoder(
+    pretraining_dir,
+    output_dir,
+    *,
+    corpus_report=None,
+    diagnostics=None,
+    label_efficiency=None,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = False,
+) -> Path:
     """Write the encoder checkpoint folder (see the module docstring); returns its path.
 
     Args:
@@ -74,9 +86,13 @@ def export_encoder(pretraining_dir, output_dir, *, corpus_report=None, diagnosti
                 shutil.copyfile(source / name, staged.path / name)
         if corpus:
             shutil.copyfile(corpus_report, staged.path / CORPUS_REPORT_NAME)
-        card = build_pretraining_model_card(source, repo_id=repo_id or push_to_hub, license=license,
-                                            dataset_name=corpus.get("name") or _corpus_name(run_args),
-                                            model_name=target.name)
+        card = build_pretraining_model_card(
+            source,
+            repo_id=repo_id or push_to_hub,
+            license=license,
+            dataset_name=corpus.get("name") or _corpus_name(run_args),
+            model_name=target.name,
+        )
         text = str(card) + extra_card_sections(corpus, diag, study)
         (staged.path / "README.md").write_text(text)
         staged.commit()
@@ -91,8 +107,12 @@ def push_folder(folder, repo_id: str, *, private: bool = False) -> str:
 
     api = HfApi()
     url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
-                      commit_message="Upload pre-trained MMAE encoder (mmae-hf export_encoder)")
+    api.upload_folder(
+        repo_id=repo_id,
+        repo_type="model",
+        folder_path=str(folder),
+        commit_message="Upload pre-trained MMAE encoder (mmae-hf export_encoder)",
+    )
     return str(url)
 
 
@@ -110,44 +130,72 @@ def extra_card_sections(corpus: dict, diagnostics: dict, study: dict) -> str:
     reconstruction by field, and the label-efficiency table (each only when its report is given)."""
     lines = []
     if corpus:
-        lines += ["", "## Corpus", "",
-                  f"{sum(corpus['flows'].values()):,} unlabelled flows (train {corpus['flows'].get('train', 0):,}, "
-                  f"held-out validation {corpus['flows'].get('validation', 0):,}, split by capture), anonymisation "
-                  f"`{corpus['anonymize']}`, built with `{corpus.get('command')}`.", "",
-                  "| source | train flows | licence |", "|---|---:|---|"]
+        lines += [
+            "",
+            "## Corpus",
+            "",
+            f"{sum(corpus['flows'].values()):,} unlabelled flows (train {corpus['flows'].get('train', 0):,}, "
+            f"held-out validation {corpus['flows'].get('validation', 0):,}, split by capture), anonymisation "
+            f"`{corpus['anonymize']}`, built with `{corpus.get('command')}`.",
+            "",
+            "| source | train flows | licence |",
+            "|---|---:|---|",
+        ]
         for source, count in sorted(corpus["flows_by_source"].get("train", {}).items()):
             lines.append(f"| {source} | {count:,} | {corpus['licenses'].get(source) or '?'} |")
-        lines += ["", "Kept out of pre-training, so that the evaluation sets below are unseen: "
-                  f"{corpus['excluded_captures']} captures that a validation or test flow of "
-                  f"{', '.join(e['path'] for e in corpus['evaluation_sets']) or 'no evaluation set'} was cut from, and "
-                  f"{corpus['removed_held_out_payloads']} corpus flows whose bytes equal such a flow's."]
+        lines += [
+            "",
+            "Kept out of pre-training, so that the evaluation sets below are unseen: "
+            f"{corpus['excluded_captures']} captures that a validation or test flow of "
+            f"{', '.join(e['path'] for e in corpus['evaluation_sets']) or 'no evaluation set'} was cut from, and "
+            f"{corpus['removed_held_out_payloads']} corpus flows whose bytes equal such a flow's.",
+        ]
     if diagnostics and diagnostics.get("points"):
         points = diagnostics["points"]
         keys = [k for k in points[0]["probe"] if "/cls/" in k]
-        lines += ["", "## Linear probe against pre-training steps", "",
-                  "Logistic regression on the frozen encoder's CLS vector, k labelled flows per class of each "
-                  "development set's train split (3 seeded subsets), C chosen on validation; test macro-F1 (step 0 is "
-                  "a random encoder of the same architecture: the control).", "",
-                  "| probe | " + " | ".join(str(p["step"]) for p in points) + " |",
-                  "|---|" + "---:|" * len(points)]
+        lines += [
+            "",
+            "## Linear probe against pre-training steps",
+            "",
+            "Logistic regression on the frozen encoder's CLS vector, k labelled flows per class of each "
+            "development set's train split (3 seeded subsets), C chosen on validation; test macro-F1 (step 0 is "
+            "a random encoder of the same architecture: the control).",
+            "",
+            "| probe | " + " | ".join(str(p["step"]) for p in points) + " |",
+            "|---|" + "---:|" * len(points),
+        ]
         for key in keys:
-            lines.append(f"| {key.replace('/cls/', ', ')} | " + " | ".join(
-                f"{p['probe'][key]['test_macro_f1']:.3f}" for p in points) + " |")
+            lines.append(
+                f"| {key.replace('/cls/', ', ')} | "
+                + " | ".join(f"{p['probe'][key]['test_macro_f1']:.3f}" for p in points)
+                + " |"
+            )
         last = points[-1]
         if "reconstruction" in last:
-            lines += ["", f"## Masked-byte reconstruction on held-out corpus flows (step {last['step']})", "",
-                      "| field | masked bytes | exact-byte accuracy | most-frequent-byte baseline | RMSE | "
-                      "mean-byte baseline RMSE |", "|---|---:|---:|---:|---:|---:|"]
+            lines += [
+                "",
+                f"## Masked-byte reconstruction on held-out corpus flows (step {last['step']})",
+                "",
+                "| field | masked bytes | exact-byte accuracy | most-frequent-byte baseline | RMSE | "
+                "mean-byte baseline RMSE |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
             for field, row in last["reconstruction"].items():
                 if row.get("masked_bytes"):
-                    lines.append(f"| {field} | {row['masked_bytes']:,} | {row['model_accuracy']:.3f} | "
-                                 f"{row['baseline_accuracy']:.3f} | {row['model_rmse']:.1f} | "
-                                 f"{row.get('mean_baseline_rmse', float('nan')):.1f} |")
+                    lines.append(
+                        f"| {field} | {row['masked_bytes']:,} | {row['model_accuracy']:.3f} | "
+                        f"{row['baseline_accuracy']:.3f} | {row['model_rmse']:.1f} | "
+                        f"{row.get('mean_baseline_rmse', float('nan')):.1f} |"
+                    )
     if study and study.get("summary"):
         from .label_efficiency import markdown
 
-        lines += ["", "## Label efficiency (fine-tuned from this checkpoint vs the same encoder from scratch)", "",
-                  markdown(study)]
+        lines += [
+            "",
+            "## Label efficiency (fine-tuned from this checkpoint vs the same encoder from scratch)",
+            "",
+            markdown(study),
+        ]
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -58,55 +58,138 @@ logger = logging.getLogger(__name__)
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 
 
-
-@renamed_fields({"epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
-                 "eval_batch_size": "per_device_eval_batch_size", "label_smoothing": "label_smoothing_factor"})
+@renamed_fields(
+    {
+        "epochs": "num_train_epochs",
+        "batch_size": "per_device_train_batch_size",
+        "eval_batch_size": "per_device_eval_batch_size",
+        "label_smoothing": "label_smoothing_factor",
+    }
+)
 @dataclass
 class FinetuneArguments:
     """Arguments of ``train/finetune.py`` (parsed with ``HfArgumentParser``); the Trainer's names where the meaning
     is the Trainer's. The fields' old names (``epochs``, ``batch_size``, ``eval_batch_size``, ``label_smoothing``)
     are still accepted, with a warning."""
 
-    dataset: str = field(metadata={"help": "dataset folder (build_dataset.py output, save_to_disk or parquet) or Hub repo id"})
+    dataset: str = field(
+        metadata={"help": "dataset folder (build_dataset.py output, save_to_disk or parquet) or Hub repo id"}
+    )
     output_dir: str = field(metadata={"help": "where checkpoints, metrics, plots, tensorboard logs and the model go"})
-    pretrained: str | None = field(default=None, metadata={"help": "pre-trained MMAE folder or Hub repo id; omit to train from scratch"})
-    base_model: str | None = field(default=None, metadata={"help": "Hub repo id of the pre-trained encoder, for the model card's base_model when --pretrained is a local folder (default: --pretrained when it is a repo id)"})
-    preset: str = field(default="mmae-tiny", metadata={"help": "config used when training from scratch: a preset name, or a config.json / model folder (the same architecture as a checkpoint, randomly initialised)"})
-    recipe: str = field(default="auto", metadata={"help": "auto | small_data | epochs: the defaults of the options below that are not given. small_data (chosen on validation, benchmarks/results/finetune_recipe_search*.md): batch 32, lr 1e-3, no layer decay, 50 head warm-up steps, max(300 steps, 10 epochs), evaluated 10 times; epochs: 10 epochs, batch 64, lr 5e-4, layer decay 0.75. auto: small_data up to 2,000 training flows, else epochs"})
+    pretrained: str | None = field(
+        default=None, metadata={"help": "pre-trained MMAE folder or Hub repo id; omit to train from scratch"}
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub repo id of the pre-trained encoder, for the model card's base_model when --pretrained is a local folder (default: --pretrained when it is a repo id)"
+        },
+    )
+    preset: str = field(
+        default="mmae-tiny",
+        metadata={
+            "help": "config used when training from scratch: a preset name, or a config.json / model folder (the same architecture as a checkpoint, randomly initialised)"
+        },
+    )
+    recipe: str = field(
+        default="auto",
+        metadata={
+            "help": "auto | small_data | epochs: the defaults of the options below that are not given. small_data (chosen on validation, benchmarks/results/finetune_recipe_search*.md): batch 32, lr 1e-3, no layer decay, 50 head warm-up steps, max(300 steps, 10 epochs), evaluated 10 times; epochs: 10 epochs, batch 64, lr 5e-4, layer decay 0.75. auto: small_data up to 2,000 training flows, else epochs"
+        },
+    )
     num_train_epochs: float | None = field(default=None, metadata={"help": "training epochs (default: the recipe's)"})
-    max_steps: int | None = field(default=None, metadata={"help": "if > 0, stop after this many optimizer steps, overriding the epochs (default: the recipe's)"})
-    per_device_train_batch_size: int | None = field(default=None, metadata={"help": "flows per device per training step (default: the recipe's)"})
+    max_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "if > 0, stop after this many optimizer steps, overriding the epochs (default: the recipe's)"
+        },
+    )
+    per_device_train_batch_size: int | None = field(
+        default=None, metadata={"help": "flows per device per training step (default: the recipe's)"}
+    )
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "flows per device per evaluation step"})
-    learning_rate: float | None = field(default=None, metadata={"help": "peak learning rate of the top (head) group (default: the recipe's)"})
-    layer_decay: float | None = field(default=None, metadata={"help": "layer-wise lr decay per depth level, 1.0 = off (default: the recipe's)"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms, biases, pos-embed, cls)"})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "peak learning rate of the top (head) group (default: the recipe's)"}
+    )
+    layer_decay: float | None = field(
+        default=None, metadata={"help": "layer-wise lr decay per depth level, 1.0 = off (default: the recipe's)"}
+    )
+    weight_decay: float = field(
+        default=0.05, metadata={"help": "AdamW weight decay (not on norms, biases, pos-embed, cls)"}
+    )
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of the steps used for linear warm-up"})
     label_smoothing_factor: float = field(default=0.1, metadata={"help": "label smoothing of the cross-entropy"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    max_grad_norm: float = field(default=0.0, metadata={"help": "gradient clipping (0 = off, as in the official recipe)"})
-    freeze_encoder: bool = field(default=False, metadata={"help": "train the classifier head only (linear probe with the Trainer)"})
-    ood_percentile: float = field(default=5.0, metadata={"help": "percentile of correct validation max-softmax used as OOD threshold"})
+    max_grad_norm: float = field(
+        default=0.0, metadata={"help": "gradient clipping (0 = off, as in the official recipe)"}
+    )
+    freeze_encoder: bool = field(
+        default=False, metadata={"help": "train the classifier head only (linear probe with the Trainer)"}
+    )
+    ood_percentile: float = field(
+        default=5.0, metadata={"help": "percentile of correct validation max-softmax used as OOD threshold"}
+    )
     seed: int = field(default=0, metadata={"help": "model init, data order and dropout"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (GPUs that support it)"})
     use_cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
     dataloader_num_workers: int = field(default=0, metadata={"help": "background processes reading batches"})
     logging_steps: int = field(default=10, metadata={"help": "log the training loss every N steps"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (the best one always is)"})
-    push_to_hub: bool = field(default=False, metadata={"help": "upload the final model folder to the Hub (needs --hub_model_id)"})
-    hub_model_id: str | None = field(default=None, metadata={"help": "repo id for --push_to_hub, e.g. me/mmae-tiny-ndpi"})
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "upload the final model folder to the Hub (needs --hub_model_id)"}
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "repo id for --push_to_hub, e.g. me/mmae-tiny-ndpi"}
+    )
     hub_private_repo: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
-    model_name: str | None = field(default=None, metadata={"help": "name used in the model card (default: the output folder's name)"})
-    dataset_name: str | None = field(default=None, metadata={"help": "dataset name or Hub repo id for the model card (default: the dataset folder's name)"})
+    model_name: str | None = field(
+        default=None, metadata={"help": "name used in the model card (default: the output folder's name)"}
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "dataset name or Hub repo id for the model card (default: the dataset folder's name)"},
+    )
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard or none"})
-    disable_tqdm: bool = field(default=False, metadata={"help": "no progress bars at all (--no_progress works too); without it bars are drawn only when stderr is a terminal"})
+    disable_tqdm: bool = field(
+        default=False,
+        metadata={
+            "help": "no progress bars at all (--no_progress works too); without it bars are drawn only when stderr is a terminal"
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "debug: cap on training rows"})
-    few_shot_k: int | None = field(default=None, metadata={"help": "train on k flows per class of the train split, drawn by --few_shot_seed (label-efficiency runs)"})
-    few_shot_seed: int | None = field(default=None, metadata={"help": "seed of the --few_shot_k subset (default: --seed)"})
-    classifier_pooling: str | None = field(default=None, metadata={"help": "cls or mean: what the classification head reads, the CLS output or the mean of the token outputs (default: the recipe's)"})
-    head_warmup_steps: int | None = field(default=None, metadata={"help": "optimizer steps that train only the classifier head before the encoder joins, so a pre-trained encoder is not disturbed by a random head's gradients (default: the recipe's)"})
-    eval_every_steps: int | None = field(default=None, metadata={"help": "with a step budget: evaluate (and checkpoint) every N steps (default: a tenth of the budget with small_data, a quarter otherwise)"})
-    allow_mismatched_weights: bool = field(default=False, metadata={
-        "help": "load --pretrained even when its config.json does not fit its encoder weights (parts stay random)"})
+    few_shot_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "train on k flows per class of the train split, drawn by --few_shot_seed (label-efficiency runs)"
+        },
+    )
+    few_shot_seed: int | None = field(
+        default=None, metadata={"help": "seed of the --few_shot_k subset (default: --seed)"}
+    )
+    classifier_pooling: str | None = field(
+        default=None,
+        metadata={
+            "help": "cls or mean: what the classification head reads, the CLS output or the mean of the token outputs (default: the recipe's)"
+        },
+    )
+    head_warmup_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "optimizer steps that train only the classifier head before the encoder joins, so a pre-trained encoder is not disturbed by a random head's gradients (default: the recipe's)"
+        },
+    )
+    eval_every_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "with a step budget: evaluate (and checkpoint) every N steps (default: a tenth of the budget with small_data, a quarter otherwise)"
+        },
+    )
+    allow_mismatched_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "load --pretrained even when its config.json does not fit its encoder weights (parts stay random)"
+        },
+    )
 
     def __post_init__(self):
         """Conflicts and impossible values are refused here, before any data or model is loaded."""
@@ -117,15 +200,24 @@ class FinetuneArguments:
         if self.hub_model_id and not is_hub_repo_id(self.hub_model_id):
             raise ValueError(f"--hub_model_id {self.hub_model_id}: not a Hub repo id (owner/name)")
         if self.base_model and not is_hub_repo_id(self.base_model):
-            raise ValueError(f"--base_model {self.base_model}: not a Hub repo id (owner/name); the model card can "
-                             "only name a published model")
+            raise ValueError(
+                f"--base_model {self.base_model}: not a Hub repo id (owner/name); the model card can "
+                "only name a published model"
+            )
         if self.recipe not in RECIPES and self.recipe != "auto":
             raise ValueError(f"--recipe {self.recipe}: choose auto, {' or '.join(RECIPES)}")
-        if (self.max_steps is None or self.max_steps <= 0) and self.num_train_epochs is not None \
-                and self.num_train_epochs <= 0:
+        if (
+            (self.max_steps is None or self.max_steps <= 0)
+            and self.num_train_epochs is not None
+            and self.num_train_epochs <= 0
+        ):
             raise ValueError(f"--num_train_epochs {self.num_train_epochs:g}: must be > 0 (or give --max_steps)")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "logging_steps"):
+        for name in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} {getattr(self, name)}: must be >= 1")
         if self.learning_rate is not None and self.learning_rate <= 0:
@@ -155,11 +247,24 @@ class FinetuneArguments:
 # from-scratch encoders): a fixed budget of optimizer steps, because a budget in epochs gives a 60-flow train split
 # a handful of steps (the epoch recipe scored 0.22 validation macro-F1 there, this one 0.47).
 RECIPES = {
-    "small_data": {"per_device_train_batch_size": 32, "learning_rate": 1e-3, "layer_decay": 1.0,
-                   "head_warmup_steps": 50, "classifier_pooling": "cls", "min_steps": 300, "min_epochs": 10,
-                   "evaluations": 10},
-    "epochs": {"num_train_epochs": 10.0, "per_device_train_batch_size": 64, "learning_rate": 5e-4,
-               "layer_decay": 0.75, "head_warmup_steps": 0, "classifier_pooling": "cls"},
+    "small_data": {
+        "per_device_train_batch_size": 32,
+        "learning_rate": 1e-3,
+        "layer_decay": 1.0,
+        "head_warmup_steps": 50,
+        "classifier_pooling": "cls",
+        "min_steps": 300,
+        "min_epochs": 10,
+        "evaluations": 10,
+    },
+    "epochs": {
+        "num_train_epochs": 10.0,
+        "per_device_train_batch_size": 64,
+        "learning_rate": 5e-4,
+        "layer_decay": 0.75,
+        "head_warmup_steps": 0,
+        "classifier_pooling": "cls",
+    },
 }
 SMALL_DATA_MAX_ROWS = 2000  # auto: small_data up to this many training flows
 
@@ -168,11 +273,21 @@ def resolve_recipe(args: FinetuneArguments, num_train_rows: int) -> FinetuneArgu
     """``args`` with every option left at None filled from the recipe (``auto`` picks ``small_data`` for up to
     `SMALL_DATA_MAX_ROWS` training flows, else ``epochs``); options the user gave are kept. The returned copy's
     ``recipe`` names the recipe used."""
-    name = args.recipe if args.recipe != "auto" else (
-        "small_data" if num_train_rows <= SMALL_DATA_MAX_ROWS else "epochs")
+    name = (
+        args.recipe if args.recipe != "auto" else ("small_data" if num_train_rows <= SMALL_DATA_MAX_ROWS else "epochs")
+    )
     recipe = RECIPES[name]
-    values = {key: recipe[key] for key in ("per_device_train_batch_size", "learning_rate", "layer_decay",
-                                           "head_warmup_steps", "classifier_pooling") if getattr(args, key) is None}
+    values = {
+        key: recipe[key]
+        for key in (
+            "per_device_train_batch_size",
+            "learning_rate",
+            "layer_decay",
+            "head_warmup_steps",
+            "classifier_pooling",
+        )
+        if getattr(args, key) is None
+    }
     values["recipe"] = name
     batch = values.get("per_device_train_batch_size", args.per_device_train_batch_size)
     length_given = (args.max_steps is not None and args.max_steps > 0) or args.num_train_epochs is not None
@@ -215,8 +330,10 @@ def load_traffic_dataset(source):
                 break
     missing = [s for s in SPLIT_ALIASES if s not in renamed]
     if missing:
-        raise ValueError(f"{source}: dataset has splits {sorted(dsd)}; fine-tuning needs train, validation and test "
-                         f"(missing: {', '.join(missing)})")
+        raise ValueError(
+            f"{source}: dataset has splits {sorted(dsd)}; fine-tuning needs train, validation and test "
+            f"(missing: {', '.join(missing)})"
+        )
     for name, ds in renamed.items():
         for column in (BYTE_COLUMN, "label"):
             if column not in ds.column_names:
@@ -256,10 +373,15 @@ def check_classes(dsd, label_names: list[str], source) -> dict[str, list[str]]:
         raise ValueError(
             f"{source}: fine-tuning needs at least 2 classes with training flows; train holds {len(in_train)} "
             f"({', '.join(in_train) or 'none'}) of the {len(label_names)} label names. A one-class classifier is "
-            "right by construction (loss 0, macro-F1 1.0) and means nothing: add flows of other classes")
+            "right by construction (loss 0, macro-F1 1.0) and means nothing: add flows of other classes"
+        )
     for name, splits in missing.items():
-        logger.warning("class %r has no flows in %s: %s", name, " and ".join(splits),
-                       "it cannot be learnt" if "train" in splits else "its scores there are not measured")
+        logger.warning(
+            "class %r has no flows in %s: %s",
+            name,
+            " and ".join(splits),
+            "it cannot be learnt" if "train" in splits else "its scores there are not measured",
+        )
     return missing
 
 
@@ -326,8 +448,9 @@ class MMAEFinetuneTrainer(Trainer):
 
             return factor
 
-        lambdas = [schedule(0 if group.get("layer_depth", top) == top else head_steps)
-                   for group in optimizer.param_groups]
+        lambdas = [
+            schedule(0 if group.get("layer_depth", top) == top else head_steps) for group in optimizer.param_groups
+        ]
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         self._created_lr_scheduler = True
         return self.lr_scheduler
@@ -336,13 +459,19 @@ class MMAEFinetuneTrainer(Trainer):
         if self.optimizer is None:
             opt_model = self.model if model is None else model
             groups, summary = layer_decay_parameter_groups(
-                opt_model, base_lr=self.args.learning_rate, weight_decay=self.args.weight_decay,
-                layer_decay=self.layer_decay)
+                opt_model,
+                base_lr=self.args.learning_rate,
+                weight_decay=self.args.weight_decay,
+                layer_decay=self.layer_decay,
+            )
             self.parameter_group_summary = summary
             logger.info("optimizer parameter groups:\n%s", format_parameter_groups(summary))
             self.optimizer = torch.optim.AdamW(
-                groups, lr=self.args.learning_rate, betas=(self.args.adam_beta1, self.args.adam_beta2),
-                eps=self.args.adam_epsilon)
+                groups,
+                lr=self.args.learning_rate,
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
+            )
         return self.optimizer
 
 
@@ -373,9 +502,15 @@ def build_model(args: FinetuneArguments, label_names: list[str]):
             # what a user writes: the Auto class; refuses a config.json that does not fit the encoder weights and
             # names a damaged file
             model = load_checked(
-                AutoModelForSequenceClassification, args.pretrained, allow_mismatched_weights=args.allow_mismatched_weights,
-                num_labels=len(label_names), id2label=id2label, label2id=label2id, dtype=torch.float32,
-                **pooling)
+                AutoModelForSequenceClassification,
+                args.pretrained,
+                allow_mismatched_weights=args.allow_mismatched_weights,
+                num_labels=len(label_names),
+                id2label=id2label,
+                label2id=label2id,
+                dtype=torch.float32,
+                **pooling,
+            )
         except OSError as error:  # a Hub id that is not there, or no network
             raise hub_load_error(args.pretrained, error, "--pretrained") from error
     else:
@@ -391,12 +526,19 @@ def build_model(args: FinetuneArguments, label_names: list[str]):
     return model
 
 
-def make_training_arguments(args: FinetuneArguments, output_dir: Path,
-                            num_train_rows: int | None = None) -> TrainingArguments:
+def make_training_arguments(
+    args: FinetuneArguments, output_dir: Path, num_train_rows: int | None = None
+) -> TrainingArguments:
     """The Trainer's arguments; options still left to the recipe are resolved first (`resolve_recipe`; with an unknown
     number of training flows ``auto`` means the epoch recipe)."""
-    if None in (args.max_steps, args.num_train_epochs, args.per_device_train_batch_size, args.learning_rate,
-                args.layer_decay, args.head_warmup_steps):
+    if None in (
+        args.max_steps,
+        args.num_train_epochs,
+        args.per_device_train_batch_size,
+        args.learning_rate,
+        args.layer_decay,
+        args.head_warmup_steps,
+    ):
         args = resolve_recipe(args, SMALL_DATA_MAX_ROWS + 1 if num_train_rows is None else num_train_rows)
     use_cpu = args.use_cpu or not torch.cuda.is_available()
     return TrainingArguments(
@@ -460,8 +602,9 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
     if args.max_train_samples:
         train_ds = train_ds.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(train_ds))))
     # on the training rows actually used (a few-shot or capped subset may lose classes)
-    missing_classes = check_classes({**dsd, "train": train_ds}, label_names,
-                                    "the dataset" if dataset is not None else args.dataset)
+    missing_classes = check_classes(
+        {**dsd, "train": train_ds}, label_names, "the dataset" if dataset is not None else args.dataset
+    )
     args = resolve_recipe(args, len(train_ds))
     logger.info("fine-tuning recipe %s: %s", args.recipe, _recipe_summary(args))
 
@@ -513,18 +656,29 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
 
     model_name = args.model_name or out.name
     if not trainer.is_world_process_zero():  # several processes (DDP): predictions were gathered; one writes
-        return {"model_name": model_name, "validation": headline(val_metrics), "test": headline(test_metrics),
-                "ood_threshold": threshold}
+        return {
+            "model_name": model_name,
+            "validation": headline(val_metrics),
+            "test": headline(test_metrics),
+            "ood_threshold": threshold,
+        }
     # eval/ and model/ are written beside their final place and renamed into it when complete; results.json,
     # written last, is the mark of a finished run (an interrupted one leaves the previous outputs as they were)
     eval_dir, model_dir = out / "eval", out / "model"
     with StagedFolder(eval_dir, overwrite=True) as eval_stage, StagedFolder(model_dir, overwrite=True) as model_stage:
-        val_files = write_evaluation(val_metrics, eval_stage.path, stem="validation",
-                                     title=f"{model_name} - validation")
+        val_files = write_evaluation(
+            val_metrics, eval_stage.path, stem="validation", title=f"{model_name} - validation"
+        )
         test_files = write_evaluation(test_metrics, eval_stage.path, stem="test", title=f"{model_name} - test")
-        final = {key: str(eval_dir / Path(path).name) for key, path in (
-            ("test_metrics", test_files["metrics"]), ("test_confusion_png", test_files["confusion_png"]),
-            ("test_confusion_json", test_files["confusion_json"]), ("validation_metrics", val_files["metrics"]))}
+        final = {
+            key: str(eval_dir / Path(path).name)
+            for key, path in (
+                ("test_metrics", test_files["metrics"]),
+                ("test_confusion_png", test_files["confusion_png"]),
+                ("test_confusion_json", test_files["confusion_json"]),
+                ("validation_metrics", val_files["metrics"]),
+            )
+        }
 
         best_checkpoint = trainer.state.best_model_checkpoint
         summary = {
@@ -555,8 +709,12 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
         }
 
         # --- the self-contained model folder ----------------------------------------------------------------
-        save_model_folder(model, model_stage.path, dataset_source=None if dataset is not None else args.dataset,
-                          pretrained=args.pretrained)
+        save_model_folder(
+            model,
+            model_stage.path,
+            dataset_source=None if dataset is not None else args.dataset,
+            pretrained=args.pretrained,
+        )
         shutil.copy(test_files["confusion_png"], model_stage.path / "test_confusion.png")
         shutil.copy(test_files["metrics"], model_stage.path / "test_metrics.json")
         summary["files"]["model"] = str(model_dir)
@@ -566,10 +724,16 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
 
         fe_config = _read_json(model_stage.path / "preprocessor_config.json")
         summary["flow_options"] = (fe_config or {}).get("flow_options") or _dataset_flow_options(
-            None if dataset is not None else args.dataset)
-        card = build_finetuned_model_card(summary, dataset_name=args.dataset_name or _dataset_display_name(args),
-                                          feature_extractor_config=fe_config, config=model.config,
-                                          repo_id=args.hub_model_id, base_model=args.base_model)
+            None if dataset is not None else args.dataset
+        )
+        card = build_finetuned_model_card(
+            summary,
+            dataset_name=args.dataset_name or _dataset_display_name(args),
+            feature_extractor_config=fe_config,
+            config=model.config,
+            repo_id=args.hub_model_id,
+            base_model=args.base_model,
+        )
         card.save(model_stage.path / "README.md")
         summary["files"]["model_card"] = str(model_dir / "README.md")
         eval_stage.commit()
@@ -629,8 +793,9 @@ def _carry_feature_extractor(model_dir: Path, sources: list[str | None]) -> Path
             raise ValueError(f"{candidate}: cannot be read as an MMAEFeatureExtractor config: {error}") from error
         extractor.save_pretrained(str(model_dir))
         return model_dir / "preprocessor_config.json"
-    logger.warning("no preprocessor_config.json found in %s; the model folder has no feature extractor",
-                   [s for s in sources if s])
+    logger.warning(
+        "no preprocessor_config.json found in %s; the model folder has no feature extractor", [s for s in sources if s]
+    )
     return None
 
 
@@ -640,12 +805,23 @@ def push_model_folder(model_dir: Path, repo_id: str, private: bool = False, comm
 
     api = HfApi()
     url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(model_dir),
-                      commit_message=commit_message or "Upload fine-tuned MMAE classifier")
+    api.upload_folder(
+        repo_id=repo_id,
+        repo_type="model",
+        folder_path=str(model_dir),
+        commit_message=commit_message or "Upload fine-tuned MMAE classifier",
+    )
     return str(url)
 
 
-PRETRAINING_SWITCHES = ("use_flowmix", "use_teacher", "use_loss_predictor", "use_pmp", "use_guided_masking", "mask_ratio")
+PRETRAINING_SWITCHES = (
+    "use_flowmix",
+    "use_teacher",
+    "use_loss_predictor",
+    "use_pmp",
+    "use_guided_masking",
+    "mask_ratio",
+)
 
 
 def describe_pretraining(pretrained: str | None) -> dict[str, Any] | None:
@@ -668,23 +844,32 @@ def describe_pretraining(pretrained: str | None) -> dict[str, Any] | None:
 
 def _recipe_summary(args: FinetuneArguments) -> str:
     length = f"{args.max_steps} steps" if args.max_steps and args.max_steps > 0 else f"{args.num_train_epochs:g} epochs"
-    return (f"{length}, batch {args.per_device_train_batch_size}, lr {args.learning_rate:g}, layer decay "
-            f"{args.layer_decay:g}, head warm-up {args.head_warmup_steps} steps, head on {args.classifier_pooling}")
+    return (
+        f"{length}, batch {args.per_device_train_batch_size}, lr {args.learning_rate:g}, layer decay "
+        f"{args.layer_decay:g}, head warm-up {args.head_warmup_steps} steps, head on {args.classifier_pooling}"
+    )
 
 
 def _recipe(args: FinetuneArguments, training_args: TrainingArguments) -> dict[str, Any]:
     length = {"max_steps": args.max_steps} if args.max_steps > 0 else {"epochs": args.num_train_epochs}
     evaluated = f"every {args.eval_every_steps} steps" if args.max_steps > 0 else "every epoch"
     return {
-        "recipe": args.recipe, **length, "head_warmup_steps": args.head_warmup_steps,
+        "recipe": args.recipe,
+        **length,
+        "head_warmup_steps": args.head_warmup_steps,
         "classifier_pooling": args.classifier_pooling,
         "batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "learning_rate": args.learning_rate, "layer_decay": args.layer_decay, "weight_decay": args.weight_decay,
-        "warmup_ratio": args.warmup_ratio, "lr_scheduler": "linear warm-up then cosine",
-        "label_smoothing": args.label_smoothing_factor, "optimizer": (
-            f"AdamW (betas {training_args.adam_beta1:.3g}, {training_args.adam_beta2:.3g})"),
-        "max_grad_norm": args.max_grad_norm, "freeze_encoder": args.freeze_encoder, "seed": args.seed,
+        "learning_rate": args.learning_rate,
+        "layer_decay": args.layer_decay,
+        "weight_decay": args.weight_decay,
+        "warmup_ratio": args.warmup_ratio,
+        "lr_scheduler": "linear warm-up then cosine",
+        "label_smoothing": args.label_smoothing_factor,
+        "optimizer": (f"AdamW (betas {training_args.adam_beta1:.3g}, {training_args.adam_beta2:.3g})"),
+        "max_grad_norm": args.max_grad_norm,
+        "freeze_encoder": args.freeze_encoder,
+        "seed": args.seed,
         "precision": "bf16" if args.bf16 else "fp32",
         "selection": f"best validation macro-F1 (evaluated {evaluated})",
     }

@@ -88,8 +88,10 @@ class _DatasetCache:
         from .diagnostics import encoder_features
 
         if key not in self._features:
-            self._features[key] = {s: encoder_features(encoder, self.splits[s][BYTE_COLUMN], pooling)
-                                   for s in ("train", "validation", "test")}
+            self._features[key] = {
+                s: encoder_features(encoder, self.splits[s][BYTE_COLUMN], pooling)
+                for s in ("train", "validation", "test")
+            }
         return self._features[key]
 
 
@@ -99,15 +101,22 @@ def _scores(y_true, y_pred, label_names):
     return headline(classification_metrics(y_true, y_pred, label_names))
 
 
-def run_one(model_name: str, data: _DatasetCache, k, seed: int, settings: LabelEfficiencySettings,
-            encoders: dict) -> dict:
+def run_one(
+    model_name: str, data: _DatasetCache, k, seed: int, settings: LabelEfficiencySettings, encoders: dict
+) -> dict:
     """One (model, dataset, k, seed) run -> ``{"validation": ..., "test": ..., "train_rows": n, ...}``."""
     from .diagnostics import few_shot_indices, linear_probe
 
     rows = few_shot_indices(data.labels("train"), k, seed)
     started = time.time()
-    result = {"model": model_name, "dataset": data.name, "k": k_name(k), "seed": seed, "train_rows": int(len(rows)),
-              "train_rows_digest": _rows_digest(rows)}
+    result = {
+        "model": model_name,
+        "dataset": data.name,
+        "k": k_name(k),
+        "seed": seed,
+        "train_rows": int(len(rows)),
+        "train_rows_digest": _rows_digest(rows),
+    }
     y_train = data.labels("train")[rows]
     if len(np.unique(y_train)) < 2:
         raise ValueError(f"{data.name}: k={k_name(k)} seed {seed} gives fewer than 2 classes")
@@ -116,27 +125,47 @@ def run_one(model_name: str, data: _DatasetCache, k, seed: int, settings: LabelE
 
         out = Path(settings.output_dir) / "runs" / data.name / model_name / f"k{k_name(k)}" / f"seed{seed}"
         source = {"pretrained": settings.checkpoint} if model_name == "finetune" else {"preset": settings.checkpoint}
-        args = FinetuneArguments(dataset=data.path, output_dir=str(out), seed=seed, few_shot_k=k, few_shot_seed=seed,
-                                 report_to="none", save_total_limit=1, **source, **settings.finetune_overrides)
+        args = FinetuneArguments(
+            dataset=data.path,
+            output_dir=str(out),
+            seed=seed,
+            few_shot_k=k,
+            few_shot_seed=seed,
+            report_to="none",
+            save_total_limit=1,
+            **source,
+            **settings.finetune_overrides,
+        )
         out.mkdir(parents=True, exist_ok=True)
         # the Trainer's evaluation lines go to the run's own log: the study prints one line per run
         with open(out / "train.log", "w") as log, contextlib.redirect_stdout(log):
             summary = run_finetuning(args)  # reads the folder: the model folder gets the dataset's feature extractor
         if summary["num_train_rows_used"] != len(rows):
             raise AssertionError(f"fine-tuning used {summary['num_train_rows_used']} rows, the subset has {len(rows)}")
-        result.update(validation=summary["validation"], test={k2: v for k2, v in summary["test"].items()
-                                                              if k2 != "per_class"},
-                      steps=summary["global_steps"], best_checkpoint=summary["best_checkpoint"])
+        result.update(
+            validation=summary["validation"],
+            test={k2: v for k2, v in summary["test"].items() if k2 != "per_class"},
+            steps=summary["global_steps"],
+            best_checkpoint=summary["best_checkpoint"],
+        )
         _drop_checkpoints(out)
     elif model_name in ("probe", "random_probe"):
         encoder = encoders[model_name]
         # the pre-trained encoder's features serve every seed; a random encoder is drawn per seed
-        feats = data.encoder_features("probe" if model_name == "probe" else f"random-{seed}", encoder,
-                                      settings.probe_pooling)
-        probe = linear_probe(feats["train"][rows], y_train, feats["validation"], data.labels("validation"),
-                             feats["test"], data.labels("test"), num_labels=len(data.label_names), seed=seed)
-        result.update(validation=probe["validation"], test=probe["test"], C=probe["C"],
-                      pooling=settings.probe_pooling)
+        feats = data.encoder_features(
+            "probe" if model_name == "probe" else f"random-{seed}", encoder, settings.probe_pooling
+        )
+        probe = linear_probe(
+            feats["train"][rows],
+            y_train,
+            feats["validation"],
+            data.labels("validation"),
+            feats["test"],
+            data.labels("test"),
+            num_labels=len(data.label_names),
+            seed=seed,
+        )
+        result.update(validation=probe["validation"], test=probe["test"], C=probe["C"], pooling=settings.probe_pooling)
     elif model_name in ("extra_trees", "random_forest_bytes"):
         from .baselines import flow_feature_matrix, make_tree_model
 
@@ -147,8 +176,9 @@ def run_one(model_name: str, data: _DatasetCache, k, seed: int, settings: LabelE
             x = {s: data.splits[s][BYTE_COLUMN] for s in ("train", "validation", "test")}
             tree = make_tree_model("random_forest", seed, settings.tree_estimators)
         tree.fit(x["train"][rows], y_train)
-        result.update({s: _scores(data.labels(s), tree.predict(x[s]), data.label_names)
-                       for s in ("validation", "test")})
+        result.update(
+            {s: _scores(data.labels(s), tree.predict(x[s]), data.label_names) for s in ("validation", "test")}
+        )
     else:
         raise ValueError(f"unknown model {model_name!r}; choose from {', '.join(MODELS)}")
     result["seconds"] = round(time.time() - started, 2)
@@ -214,17 +244,24 @@ def run_study(settings: LabelEfficiencySettings, progress=print, jobs: int = 1) 
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    tasks = [(str(path), k, seed, model_name) for path in settings.datasets for seed in settings.seeds
-             for k in settings.ks for model_name in settings.models]
+    tasks = [
+        (str(path), k, seed, model_name)
+        for path in settings.datasets
+        for seed in settings.seeds
+        for k in settings.ks
+        for model_name in settings.models
+    ]
     missing = [t for t in tasks if not _cache_path(settings, Path(t[0]).name, t[3], t[1], t[2]).is_file()]
 
     def finished(task, result):
         cache = _cache_path(settings, Path(task[0]).name, task[3], task[1], task[2])
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(result, indent=2) + "\n")
-        progress(f"[label-efficiency] {result['dataset']} k={result['k']} seed {result['seed']} {result['model']}: "
-                 f"test macro-F1 {result['test']['macro_f1']:.3f} (validation {result['validation']['macro_f1']:.3f}, "
-                 f"{result['seconds']:.0f} s)")
+        progress(
+            f"[label-efficiency] {result['dataset']} k={result['k']} seed {result['seed']} {result['model']}: "
+            f"test macro-F1 {result['test']['macro_f1']:.3f} (validation {result['validation']['macro_f1']:.3f}, "
+            f"{result['seconds']:.0f} s)"
+        )
 
     if jobs <= 1 or len(missing) <= 1:
         for task in missing:
@@ -252,20 +289,33 @@ def summarize(runs: list) -> dict:
     for (dataset, model, k), group in sorted(table.items()):
         test_mean, test_std = mean_std([r["test"]["macro_f1"] for r in group])
         val_mean, val_std = mean_std([r["validation"]["macro_f1"] for r in group])
-        rows.append({"dataset": dataset, "model": model, "k": k, "seeds": len(group),
-                     "test_macro_f1": test_mean, "test_macro_f1_std": test_std,
-                     "validation_macro_f1": val_mean, "validation_macro_f1_std": val_std,
-                     "test_accuracy": float(np.mean([r["test"]["accuracy"] for r in group]))})
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "k": k,
+                "seeds": len(group),
+                "test_macro_f1": test_mean,
+                "test_macro_f1_std": test_std,
+                "validation_macro_f1": val_mean,
+                "validation_macro_f1_std": val_std,
+                "test_accuracy": float(np.mean([r["test"]["accuracy"] for r in group])),
+            }
+        )
     by = {(r["dataset"], r["model"], r["k"]): r["test_macro_f1"] for r in rows}
     datasets = sorted({r["dataset"] for r in rows})
     gains = {}
     for k in sorted({r["k"] for r in rows}, key=lambda v: (v == "all", int(v) if v != "all" else 0)):
-        for name, (a, b) in {"finetune_minus_scratch": ("finetune", "scratch"),
-                             "probe_minus_random_probe": ("probe", "random_probe")}.items():
+        for name, (a, b) in {
+            "finetune_minus_scratch": ("finetune", "scratch"),
+            "probe_minus_random_probe": ("probe", "random_probe"),
+        }.items():
             diffs = [by[(d, a, k)] - by[(d, b, k)] for d in datasets if (d, a, k) in by and (d, b, k) in by]
             if diffs:
-                gains.setdefault(name, {})[k] = {"mean_over_datasets": float(np.mean(diffs)),
-                                                 "per_dataset": dict(zip(datasets, diffs))}
+                gains.setdefault(name, {})[k] = {
+                    "mean_over_datasets": float(np.mean(diffs)),
+                    "per_dataset": dict(zip(datasets, diffs)),
+                }
     return {"rows": rows, "gains": gains, "datasets": datasets}
 
 
@@ -276,23 +326,36 @@ def markdown(study: dict) -> str:
     ks = sorted({r["k"] for r in rows}, key=lambda v: (v == "all", int(v) if v != "all" else 0))
     lines = []
     for dataset in summary["datasets"]:
-        lines += [f"### {dataset}: test macro-F1, mean ± std over seeds", "",
-                  "| model | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+        lines += [
+            f"### {dataset}: test macro-F1, mean ± std over seeds",
+            "",
+            "| model | " + " | ".join(f"k = {k}" for k in ks) + " |",
+            "|---|" + "---:|" * len(ks),
+        ]
         for model in MODELS:
             cells = []
             for k in ks:
                 match = [r for r in rows if r["dataset"] == dataset and r["model"] == model and r["k"] == k]
-                cells.append(f"{match[0]['test_macro_f1']:.3f} ± {match[0]['test_macro_f1_std']:.3f}"
-                             if match and match[0]["seeds"] > 1 else
-                             (f"{match[0]['test_macro_f1']:.3f}" if match else "-"))
+                cells.append(
+                    f"{match[0]['test_macro_f1']:.3f} ± {match[0]['test_macro_f1_std']:.3f}"
+                    if match and match[0]["seeds"] > 1
+                    else (f"{match[0]['test_macro_f1']:.3f}" if match else "-")
+                )
             if any(c != "-" for c in cells):
                 lines.append(f"| {MODEL_LABELS[model]} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["### Gains averaged over the datasets (test macro-F1)", "",
-              "| gain | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+    lines += [
+        "### Gains averaged over the datasets (test macro-F1)",
+        "",
+        "| gain | " + " | ".join(f"k = {k}" for k in ks) + " |",
+        "|---|" + "---:|" * len(ks),
+    ]
     for name, by_k in summary["gains"].items():
-        lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(
-            f"{by_k[k]['mean_over_datasets']:+.3f}" if k in by_k else "-" for k in ks) + " |")
+        lines.append(
+            f"| {name.replace('_', ' ')} | "
+            + " | ".join(f"{by_k[k]['mean_over_datasets']:+.3f}" if k in by_k else "-" for k in ks)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -311,8 +374,10 @@ def explain(study: dict, seeds_note: bool = True) -> str:
             gain = ft["test_macro_f1"] - sc["test_macro_f1"]
             gains.append((k, gain))
             label = "all labelled flows" if k == "all" else f"{k} labelled flows per class"
-            text = (f"with {label}, the pre-trained encoder fine-tuned scores {ft['test_macro_f1']:.2f} test macro-F1 "
-                    f"against {sc['test_macro_f1']:.2f} from scratch ({gain:+.2f})")
+            text = (
+                f"with {label}, the pre-trained encoder fine-tuned scores {ft['test_macro_f1']:.2f} test macro-F1 "
+                f"against {sc['test_macro_f1']:.2f} from scratch ({gain:+.2f})"
+            )
             trees = [rows[(dataset, m, k)] for m in ("extra_trees", "random_forest_bytes") if (dataset, m, k) in rows]
             if trees:
                 best = max(trees, key=lambda r: r["test_macro_f1"])
@@ -359,8 +424,14 @@ def plot(study: dict, path) -> Path:
                 continue
             mine.sort(key=lambda r: all_x if r["k"] == "all" else int(r["k"]))
             xs = [all_x if r["k"] == "all" else int(r["k"]) for r in mine]
-            axis.errorbar(xs, [r["test_macro_f1"] for r in mine], yerr=[r["test_macro_f1_std"] for r in mine],
-                          marker="o", capsize=3, label=MODEL_LABELS[model])
+            axis.errorbar(
+                xs,
+                [r["test_macro_f1"] for r in mine],
+                yerr=[r["test_macro_f1_std"] for r in mine],
+                marker="o",
+                capsize=3,
+                label=MODEL_LABELS[model],
+            )
         axis.set_xscale("log")
         ticks = numeric + [all_x]
         axis.set_xticks(ticks)
@@ -376,5 +447,14 @@ def plot(study: dict, path) -> Path:
     return Path(path)
 
 
-__all__ = ["LabelEfficiencySettings", "MODELS", "explain", "k_name", "markdown", "plot", "run_one", "run_study",
-           "summarize"]
+__all__ = [
+    "LabelEfficiencySettings",
+    "MODELS",
+    "explain",
+    "k_name",
+    "markdown",
+    "plot",
+    "run_one",
+    "run_study",
+    "summarize",
+]

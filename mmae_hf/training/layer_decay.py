@@ -23,7 +23,9 @@ import torch
 # a parameter inside encoder layer i: "...layer.3.attention...", "...layers.3....", "...blocks.3...."
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|blocks|block)\.(\d+)\.")
 # a parameter of the input embeddings (depth 0)
-_EMBEDDING_PART = re.compile(r"(?:^|\.)(?:embeddings|embedding|patch_embed|pos_embed|cls_token|byte_embeddings)(?:\.|$)")
+_EMBEDDING_PART = re.compile(
+    r"(?:^|\.)(?:embeddings|embedding|patch_embed|pos_embed|cls_token|byte_embeddings)(?:\.|$)"
+)
 # parameters never weight-decayed although they have two or more dimensions
 NO_WEIGHT_DECAY_NAMES = ("position_embeddings", "pos_embed", "cls_token", "mask_token")
 
@@ -95,8 +97,9 @@ def layer_decay_parameter_groups(
     for (depth, decayed), (params, names) in sorted(buckets.items()):
         scale = layer_decay ** (num_layers + 1 - depth)
         wd = weight_decay if decayed else 0.0
-        groups.append({"params": params, "lr": base_lr * scale, "weight_decay": wd, "lr_scale": scale,
-                       "layer_depth": depth})
+        groups.append(
+            {"params": params, "lr": base_lr * scale, "weight_decay": wd, "lr_scale": scale, "layer_depth": depth}
+        )
         summary.append(ParameterGroupSummary(depth=depth, lr_scale=scale, weight_decay=wd, names=names))
     return groups, summary
 
@@ -105,8 +108,10 @@ def format_parameter_groups(summary: list[ParameterGroupSummary]) -> str:
     """A short human-readable table of the groups (printed at the start of fine-tuning)."""
     lines = ["depth  lr_scale  weight_decay  #params  first parameter"]
     for group in summary:
-        lines.append(f"{group.depth:>5}  {group.lr_scale:8.4f}  {group.weight_decay:12.3g}  {len(group.names):>7}  "
-                     f"{group.names[0]}")
+        lines.append(
+            f"{group.depth:>5}  {group.lr_scale:8.4f}  {group.weight_decay:12.3g}  {len(group.names):>7}  "
+            f"{group.names[0]}"
+        )
     return "\n".join(lines)
 
 

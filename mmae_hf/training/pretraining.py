@@ -196,7 +196,9 @@ class PretrainingArguments:
         if self.report_to not in ("tensorboard", "none"):
             problems.append(f"report_to must be tensorboard or none (got {self.report_to!r})")
         if self.ddp_find_unused_parameters not in ("auto", "true", "false"):
-            problems.append(f"ddp_find_unused_parameters must be auto, true or false (got {self.ddp_find_unused_parameters!r})")
+            problems.append(
+                f"ddp_find_unused_parameters must be auto, true or false (got {self.ddp_find_unused_parameters!r})"
+            )
         if not 0.0 <= self.warmup_ratio < 1.0:
             problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.max_steps:
@@ -406,7 +408,9 @@ def resolve_checkpoint(resume_from_checkpoint, output_dir):
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(output_dir)
         if not checkpoints:
-            raise CheckpointError(f"--resume_from_checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINT_DIR}")
+            raise CheckpointError(
+                f"--resume_from_checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINT_DIR}"
+            )
         return checkpoints[-1]
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
@@ -422,7 +426,15 @@ def resolve_checkpoint(resume_from_checkpoint, output_dir):
 
 
 def _model_inputs(batch, device=None):
-    names = ("input_bytes", "packet_lengths", "packet_iats", "packet_directions", "flow_stats", "partner_index", "mask_noise")
+    names = (
+        "input_bytes",
+        "packet_lengths",
+        "packet_iats",
+        "packet_directions",
+        "flow_stats",
+        "partner_index",
+        "mask_noise",
+    )
     inputs = {k: batch[k] for k in names if k in batch and batch[k] is not None}
     if device is not None:
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
@@ -520,8 +532,11 @@ def plot_metrics(metrics_path, png_path):
     if not records:
         return None
     steps = [r["step"] for r in records]
-    panels = [("losses", [n for n in LOSS_COMPONENTS if n in records[-1]]), ("learning rate", ["learning_rate"]),
-              ("schedules", [n for n in ("ema_momentum", "hard_mask_share") if n in records[-1]])]
+    panels = [
+        ("losses", [n for n in LOSS_COMPONENTS if n in records[-1]]),
+        ("learning rate", ["learning_rate"]),
+        ("schedules", [n for n in ("ema_momentum", "hard_mask_share") if n in records[-1]]),
+    ]
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
     for axis, (title, names) in zip(axes, panels):
         for name in names:
@@ -664,8 +679,12 @@ def _setup_run(args, dataset, model_cls) -> _Run:
     model.train()
     teacher = None
     if getattr(config, "use_teacher", True):
-        teacher = MeanTeacher(model, momentum_start=args.ema_momentum_start, momentum_end=args.ema_momentum_end,
-                              total_steps=args.max_steps)
+        teacher = MeanTeacher(
+            model,
+            momentum_start=args.ema_momentum_start,
+            momentum_end=args.ema_momentum_end,
+            total_steps=args.max_steps,
+        )
 
     # ---- accelerator (DDP's find_unused_parameters decided by a one-batch probe unless forced)
     world_size_env = int(os.environ.get("WORLD_SIZE", "1"))
@@ -674,8 +693,9 @@ def _setup_run(args, dataset, model_cls) -> _Run:
     if args.ddp_find_unused_parameters == "auto" and world_size_env > 1:
         probe_collator = DataCollatorForFlowMix(config, seed=args.seed, use_flowmix=config.use_flowmix)
         probe_rows = FlowBatchReader.to_rows(reader[list(range(min(len(reader), 4)))])
-        unused_names = find_unused_parameters(model, probe_collator, probe_rows, config,
-                                              teacher.model if teacher is not None else None)
+        unused_names = find_unused_parameters(
+            model, probe_collator, probe_rows, config, teacher.model if teacher is not None else None
+        )
         find_unused = bool(unused_names)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
@@ -698,8 +718,10 @@ def _setup_run(args, dataset, model_cls) -> _Run:
     if accelerator.distributed_type == DistributedType.DEEPSPEED and args.gradient_accumulation_steps != 1:
         # DeepSpeed steps its engine (and scales the loss) inside accelerator.backward: the loop's own
         # accumulation would step every micro-batch and divide the loss twice
-        raise LaunchError("with DeepSpeed use --gradient_accumulation_steps 1 (and gradient_accumulation_steps: 1 "
-                          "in its config); raise --per_device_train_batch_size or the number of processes instead")
+        raise LaunchError(
+            "with DeepSpeed use --gradient_accumulation_steps 1 (and gradient_accumulation_steps: 1 "
+            "in its config); raise --per_device_train_batch_size or the number of processes instead"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
 
     sampler = EpochBatchSampler(len(reader), args.per_device_train_batch_size, world_size, rank, seed=args.seed)
@@ -725,10 +747,26 @@ def _setup_run(args, dataset, model_cls) -> _Run:
         compiled = torch.compile(model)
         if teacher is not None:
             teacher.model.teacher_forward = torch.compile(teacher.model.teacher_forward)
-    return _Run(args=args, config=config, output_dir=output_dir, accelerator=accelerator, model=model,
-                compiled=compiled, unwrapped=unwrapped, teacher=teacher, optimizer=optimizer, scheduler=scheduler,
-                collator=collator, reader=reader, sampler=sampler, steps_per_epoch=steps_per_epoch,
-                global_batch=global_batch, find_unused=find_unused, unused_names=unused_names, started=started)
+    return _Run(
+        args=args,
+        config=config,
+        output_dir=output_dir,
+        accelerator=accelerator,
+        model=model,
+        compiled=compiled,
+        unwrapped=unwrapped,
+        teacher=teacher,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        collator=collator,
+        reader=reader,
+        sampler=sampler,
+        steps_per_epoch=steps_per_epoch,
+        global_batch=global_batch,
+        find_unused=find_unused,
+        unused_names=unused_names,
+        started=started,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -760,13 +798,18 @@ def _load_rng_states(path: Path) -> dict:
 def _rng_states_applied(states: dict) -> bool:
     """Whether the process's python / numpy / torch (and CUDA) generators now hold ``states``."""
     saved_np, now_np = states["numpy_random_seed"], np.random.get_state()
-    same = (random.getstate() == states["random_state"]
-            and saved_np[0] == now_np[0] and np.array_equal(saved_np[1], now_np[1]) and tuple(saved_np[2:]) == tuple(now_np[2:])
-            and torch.equal(torch.get_rng_state(), states["torch_manual_seed"]))
+    same = (
+        random.getstate() == states["random_state"]
+        and saved_np[0] == now_np[0]
+        and np.array_equal(saved_np[1], now_np[1])
+        and tuple(saved_np[2:]) == tuple(now_np[2:])
+        and torch.equal(torch.get_rng_state(), states["torch_manual_seed"])
+    )
     if same and "torch_cuda_manual_seed" in states and torch.cuda.is_available():
         now = torch.cuda.get_rng_state_all()
         same = len(now) == len(states["torch_cuda_manual_seed"]) and all(
-            torch.equal(a.cpu(), b.cpu()) for a, b in zip(now, states["torch_cuda_manual_seed"]))
+            torch.equal(a.cpu(), b.cpu()) for a, b in zip(now, states["torch_cuda_manual_seed"])
+        )
     return same
 
 
@@ -784,9 +827,13 @@ def _resume(run: _Run, checkpoint: Path) -> None:
     be loaded are always an error."""
     args, accelerator, rank = run.args, run.accelerator, run.rank
     state = _read_trainer_state(checkpoint)
-    expected = {"world_size": run.world_size, "per_device_train_batch_size": args.per_device_train_batch_size,
-                "gradient_accumulation_steps": args.gradient_accumulation_steps, "seed": args.seed,
-                "max_steps": args.max_steps}
+    expected = {
+        "world_size": run.world_size,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "seed": args.seed,
+        "max_steps": args.max_steps,
+    }
     mismatched = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
     if mismatched:
         raise CheckpointError(
@@ -815,7 +862,8 @@ def _resume(run: _Run, checkpoint: Path) -> None:
         raise CheckpointError(
             f"{checkpoint}: cannot resume exactly: {'; '.join(inexact)}. Resume from an earlier checkpoint, or pass "
             "--allow_inexact_resume to continue with fresh random states (the run will then differ from an "
-            "uninterrupted one)")
+            "uninterrupted one)"
+        )
     try:
         accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG (weights_only loading)
         if run.teacher is not None:
@@ -831,13 +879,17 @@ def _resume(run: _Run, checkpoint: Path) -> None:
             load_collator_state(run.collator, collator_saved)
         except Exception as error:  # noqa: BLE001
             if not args.allow_inexact_resume:
-                raise CheckpointError(f"{collator_file}: could not be applied ({_brief(error)}); "
-                                      "pass --allow_inexact_resume to continue without it") from error
+                raise CheckpointError(
+                    f"{collator_file}: could not be applied ({_brief(error)}); "
+                    "pass --allow_inexact_resume to continue without it"
+                ) from error
             inexact.append(f"{collator_file.name} cannot be applied ({_brief(error)})")
     if rng_states is not None and not _rng_states_applied(rng_states):
         if not args.allow_inexact_resume:
-            raise CheckpointError(f"{rng_file}: the random states were read but not restored; pass "
-                                  "--allow_inexact_resume to continue without them")
+            raise CheckpointError(
+                f"{rng_file}: the random states were read but not restored; pass "
+                "--allow_inexact_resume to continue without them"
+            )
         inexact.append(f"{rng_file.name} was not restored")
     if inexact:
         logger.warning("resuming from %s INEXACTLY (--allow_inexact_resume): %s", checkpoint, "; ".join(inexact))
@@ -874,10 +926,16 @@ def _save_checkpoint(run: _Run) -> str:
                 from safetensors.torch import save_model
 
                 save_model(run.teacher.model, str(tmp / TEACHER_WEIGHTS_NAME))
-            state = {"step": run.step, "epoch": run.epoch, "batch_in_epoch": run.batch_in_epoch,
-                     "world_size": run.world_size, "per_device_train_batch_size": args.per_device_train_batch_size,
-                     "gradient_accumulation_steps": args.gradient_accumulation_steps, "seed": args.seed,
-                     "max_steps": args.max_steps}
+            state = {
+                "step": run.step,
+                "epoch": run.epoch,
+                "batch_in_epoch": run.batch_in_epoch,
+                "world_size": run.world_size,
+                "per_device_train_batch_size": args.per_device_train_batch_size,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "seed": args.seed,
+                "max_steps": args.max_steps,
+            }
             (tmp / TRAINER_STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
     except (OSError, RuntimeError) as error:  # a full disk shows as "unexpected pos ..." from torch's zip writer
         failure = error
@@ -888,8 +946,10 @@ def _save_checkpoint(run: _Run) -> str:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         reason = describe_os_error(failure, tmp) if failure is not None else "another process failed to write"
-        raise CheckpointError(f"{final}: the checkpoint could not be written: {reason}; the previous checkpoint "
-                              f"({run.last_checkpoint or 'none'}) is unchanged")
+        raise CheckpointError(
+            f"{final}: the checkpoint could not be written: {reason}; the previous checkpoint "
+            f"({run.last_checkpoint or 'none'}) is unchanged"
+        )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -909,8 +969,9 @@ def _save_checkpoint(run: _Run) -> str:
 def _start_logging(run: _Run) -> None:
     """Trackers, the run's arguments and config, ``metrics.jsonl`` (trimmed to the resumed step), a summary line."""
     args, accelerator, output_dir = run.args, run.accelerator, run.output_dir
-    tracker_config = {k: (json.dumps(v) if isinstance(v, (dict, list)) or v is None else v)
-                      for k, v in args.to_dict().items()}
+    tracker_config = {
+        k: (json.dumps(v) if isinstance(v, (dict, list)) or v is None else v) for k, v in args.to_dict().items()
+    }
     if args.report_to == "tensorboard":
         accelerator.init_trackers("pretrain", config=tracker_config)
     run.metrics_path = metrics_path = output_dir / METRICS_NAME
@@ -918,8 +979,11 @@ def _start_logging(run: _Run) -> None:
         (output_dir / ARGS_NAME).write_text(json.dumps(args.to_dict(), indent=2, sort_keys=True) + "\n")
         run.config.to_json_file(str(output_dir / "pretraining_config.json"))
         if run.checkpoint is not None and metrics_path.exists():  # keep what happened up to the checkpoint
-            kept = [line for line in metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= run.step]
+            kept = [
+                line
+                for line in metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= run.step
+            ]
             metrics_path.write_text("".join(line + "\n" for line in kept))
         elif run.checkpoint is None and metrics_path.exists():
             metrics_path.unlink()
@@ -933,8 +997,10 @@ def _start_logging(run: _Run) -> None:
         + (f", resumed from {run.checkpoint} at step {run.step}" if run.checkpoint is not None else "")
     )
     if getattr(run.config, "use_guided_masking", False) and run.teacher is None:
-        accelerator.print("note: use_guided_masking needs the teacher's predicted losses; without a teacher "
-                          "(use_teacher=False) masking stays random")
+        accelerator.print(
+            "note: use_guided_masking needs the teacher's predicted losses; without a teacher "
+            "(use_teacher=False) masking stays random"
+        )
 
 
 def _log_step(run: _Run, out: _StepOutput, samples_per_second) -> dict:
@@ -942,11 +1008,17 @@ def _log_step(run: _Run, out: _StepOutput, samples_per_second) -> dict:
     args, accelerator = run.args, run.accelerator
     ga = args.gradient_accumulation_steps
     means = (out.sums / ga).tolist()
-    metrics = {f"train/{name}": value for name, value in zip(LOSS_COMPONENTS, means)
-               if name in out.computed}  # e.g. no distillation_loss without a teacher
-    metrics.update({"train/learning_rate": out.lr, "train/hard_mask_share": out.share,
-                    "train/epoch": run.epoch + run.batch_in_epoch / (run.steps_per_epoch * ga),
-                    "train/samples_per_second_per_process": samples_per_second})
+    metrics = {
+        f"train/{name}": value for name, value in zip(LOSS_COMPONENTS, means) if name in out.computed
+    }  # e.g. no distillation_loss without a teacher
+    metrics.update(
+        {
+            "train/learning_rate": out.lr,
+            "train/hard_mask_share": out.share,
+            "train/epoch": run.epoch + run.batch_in_epoch / (run.steps_per_epoch * ga),
+            "train/samples_per_second_per_process": samples_per_second,
+        }
+    )
     if out.momentum is not None:
         metrics["train/ema_momentum"] = out.momentum
     if out.grad_norm is not None:
@@ -954,8 +1026,7 @@ def _log_step(run: _Run, out: _StepOutput, samples_per_second) -> dict:
     if args.report_to == "tensorboard":
         accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=run.step)
     if accelerator.is_main_process:
-        record = {"step": run.step, "world_size": run.world_size,
-                  **{k.split("/", 1)[1]: v for k, v in metrics.items()}}
+        record = {"step": run.step, "world_size": run.world_size, **{k.split("/", 1)[1]: v for k, v in metrics.items()}}
         with run.metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
     return metrics
@@ -979,20 +1050,32 @@ def _train_step(run: _Run, batches, share: float) -> _StepOutput:
                 inputs.update(teacher_targets(teacher.model, inputs, config))
         inputs["hard_mask_share"] = share
         sync = micro == ga - 1
-        with (nullcontext() if sync else accelerator.no_sync(run.model)):
+        with nullcontext() if sync else accelerator.no_sync(run.model):
             outputs = model(**inputs)
             computed = [name for name in LOSS_COMPONENTS if getattr(outputs, name, None) is not None]
-            values = torch.stack([
-                (getattr(outputs, name) if name in computed
-                 else torch.zeros((), device=accelerator.device)).detach().double()
-                for name in LOSS_COMPONENTS
-            ])
+            values = torch.stack(
+                [
+                    (getattr(outputs, name) if name in computed else torch.zeros((), device=accelerator.device))
+                    .detach()
+                    .double()
+                    for name in LOSS_COMPONENTS
+                ]
+            )
             # one tiny all-reduce: a NaN on any process stops every process at the same point
             values = accelerator.reduce(values, reduction="mean")
             if not torch.isfinite(values).all():
-                raise NonFiniteLossError(_non_finite_message(
-                    dict(zip(LOSS_COMPONENTS, values.tolist())), computed, run.step + 1, run.epoch, micro + 1, ga,
-                    run.scheduler.get_last_lr()[0], run.last_checkpoint))
+                raise NonFiniteLossError(
+                    _non_finite_message(
+                        dict(zip(LOSS_COMPONENTS, values.tolist())),
+                        computed,
+                        run.step + 1,
+                        run.epoch,
+                        micro + 1,
+                        ga,
+                        run.scheduler.get_last_lr()[0],
+                        run.last_checkpoint,
+                    )
+                )
             sums += values
             accelerator.backward(outputs.loss / ga)
         run.batch_in_epoch += 1
@@ -1032,13 +1115,19 @@ def _finish(run: _Run, last_metrics: dict, throughput: float) -> "PretrainingRes
     if finished:
         state_dict = accelerator.get_state_dict(run.model)
         try:
-            run.unwrapped.save_pretrained(str(output_dir), is_main_process=accelerator.is_main_process,
-                                          save_function=accelerator.save, state_dict=state_dict)
+            run.unwrapped.save_pretrained(
+                str(output_dir),
+                is_main_process=accelerator.is_main_process,
+                save_function=accelerator.save,
+                state_dict=state_dict,
+            )
         except (OSError, RuntimeError) as error:
             from ..traffic.atomic import describe_os_error
 
-            raise CheckpointError(f"{output_dir}: the model could not be saved: {describe_os_error(error, output_dir)}"
-                                  f"; the last checkpoint is {run.last_checkpoint or 'none'}") from error
+            raise CheckpointError(
+                f"{output_dir}: the model could not be saved: {describe_os_error(error, output_dir)}"
+                f"; the last checkpoint is {run.last_checkpoint or 'none'}"
+            ) from error
         if accelerator.is_main_process:
             preprocessor = find_preprocessor_config(args.dataset, args.dataset_cache_dir) if args.dataset else None
             if preprocessor is not None:
@@ -1047,29 +1136,48 @@ def _finish(run: _Run, last_metrics: dict, throughput: float) -> "PretrainingRes
                 run.teacher.model.save_pretrained(str(output_dir / "teacher"))
     if accelerator.is_main_process:
         plot_metrics(run.metrics_path, output_dir / CURVES_NAME)
-        summary = {"step": run.step, "max_steps": args.max_steps, "finished": finished,
-                   "world_size": run.world_size, "dataset": args.dataset, "split": args.split,
-                   "num_training_flows": len(run.reader), "distributed_type": str(accelerator.distributed_type),
-                   "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
-                   "global_batch_size": run.global_batch, "samples_per_second_per_process": per_process,
-                   "last_metrics": last_metrics, "checkpoint": run.last_checkpoint,
-                   "find_unused_parameters": run.find_unused,
-                   "wall_seconds_this_invocation": round(time.perf_counter() - run.started, 1),
-                   "unused_parameters": run.unused_names}
+        summary = {
+            "step": run.step,
+            "max_steps": args.max_steps,
+            "finished": finished,
+            "world_size": run.world_size,
+            "dataset": args.dataset,
+            "split": args.split,
+            "num_training_flows": len(run.reader),
+            "distributed_type": str(accelerator.distributed_type),
+            "device": str(accelerator.device),
+            "mixed_precision": accelerator.mixed_precision,
+            "global_batch_size": run.global_batch,
+            "samples_per_second_per_process": per_process,
+            "last_metrics": last_metrics,
+            "checkpoint": run.last_checkpoint,
+            "find_unused_parameters": run.find_unused,
+            "wall_seconds_this_invocation": round(time.perf_counter() - run.started, 1),
+            "unused_parameters": run.unused_names,
+        }
         (output_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
     accelerator.print(
         f"pre-training {'finished' if finished else 'stopped'} at step {run.step}: samples/s per process "
         + ", ".join(f"{v:.1f}" for v in per_process)
-        + (f"; model saved to {output_dir}" if finished
-           else f"; continue with --resume_from_checkpoint {run.last_checkpoint}")
+        + (
+            f"; model saved to {output_dir}"
+            if finished
+            else f"; continue with --resume_from_checkpoint {run.last_checkpoint}"
+        )
     )
     # Every rank tears the process group down at the same moment: a rank that is still saving or plotting while
     # its peer has already destroyed the group and exited is the one window where gloo teardown can stall.
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return PretrainingResult(step=run.step, output_dir=str(output_dir), finished=finished, last_metrics=last_metrics,
-                             samples_per_second_per_process=per_process, world_size=run.world_size,
-                             checkpoint=run.last_checkpoint)
+    return PretrainingResult(
+        step=run.step,
+        output_dir=str(output_dir),
+        finished=finished,
+        last_metrics=last_metrics,
+        samples_per_second_per_process=per_process,
+        world_size=run.world_size,
+        checkpoint=run.last_checkpoint,
+    )
 
 
 # ------------------------------------------------------------------------------------------------- loop
@@ -1113,8 +1221,13 @@ def run_pretraining(args, dataset=None, model_cls=None):
     _start_logging(run)
 
     stop_step = args.stop_after_step or args.max_steps
-    progress = tqdm(total=args.max_steps, initial=run.step, desc="pre-training", dynamic_ncols=True,
-                    disable=not (args.progress_bar and accelerator.is_local_main_process))
+    progress = tqdm(
+        total=args.max_steps,
+        initial=run.step,
+        desc="pre-training",
+        dynamic_ncols=True,
+        disable=not (args.progress_bar and accelerator.is_local_main_process),
+    )
     guided = getattr(run.config, "use_guided_masking", False) and run.teacher is not None
     max_share = float(getattr(run.config, "hard_mask_max_share", 0.0)) if guided else 0.0
     ga = args.gradient_accumulation_steps
@@ -1123,7 +1236,7 @@ def run_pretraining(args, dataset=None, model_cls=None):
     try:
         while run.step < stop_step:
             run.sampler.set_epoch(run.epoch)
-            index_batches = run.sampler.epoch_batches()[run.batch_in_epoch: run.steps_per_epoch * ga]
+            index_batches = run.sampler.epoch_batches()[run.batch_in_epoch : run.steps_per_epoch * ga]
             batches = iter(_BatchPrefetcher(run.reader, index_batches, args.num_workers))
             while run.step < stop_step and run.batch_in_epoch + ga <= run.steps_per_epoch * ga:
                 step_started = time.perf_counter()
@@ -1135,7 +1248,9 @@ def run_pretraining(args, dataset=None, model_cls=None):
                     measured_seconds += seconds
                 progress.update(1)
                 if run.step % args.logging_steps == 0 or run.step == stop_step:
-                    last_metrics = _log_step(run, out, measured_samples / measured_seconds if measured_seconds else None)
+                    last_metrics = _log_step(
+                        run, out, measured_samples / measured_seconds if measured_seconds else None
+                    )
                     progress.set_postfix(loss=f"{last_metrics['train/loss']:.4f}", lr=f"{out.lr:.2e}")
                 if args.save_steps and run.step % args.save_steps == 0 and run.step < args.max_steps:
                     _save_checkpoint(run)

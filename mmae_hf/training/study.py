@@ -40,25 +40,37 @@ PRETRAININGS = {
 }
 
 VARIANTS = {
-    "mmae": Variant("finetune", "MMAE: pre-trained (FlowMix + PMP-guided masking + mean teacher), fine-tuned",
-                    pretrain="mmae"),
-    "no_flowmix": Variant("finetune", "ablation: pre-trained without FlowMix (plain masked autoencoder), fine-tuned",
-                          pretrain="no_flowmix"),
-    "no_teacher": Variant("finetune", "ablation: pre-trained without the mean teacher, fine-tuned",
-                          pretrain="no_teacher"),
-    "no_pmp": Variant("finetune", "ablation: pre-trained without PMP attention bias and guided masking, fine-tuned",
-                      pretrain="no_pmp"),
-    "random_masking": Variant("finetune", "ablation: PMP kept, random masking (the official code's behaviour)",
-                              pretrain="random_masking"),
+    "mmae": Variant(
+        "finetune", "MMAE: pre-trained (FlowMix + PMP-guided masking + mean teacher), fine-tuned", pretrain="mmae"
+    ),
+    "no_flowmix": Variant(
+        "finetune",
+        "ablation: pre-trained without FlowMix (plain masked autoencoder), fine-tuned",
+        pretrain="no_flowmix",
+    ),
+    "no_teacher": Variant(
+        "finetune", "ablation: pre-trained without the mean teacher, fine-tuned", pretrain="no_teacher"
+    ),
+    "no_pmp": Variant(
+        "finetune", "ablation: pre-trained without PMP attention bias and guided masking, fine-tuned", pretrain="no_pmp"
+    ),
+    "random_masking": Variant(
+        "finetune", "ablation: PMP kept, random masking (the official code's behaviour)", pretrain="random_masking"
+    ),
     "scratch": Variant("finetune", "same encoder trained from scratch (no pre-training)"),
     "linear_probe": Variant("probe", "logistic regression on the frozen MMAE encoder's CLS vector", pretrain="mmae"),
     "random_probe": Variant("probe", "control: the same probe on a frozen, randomly initialised encoder"),
-    "extra_trees": Variant("tree", "ExtraTrees on flow statistics + packet lengths/IATs/directions",
-                           tree_kind="extra_trees"),
-    "random_forest": Variant("tree", "RandomForest on flow statistics + packet lengths/IATs/directions",
-                             tree_kind="random_forest"),
-    "hist_gradient_boosting": Variant("tree", "HistGradientBoosting on flow statistics + packet lengths/IATs/directions",
-                                      tree_kind="hist_gradient_boosting"),
+    "extra_trees": Variant(
+        "tree", "ExtraTrees on flow statistics + packet lengths/IATs/directions", tree_kind="extra_trees"
+    ),
+    "random_forest": Variant(
+        "tree", "RandomForest on flow statistics + packet lengths/IATs/directions", tree_kind="random_forest"
+    ),
+    "hist_gradient_boosting": Variant(
+        "tree",
+        "HistGradientBoosting on flow statistics + packet lengths/IATs/directions",
+        tree_kind="hist_gradient_boosting",
+    ),
 }
 for _variant in VARIANTS.values():
     if _variant.pretrain is not None:
@@ -74,8 +86,11 @@ def summarize_study(runs: list[dict[str, Any]], variants: list[str]) -> list[dic
         mine = sorted((r for r in runs if r["variant"] == name), key=lambda r: r["seed"])
         if not mine:
             continue
-        row = {"variant": name, "description": VARIANTS[name].description if name in VARIANTS else "",
-               "seeds": [r["seed"] for r in mine]}
+        row = {
+            "variant": name,
+            "description": VARIANTS[name].description if name in VARIANTS else "",
+            "seeds": [r["seed"] for r in mine],
+        }
         for split in ("test", "validation"):
             for metric in ("macro_f1", "accuracy", "weighted_f1"):
                 values = [r[split][metric] for r in mine]
@@ -92,12 +107,16 @@ def _pm(cell: dict[str, Any]) -> str:
 
 def results_table(rows: list[dict[str, Any]]) -> str:
     """The Markdown table (also printed at the end of a study)."""
-    lines = ["| variant | seeds | test macro-F1 | test accuracy | test weighted-F1 | validation macro-F1 | time/run (s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | seeds | test macro-F1 | test accuracy | test weighted-F1 | validation macro-F1 | time/run (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
-        lines.append(f"| {row['variant']} | {len(row['seeds'])} | {_pm(row['test_macro_f1'])} | "
-                     f"{_pm(row['test_accuracy'])} | {_pm(row['test_weighted_f1'])} | "
-                     f"{_pm(row['validation_macro_f1'])} | {row['wall_time_s']:.0f} |")
+        lines.append(
+            f"| {row['variant']} | {len(row['seeds'])} | {_pm(row['test_macro_f1'])} | "
+            f"{_pm(row['test_accuracy'])} | {_pm(row['test_weighted_f1'])} | "
+            f"{_pm(row['validation_macro_f1'])} | {row['wall_time_s']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -121,9 +140,12 @@ def study_markdown(study: dict[str, Any]) -> str:
     ]
     chance = study.get("chance")
     if chance:
-        parts += [f"Chance on this test set: uniform guessing {chance['uniform_macro_f1']:.4f} macro-F1 "
-                  f"({chance['uniform_accuracy']:.4f} accuracy); always the majority class of train "
-                  f"{chance['majority_macro_f1']:.4f} macro-F1 ({chance['majority_accuracy']:.4f} accuracy).", ""]
+        parts += [
+            f"Chance on this test set: uniform guessing {chance['uniform_macro_f1']:.4f} macro-F1 "
+            f"({chance['uniform_accuracy']:.4f} accuracy); always the majority class of train "
+            f"{chance['majority_macro_f1']:.4f} macro-F1 ({chance['majority_accuracy']:.4f} accuracy).",
+            "",
+        ]
     parts += [
         "| variant | what it is |",
         "|---|---|",
@@ -142,5 +164,13 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-__all__ = ["DEFAULT_VARIANTS", "PRETRAININGS", "VARIANTS", "Variant", "now_utc", "results_table",
-           "study_markdown", "summarize_study"]
+__all__ = [
+    "DEFAULT_VARIANTS",
+    "PRETRAININGS",
+    "VARIANTS",
+    "Variant",
+    "now_utc",
+    "results_table",
+    "study_markdown",
+    "summarize_study",
+]
