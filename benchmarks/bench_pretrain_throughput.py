@@ -34,8 +34,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_one(config, processes, steps, batch_size, data_dir, work_dir, use_gpu, threads):
-    out = work_dir / f"{config}-{processes}p-{threads}t"
+def run_one(config, processes, steps, batch_size, data_dir, work_dir, use_gpu, threads, compiled=False):
+    out = work_dir / f"{config}-{processes}p-{threads}t{'-compiled' if compiled else ''}"
     script_args = [
         str(REPO / "train" / "pretrain.py"),
         "--dataset",
@@ -64,6 +64,8 @@ def run_one(config, processes, steps, batch_size, data_dir, work_dir, use_gpu, t
     )
     if not use_gpu:
         script_args.append("--use_cpu")
+    if compiled:
+        script_args.append("--torch_compile")
     if processes == 1:
         command = [sys.executable] + script_args
     else:
@@ -102,6 +104,7 @@ def run_one(config, processes, steps, batch_size, data_dir, work_dir, use_gpu, t
         "per_device_batch_size": batch_size,
         "steps": steps,
         "threads_per_process": threads,
+        "torch_compile": compiled,
         "samples_per_second_per_process": [round(v, 2) for v in per_process],
         "samples_per_second_total": round(sum(per_process), 2),
         "wall_seconds_including_startup": round(wall, 1),
@@ -124,6 +127,13 @@ def main(argv=None):
         default=None,
         help="CPU threads for the 1-process runs, one run each (default: all cores); "
         "multi-process runs use cores / processes each",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["plain", "compiled"],
+        default=["plain"],
+        help="plain and/or --torch_compile runs (compiling happens in the first step, which is not timed)",
     )
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "pretrain_throughput.json"))
     args = parser.parse_args(argv)
@@ -150,10 +160,21 @@ def main(argv=None):
                 else:
                     thread_options = [max(1, cores // processes)]
                 for threads in thread_options:
-                    print(f"{config}, {processes} process(es), {threads} thread(s) each ...", flush=True)
-                    row = run_one(config, processes, args.steps, args.batch_size, data, work, use_gpu, threads)
-                    print(json.dumps(row), flush=True)
-                    results.append(row)
+                    for mode in args.modes:
+                        print(f"{config}, {processes} process(es), {threads} thread(s) each, {mode} ...", flush=True)
+                        row = run_one(
+                            config,
+                            processes,
+                            args.steps,
+                            args.batch_size,
+                            data,
+                            work,
+                            use_gpu,
+                            threads,
+                            compiled=mode == "compiled",
+                        )
+                        print(json.dumps(row), flush=True)
+                        results.append(row)
 
     def git(*command):
         try:

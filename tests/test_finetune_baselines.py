@@ -146,3 +146,18 @@ def test_baselines_cli_tree(dsd, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert '"macro_f1"' in printed and "test_confusion.png" in printed
     assert json.loads((tmp_path / "tree" / "results.json").read_text())["kind"] == "random_forest"
+
+
+def test_one_seed_table_claims_no_spread():
+    runs = [
+        {
+            "variant": "mmae",
+            "seed": 0,
+            "test": {"macro_f1": 0.7, "accuracy": 0.8, "weighted_f1": 0.7},
+            "validation": {"macro_f1": 0.6, "accuracy": 0.7, "weighted_f1": 0.6},
+            "wall_time_s": 1.0,
+        }
+    ]
+    table = results_table(summarize_study(runs, ["mmae"]))
+    assert "± 0.0000" not in table
+    assert "0.7000 (1 seed)" in table

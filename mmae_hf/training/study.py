@@ -102,6 +102,9 @@ def summarize_study(runs: list[dict[str, Any]], variants: list[str]) -> list[dic
 
 
 def _pm(cell: dict[str, Any]) -> str:
+    # one seed has no spread: "± 0.0000" would claim a precision nobody measured
+    if len(cell.get("values", [])) < 2:
+        return f"{cell['mean']:.4f} (1 seed)"
     return f"{cell['mean']:.4f} ± {cell['std']:.4f}"
 
 
