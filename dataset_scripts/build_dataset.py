@@ -106,6 +106,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--push-to-hub", metavar="REPO", help="publish to this Hub dataset repo")
     p.add_argument("--private", action="store_true")
+    p.add_argument(
+        "--license",
+        metavar="ID",
+        help="the captures' license as a Hub license id (cc0-1.0, cc-by-4.0, other, ...), written to the dataset "
+        "card (default: unknown, with a line asking for it before publishing)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (drawn only on a terminal anyway)")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = p.parse_args(argv)
@@ -194,6 +200,7 @@ def _build(args, argv, build_dataset):
         overwrite=args.overwrite,
         push_to_hub=args.push_to_hub,
         private=args.private,
+        license=args.license,
         max_memory_mb=args.max_memory_mb,
         tmp_dir=args.tmp_dir,
         command=shlex.join(["build_dataset.py", *(sys.argv[1:] if argv is None else argv)]),

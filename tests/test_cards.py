@@ -147,6 +147,14 @@ def test_dataset_card_metadata(tmp_path):
 
     report = json.loads((tmp_path / "out" / "build_report.json").read_text())
     assert make_dataset_card(report, license="cc0-1.0").data.license == "cc0-1.0"
+    # the builder's --license reaches the card it writes
+    from test_user_errors import load_script
+
+    build = load_script("dataset_scripts/build_dataset.py")
+    argv = ["--input", str(tree), "--output", str(tmp_path / "lic"), "--split-by", "file", "--license", "cc-by-4.0"]
+    assert build.main(argv + ["--no-progress", "--validation-size", "0.34", "--test-size", "0.34"]) in (0, None)
+    card = DatasetCard.load(tmp_path / "lic" / "README.md")
+    assert card.data.license == "cc-by-4.0" and "set `license:` above" not in card.text
 
 
 @pytest.fixture(scope="module")

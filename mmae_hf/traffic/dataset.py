@@ -640,6 +640,8 @@ class BuildOptions:
         push_to_hub: a repo id to publish the DatasetDict, card, report and preprocessor config to (after the local
             folder, if any, is complete).
         private: create the Hub repo private.
+        license: the captures' license as a Hub license id (``cc0-1.0``, ``cc-by-4.0``, ``other``, ...), written to
+            the dataset card; ``None`` writes ``unknown`` and a card line asking for it before publishing.
         flow_reader: replaces `iter_flows` (same signature); for tests.
         command: the command line to record in the report.
         tmp_dir: where the work folder (spilled flows, split files; removed at the end) goes; default: inside the
@@ -674,6 +676,7 @@ class BuildOptions:
     overwrite: bool = False
     push_to_hub: str | None = None
     private: bool = False
+    license: str | None = None
     flow_reader: Any = None
     command: str | None = None
     tmp_dir: Any = None
@@ -1109,7 +1112,7 @@ def _build(plan: _Plan, build: BuildOptions, work: Path, output_dir, started: fl
         report["timing_seconds"]["save"] = round(time.perf_counter() - t0, 3)
         report["preprocessor_config"] = _save_preprocessor(output_dir, options)
     report["timing_seconds"]["total"] = round(time.perf_counter() - started, 3)
-    card = make_dataset_card(report, pretty_name=(rec.title if rec else None))
+    card = make_dataset_card(report, pretty_name=(rec.title if rec else None), license=build.license)
     if output_dir is not None:
         card.save(str(output_dir / CARD_NAME))
         (output_dir / REPORT_NAME).write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
