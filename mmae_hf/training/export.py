@@ -93,7 +93,7 @@ def export_encoder(
             dataset_name=corpus.get("name") or _corpus_name(run_args),
             model_name=target.name,
         )
-        text = str(card) + extra_card_sections(corpus, diag, study)
+        text = str(card).rstrip("\n") + "\n" + extra_card_sections(corpus, diag, study)
         (staged.path / "README.md").write_text(text)
         staged.commit()
     if push_to_hub:
@@ -152,21 +152,23 @@ def extra_card_sections(corpus: dict, diagnostics: dict, study: dict) -> str:
         ]
     if diagnostics and diagnostics.get("points"):
         points = diagnostics["points"]
-        keys = [k for k in points[0]["probe"] if "/cls/" in k]
+        # both poolings: pre-training never trains the CLS output, the token mean is what the classifier reads
+        keys = [k for k in points[0]["probe"] if "/cls/" in k or "/mean/" in k]
         lines += [
             "",
             "## Linear probe against pre-training steps",
             "",
-            "Logistic regression on the frozen encoder's CLS vector, k labelled flows per class of each "
-            "development set's train split (3 seeded subsets), C chosen on validation; test macro-F1 (step 0 is "
-            "a random encoder of the same architecture: the control).",
+            "Logistic regression on the frozen encoder's CLS vector (cls) or on the mean of its token outputs "
+            "(mean), k labelled flows per class of each development set's train split (3 seeded subsets), C "
+            "chosen on validation; test macro-F1 (step 0 is a random encoder of the same architecture: the "
+            "control).",
             "",
             "| probe | " + " | ".join(str(p["step"]) for p in points) + " |",
             "|---|" + "---:|" * len(points),
         ]
         for key in keys:
             lines.append(
-                f"| {key.replace('/cls/', ', ')} | "
+                f"| {key.replace('/', ', ')} | "
                 + " | ".join(f"{p['probe'][key]['test_macro_f1']:.3f}" for p in points)
                 + " |"
             )
