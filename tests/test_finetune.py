@@ -195,7 +195,8 @@ def test_the_recipe_fills_only_what_the_user_left_out():
         small.layer_decay,
         small.head_warmup_steps,
         small.eval_every_steps,
-    ) == (300, 32, 1e-3, 1.0, 50, 30)
+        small.classifier_pooling,
+    ) == (300, 32, 1e-3, 1.0, 50, 30, "mean")
     # 10 epochs when they are more than 300 steps: 1,283 flows / 32 per step
     assert resolve_recipe(FinetuneArguments(dataset="d", output_dir="o"), 1283).max_steps == 401
     big = resolve_recipe(FinetuneArguments(dataset="d", output_dir="o"), SMALL_DATA_MAX_ROWS + 1)

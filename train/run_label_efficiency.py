@@ -41,7 +41,13 @@ def parse_args(argv=None):
         "default: the recipe train/finetune.py picks",
     )
     p.add_argument(
-        "--probe_pooling", "--probe-pooling", dest="probe_pooling", default="cls", choices=["cls", "mean", "cls+mean"]
+        "--probe_pooling",
+        "--probe-pooling",
+        dest="probe_pooling",
+        default="mean",
+        choices=["cls", "mean", "cls+mean"],
+        help="what the linear probes read: the CLS output, the mean of the token outputs (default: pre-training never "
+        "trains the CLS output) or both concatenated",
     )
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
     p.add_argument("--explain", action="store_true", help="print what the table means, in words, after it")

@@ -48,7 +48,7 @@ class LabelEfficiencySettings:
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     models: list = field(default_factory=lambda: list(MODELS))
     finetune_overrides: dict = field(default_factory=dict)
-    probe_pooling: str = "cls"
+    probe_pooling: str = "mean"  # pre-training never trains the CLS output (docs/pretraining.md §3.5)
     tree_estimators: int = 300
 
 
