@@ -424,3 +424,25 @@ def test_classifier_pooling_reads_the_cls_output_or_the_token_mean(tmp_path):
         assert torch.equal(reloaded(input_bytes=x).logits, model(input_bytes=x).logits)
     with pytest.raises(ValueError, match="classifier_pooling must be 'cls' or 'mean'"):
         MMAEConfig(classifier_pooling="max")
+
+
+def test_guided_masking_takes_the_share_as_a_tensor_without_recompiling():
+    """The curriculum's share changes every step: as a 0-d tensor it gives the same masks as the float, and a
+    compiled step keeps one graph for all its values (a float would be baked in: one compilation per step)."""
+    from torch._dynamo.testing import CompileCounter
+
+    c = tiny(bytes_per_token=4)
+    model = MMAEForPreTraining(c)
+    noise = torch.rand(2, 400, generator=torch.Generator().manual_seed(0))
+    scores = torch.rand(2, 400, generator=torch.Generator().manual_seed(1))
+    for share in (0.0, 0.013, 0.25, 0.5):
+        expected = model.make_mask(noise, scores, share)[0]
+        assert torch.equal(model.make_mask(noise, scores, torch.tensor(share, dtype=torch.float64))[0], expected)
+        hard = scores.topk(max(int(share * 361), 1), dim=1).indices
+        assert share == 0.0 or bool(expected.gather(1, hard).all())
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(model.make_mask, backend=counter)
+    for share in (0.01, 0.2, 0.37, 0.5):
+        compiled(noise, scores, torch.tensor(share, dtype=torch.float64))
+    assert counter.frame_count == 1

@@ -1048,7 +1048,8 @@ def _train_step(run: _Run, batches, share: float) -> _StepOutput:
         if teacher is not None:
             with accelerator.autocast():
                 inputs.update(teacher_targets(teacher.model, inputs, config))
-        inputs["hard_mask_share"] = share
+        # a 0-d tensor, not a float: a compiled model would otherwise recompile at every new value of the curriculum
+        inputs["hard_mask_share"] = torch.tensor(share, dtype=torch.float64)
         sync = micro == ga - 1
         with nullcontext() if sync else accelerator.no_sync(run.model):
             outputs = model(**inputs)
