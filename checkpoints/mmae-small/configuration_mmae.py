@@ -180,6 +180,14 @@ class MMAEConfig(PreTrainedConfig):
         Official quirk: the student decoder's position 0 receives the first patch token instead of the CLS token.
         `False` uses the CLS token.
 
+    Classification:
+
+    classifier_pooling (`str`, *optional*, defaults to `"cls"`):
+        What the sequence-classification head reads: `"cls"` (the CLS output, the official head) or `"mean"` (the mean
+        of the byte-token outputs). Pre-training never trains the CLS output (no loss reads it; the official student
+        decoder does not even see it), so on a pre-trained encoder the mean of the tokens is the representation the
+        objective shaped (measured in docs/pretraining.md).
+
     Inference:
 
     ood_threshold (`float`, *optional*):
@@ -240,6 +248,7 @@ class MMAEConfig(PreTrainedConfig):
     distillation_cosine_dim: int = 1
     decoder_cls_from_first_patch: bool = True
 
+    classifier_pooling: str = "cls"
     ood_threshold: float | None = None
 
     def __post_init__(self, **kwargs):
@@ -297,6 +306,11 @@ class MMAEConfig(PreTrainedConfig):
         if self.use_guided_masking and not self.use_loss_predictor:
             raise ValueError("use_guided_masking=True needs use_loss_predictor=True (the hard tokens are predicted)")
 
+    def validate_classifier_pooling(self):
+        """The classification head reads the CLS output or the mean of the token outputs."""
+        if self.classifier_pooling not in ("cls", "mean"):
+            raise ValueError(f"classifier_pooling must be 'cls' or 'mean', got {self.classifier_pooling!r}")
+
     def validate_ood_threshold(self):
         """The out-of-distribution threshold is a probability (or not calibrated)."""
         if self.ood_threshold is not None and not 0.0 <= self.ood_threshold <= 1.0:
@@ -334,6 +348,7 @@ _MMAE_VALIDATORS = (
     "validate_byte_layout",
     "validate_attention_heads",
     "validate_pretraining_objective",
+    "validate_classifier_pooling",
     "validate_ood_threshold",
 )
 

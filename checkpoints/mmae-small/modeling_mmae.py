@@ -594,7 +594,7 @@ class MMAEForPreTraining(MMAEPreTrainedModel):
         self,
         mask_noise: torch.Tensor,
         hard_token_scores: torch.Tensor | None = None,
-        hard_mask_share: float = 0.0,
+        hard_mask_share: float | torch.Tensor = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (mask [B, L] bool, ids_shuffle [B, L]): tokens with the largest noise are masked, exactly
         `config.num_masked_tokens` per flow. With guided masking, the `int(hard_mask_share * num_masked)` tokens of
@@ -606,11 +606,16 @@ class MMAEForPreTraining(MMAEPreTrainedModel):
             )
         num_keep = self.config.num_tokens - self.config.num_masked_tokens
         noise = mask_noise.float()
-        if self.config.use_guided_masking and hard_token_scores is not None and hard_mask_share > 0:
-            num_hard = int(float(hard_mask_share) * self.config.num_masked_tokens)
-            if num_hard > 0:
-                hard = hard_token_scores.float().topk(num_hard, dim=1).indices
-                noise = noise.scatter(1, hard, float("inf"))
+        if self.config.use_guided_masking and hard_token_scores is not None:
+            # The share may be a 0-d tensor, and the number of hard tokens stays one: a compiled step then keeps one
+            # graph while the curriculum moves (a Python number would be baked in, one recompilation per value).
+            share = torch.as_tensor(hard_mask_share, dtype=torch.float64, device=noise.device)
+            num_hard = torch.floor(share * self.config.num_masked_tokens)  # = int(share * num_masked) for share >= 0
+            order = hard_token_scores.float().argsort(dim=1, descending=True, stable=True)
+            ranks = torch.empty_like(order).scatter_(
+                1, order, torch.arange(length, device=noise.device).expand_as(order)
+            )
+            noise = noise.masked_fill(ranks < num_hard, float("inf"))
         ids_shuffle = torch.argsort(noise, dim=1)
         mask = torch.zeros(batch, length, dtype=torch.bool, device=noise.device)
         mask.scatter_(1, ids_shuffle[:, num_keep:], True)
@@ -773,7 +778,7 @@ class MMAEForPreTraining(MMAEPreTrainedModel):
         mask_noise: torch.Tensor | None = None,
         teacher_features: torch.Tensor | None = None,
         hard_token_scores: torch.Tensor | None = None,
-        hard_mask_share: float = 0.0,
+        hard_mask_share: float | torch.Tensor = 0.0,
         **kwargs,
     ) -> MMAEForPreTrainingOutput:
         r"""
@@ -788,7 +793,7 @@ class MMAEForPreTraining(MMAEPreTrainedModel):
             teacher; enables the distillation loss.
         hard_token_scores (`torch.FloatTensor` of shape `(B, L)`): per-token difficulty for guided masking
             (`teacher_forward(...).predicted_token_loss`).
-        hard_mask_share (`float`): share of the masked set taken from the hardest tokens (curriculum,
+        hard_mask_share (`float` or 0-d `torch.Tensor`): share of the masked set taken from the hardest tokens (curriculum,
             `mmae_hf.pmp.hard_mask_share`).
         Other keyword arguments (e.g. the collator's `flow_stats`, which pairing has already used) are ignored.
         """
@@ -838,7 +843,8 @@ def _random_pairing(batch: int, device) -> torch.Tensor:
 
 
 class MMAEForSequenceClassification(MMAEPreTrainedModel):
-    """MMAE encoder with a linear classifier on the CLS output (official head, no final LayerNorm)."""
+    """MMAE encoder with a linear classifier on the CLS output (official head, no final LayerNorm) or, with
+    `config.classifier_pooling="mean"`, on the mean of the byte-token outputs."""
 
     def __init__(self, config: MMAEConfig):
         super().__init__(config)
@@ -862,7 +868,11 @@ class MMAEForSequenceClassification(MMAEPreTrainedModel):
         `attentions` when asked for).
         """
         outputs = self.mmae(input_bytes, return_dict=True, **kwargs)
-        logits = self.classifier(outputs.pooler_output)
+        if getattr(self.config, "classifier_pooling", "cls") == "mean":  # (configs saved before the option: "cls")
+            pooled = outputs.last_hidden_state[:, 1:].mean(dim=1)
+        else:
+            pooled = outputs.pooler_output
+        logits = self.classifier(pooled)
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, logits, self.config, **kwargs)
