@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The second path, pre-training, on a small default of its own: the flows of the committed sample traffic
 # (examples/sample_traffic, train split only, labels ignored) pre-train mmae-small with `accelerate launch` on 2 CPU
-# processes, and the run is exported as an encoder checkpoint that the main job can fine-tune. A few minutes on 2
-# cores; it shows the mechanics, not a useful encoder (a few hundred flows are far too few: the shipped
+# processes, and the run is exported as an encoder checkpoint that the main job can fine-tune. About a minute on 2
+# cores (63 s measured); it shows the mechanics, not a useful encoder (a few hundred flows are far too few: the shipped
 # checkpoints/mmae-small saw 320,000 flows of the public corpus, see scripts/pretrain_mmae_small.sh).
 #
 #   bash scripts/pretrain_demo.sh

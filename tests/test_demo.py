@@ -108,6 +108,28 @@ def test_shortened_demo_runs_end_to_end(tmp_path):
     assert config["architectures"] == ["MMAEForSequenceClassification"] and len(config["id2label"]) == 6
 
 
+def test_pretraining_demo_runs_and_exports_a_loadable_encoder(tmp_path):
+    """scripts/pretrain_demo.sh, the second path's small default, shortened to 3 steps: sample traffic -> dataset
+    -> `accelerate launch` of train/pretrain.py on 2 CPU processes -> an encoder folder that AutoModel loads."""
+    import os
+
+    env = {**os.environ, "DEMO_SKIP_SETUP": "1", "OUT": str(tmp_path / "pt"), "STEPS": "3", "PORT": "29581"}
+    script = REPO / "scripts" / "pretrain_demo.sh"
+    result = subprocess.run(["bash", str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    encoder = tmp_path / "pt" / "encoder"
+    summary = json.loads((tmp_path / "pt" / "run" / "pretraining_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 3 and summary["finished"]
+    import torch
+    from transformers import AutoModel
+
+    import mmae_hf  # noqa: F401
+
+    model = AutoModel.from_pretrained(str(encoder))
+    out = model(input_bytes=torch.zeros(2, model.config.num_bytes, dtype=torch.uint8))
+    assert out.last_hidden_state.shape[0] == 2 and (encoder / "preprocessor_config.json").is_file()
+
+
 def test_pipeline_pretrain_finetune_table_on_synthetic(tmp_path):
     dsd = make_synthetic_traffic_dataset(num_classes=2, flows_per_class=8, seed=0)
     dsd.save_to_disk(str(tmp_path / "dataset"))
