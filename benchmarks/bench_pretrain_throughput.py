@@ -34,8 +34,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_one(config, processes, steps, batch_size, data_dir, work_dir, use_gpu, threads, compiled=False):
-    out = work_dir / f"{config}-{processes}p-{threads}t{'-compiled' if compiled else ''}"
+def run_one(config, processes, steps, batch_size, data_dir, work_dir, use_gpu, threads, compiled=False, bf16=False):
+    out = work_dir / f"{config}-{processes}p-{threads}t{'-compiled' if compiled else ''}{'-bf16' if bf16 else ''}"
     script_args = [
         str(REPO / "train" / "pretrain.py"),
         "--dataset",
@@ -66,6 +66,8 @@ def run_one(config, processes, steps, batch_size, data_dir, work_dir, use_gpu, t
         script_args.append("--use_cpu")
     if compiled:
         script_args.append("--torch_compile")
+    if bf16:  # bf16 autocast (weights stay fp32)
+        script_args += ["--mixed_precision", "bf16"]
     if processes == 1:
         command = [sys.executable] + script_args
     else:
@@ -105,6 +107,7 @@ def run_one(config, processes, steps, batch_size, data_dir, work_dir, use_gpu, t
         "steps": steps,
         "threads_per_process": threads,
         "torch_compile": compiled,
+        "mixed_precision": "bf16" if bf16 else "no",
         "samples_per_second_per_process": [round(v, 2) for v in per_process],
         "samples_per_second_total": round(sum(per_process), 2),
         "wall_seconds_including_startup": round(wall, 1),
@@ -131,9 +134,9 @@ def main(argv=None):
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=["plain", "compiled"],
+        choices=["plain", "compiled", "bf16", "compiled-bf16"],
         default=["plain"],
-        help="plain and/or --torch_compile runs (compiling happens in the first step, which is not timed)",
+        help="plain, --torch_compile and/or bf16 autocast runs (compiling happens in the first step, which is not timed)",
     )
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "pretrain_throughput.json"))
     args = parser.parse_args(argv)
@@ -171,7 +174,8 @@ def main(argv=None):
                             work,
                             use_gpu,
                             threads,
-                            compiled=mode == "compiled",
+                            compiled=mode.startswith("compiled"),
+                            bf16=mode.endswith("bf16"),
                         )
                         print(json.dumps(row), flush=True)
                         results.append(row)
