@@ -97,23 +97,15 @@ def export_encoder(
         (staged.path / "README.md").write_text(text)
         staged.commit()
     if push_to_hub:
-        push_folder(target, push_to_hub, private=private)
+        from ..hub import push_model_folder
+
+        push_model_folder(
+            target,
+            push_to_hub,
+            private=private,
+            commit_message="Upload pre-trained MMAE encoder (mmae-hf export_encoder)",
+        )
     return target
-
-
-def push_folder(folder, repo_id: str, *, private: bool = False) -> str:
-    """Create the model repo if needed and upload the folder in one commit; returns the repo URL."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(
-        repo_id=repo_id,
-        repo_type="model",
-        folder_path=str(folder),
-        commit_message="Upload pre-trained MMAE encoder (mmae-hf export_encoder)",
-    )
-    return str(url)
 
 
 def _corpus_name(run_args: dict) -> str | None:
@@ -201,4 +193,4 @@ def extra_card_sections(corpus: dict, diagnostics: dict, study: dict) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-__all__ = ["encoder_of", "export_encoder", "extra_card_sections", "push_folder"]
+__all__ = ["encoder_of", "export_encoder", "extra_card_sections"]

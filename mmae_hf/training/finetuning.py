@@ -38,6 +38,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ..argparsing import renamed_fields
+from ..hub import push_model_folder
 from ..checks import check_model_source, hub_load_error
 from ..data_contract import BYTE_COLUMN
 from ..evaluation import (
@@ -744,7 +745,12 @@ def run_finetuning(args: FinetuneArguments, dataset=None) -> dict[str, Any]:
     atomic_write_text(out / "results.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
 
     if args.push_to_hub:  # the folder is complete by now: a push never publishes a half-written model
-        summary["hub_url"] = push_model_folder(model_dir, args.hub_model_id, private=args.hub_private_repo)
+        summary["hub_url"] = push_model_folder(
+            model_dir,
+            args.hub_model_id,
+            private=args.hub_private_repo,
+            commit_message="Upload fine-tuned MMAE classifier",
+        )
         atomic_write_text(out / "results.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
     return summary
 
@@ -800,21 +806,6 @@ def _carry_feature_extractor(model_dir: Path, sources: list[str | None]) -> Path
         "no preprocessor_config.json found in %s; the model folder has no feature extractor", [s for s in sources if s]
     )
     return None
-
-
-def push_model_folder(model_dir: Path, repo_id: str, private: bool = False, commit_message: str | None = None) -> str:
-    """Create the model repo if needed and upload the whole folder (one commit). Returns the repo URL."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(
-        repo_id=repo_id,
-        repo_type="model",
-        folder_path=str(model_dir),
-        commit_message=commit_message or "Upload fine-tuned MMAE classifier",
-    )
-    return str(url)
 
 
 PRETRAINING_SWITCHES = (
