@@ -93,13 +93,18 @@ def make_rows(n, seed=0):
     ]
 
 
-def pretraining_step_factory(preset, batch_size, bf16, seed=0):
+def pretraining_step_factory(preset, batch_size, bf16, seed=0, compiled=False):
+    """One pre-training step (teacher, FlowMix student with every loss, backward, AdamW, EMA) on fixed batches.
+    ``compiled``: the student and the teacher's forward go through ``torch.compile``, as ``--torch_compile`` does."""
     from mmae_hf import DataCollatorForFlowMix, MeanTeacher, MMAEConfig, MMAEForPreTraining
 
     torch.manual_seed(seed)
     config = MMAEConfig.from_preset(preset)
     model = MMAEForPreTraining(config).train()
     teacher = MeanTeacher(model, total_steps=1000)
+    student = torch.compile(model) if compiled else model
+    if compiled:
+        teacher.model.teacher_forward = torch.compile(teacher.model.teacher_forward)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.95), weight_decay=0.05)
     collator = DataCollatorForFlowMix(config, seed=seed)
     batches = [collator(make_rows(batch_size, seed=seed + i)) for i in range(4)]
@@ -110,7 +115,7 @@ def pretraining_step_factory(preset, batch_size, bf16, seed=0):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             with torch.no_grad():
                 targets = teacher(**batch)
-            out = model(
+            out = student(
                 **batch,
                 teacher_features=targets.features,
                 hard_token_scores=targets.predicted_token_loss,

@@ -3,13 +3,13 @@
 
     python benchmarks/bench_pretrain_step.py --threads 2               # -> benchmarks/results/pretrain_step.{json,md}
 
-One step is what train/pretrain.py does per optimizer step: the EMA teacher's forward (decoder features), the
-student's FlowMix forward with every loss, backward, AdamW, the EMA update. Inputs are random bytes of the real
-layout with fixed partners and mask noise (the data path is measured by bench_pretrain_throughput.py). For each
-preset and batch size: flows/s of the plain step and of the same step with ``--torch_compile`` (student and teacher
-forward compiled; the compile time is reported apart), the FLOPs of one step counted by torch's FlopCounterMode, the
-achieved FLOP/s as a share of a float32 2048^3 matmul on the same threads, and the largest relative difference of the
-loss components between the two paths. The machine's load is recorded beside every number.
+One step is bench_model.py's pre-training step, what train/pretrain.py does per optimizer step: the EMA teacher's
+forward, the student's FlowMix forward with every loss, backward, AdamW, the EMA update, on fixed collated batches
+(the data path is measured by bench_pretrain_throughput.py). For each preset and batch size: flows/s of the plain
+step and of the same step with ``--torch_compile`` (student and teacher forward compiled; the compile time is
+reported apart), the FLOPs of one step (FlopCounterMode with the SDPA kernels counted), the achieved FLOP/s as a
+share of a float32 2048^3 matmul on the same threads (bench_model.py's best of 12), and the largest relative
+difference of the first step's losses between the two paths. The machine's load is recorded beside every number.
 """
 
 import argparse
@@ -21,92 +21,34 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-
-def matmul_rate(threads: int, size: int = 2048, repeats: int = 5) -> float:
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - started)
-
-
-def make_step(preset: str, batch: int, compiled: bool, seed: int = 0):
-    import torch
-
-    import mmae_hf  # noqa: F401
-    from mmae_hf.configuration_mmae import MMAEConfig
-    from mmae_hf.modeling_mmae import MMAEForPreTraining
-    from mmae_hf.teacher import MeanTeacher
-    from mmae_hf.training.pretraining import PretrainingArguments, build_optimizer_and_scheduler, teacher_targets
-
-    config = MMAEConfig.from_preset(preset)
-    torch.manual_seed(seed)
-    model = MMAEForPreTraining(config).train()
-    teacher = MeanTeacher(model, 0.96, 0.99, 1000)
-    args = PretrainingArguments(dataset="-", output_dir="-", max_steps=1000, learning_rate=1e-3)
-    optimizer, scheduler, _ = build_optimizer_and_scheduler(model, args, batch)
-    student = torch.compile(model) if compiled else model
-    if compiled:
-        teacher.model.teacher_forward = torch.compile(teacher.model.teacher_forward)
-    generator = torch.Generator().manual_seed(seed)
-
-    def batch_inputs():
-        return {
-            "input_bytes": torch.randint(0, 256, (batch, config.num_bytes), dtype=torch.uint8, generator=generator),
-            "packet_lengths": torch.randint(40, 1500, (batch, config.num_packets), generator=generator).int(),
-            "packet_iats": torch.rand(batch, config.num_packets, generator=generator),
-            "packet_directions": torch.ones(batch, config.num_packets, dtype=torch.int8),
-            "partner_index": torch.arange(batch).view(-1, 2).flip(1).reshape(-1),
-            "mask_noise": torch.rand(batch, config.num_tokens, generator=generator),
-        }
-
-    def step(inputs, step_index=0):
-        inputs = dict(inputs)
-        inputs.update(teacher_targets(teacher.model, inputs, config))
-        out = student(**inputs)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        teacher.update(model, step_index)
-        return {k: float(getattr(out, k)) for k in ("loss", "reconstruction_loss", "rank_loss", "distillation_loss")}
-
-    return step, batch_inputs
+LOSSES = ("loss", "reconstruction_loss", "rank_loss", "distillation_loss")
 
 
 def measure(preset: str, batch: int, threads: int, steps: int) -> dict:
+    """Plain and compiled flows/s of bench_model's pre-training step (the same seed, batches and initial weights),
+    the FLOPs of one step (SDPA counted) and the largest relative difference of the first step's losses."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from bench_model import count_flops, pretraining_step_factory
 
     torch.set_num_threads(threads)
     result = {"preset": preset, "batch": batch, "threads": threads, "load_before": os.getloadavg()[0]}
     losses = {}
     for compiled in (False, True):
-        step, batch_inputs = make_step(preset, batch, compiled)
-        inputs = [batch_inputs() for _ in range(steps + 2)]
+        step = pretraining_step_factory(preset, batch, bf16=False, compiled=compiled)
         started = time.perf_counter()
-        first = step(inputs[0], 0)  # compiles on the compiled path
+        first = step()  # compiles on the compiled path
         result["compile_seconds" if compiled else "first_step_seconds"] = round(time.perf_counter() - started, 1)
-        losses[compiled] = first
-        step(inputs[1], 1)
+        losses[compiled] = {k: float(getattr(first, k).detach()) for k in LOSSES}
+        step()
         started = time.perf_counter()
-        for i in range(steps):
-            step(inputs[2 + i], 2 + i)
-        seconds = time.perf_counter() - started
-        result["compiled" if compiled else "plain"] = round(steps * batch / seconds, 1)
-        if not compiled:
-            fresh_step, fresh_inputs = make_step(preset, batch, False)
-            with FlopCounterMode(display=False) as counter:
-                fresh_step(fresh_inputs(), 0)
-            result["flops_per_flow"] = counter.get_total_flops() / batch
+        for _ in range(steps):
+            step()
+        result["compiled" if compiled else "plain"] = round(steps * batch / (time.perf_counter() - started), 1)
+    result["flops_per_flow"] = count_flops(pretraining_step_factory(preset, batch, bf16=False)) / batch
     result["max_relative_loss_difference"] = max(
-        abs(losses[True][k] - losses[False][k]) / max(abs(losses[False][k]), 1e-12) for k in losses[False]
+        abs(losses[True][k] - losses[False][k]) / max(abs(losses[False][k]), 1e-12) for k in LOSSES
     )
     result["load_after"] = os.getloadavg()[0]
     return result
@@ -123,8 +65,10 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="pretrain_step")
     args = p.parse_args(argv)
     import torch
+    from bench_model import matmul_flops
 
-    rate = matmul_rate(args.threads)
+    torch.set_num_threads(args.threads)
+    rate = matmul_flops(torch.float32)
     rows = []
     for preset in args.presets:
         for batch in args.batches:
