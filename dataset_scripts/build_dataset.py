@@ -14,6 +14,7 @@ Exit status: 0 on success, 2 on a bad argument or input (one line on stderr nami
 """
 
 import argparse
+import re
 import json
 import shlex
 import sys
@@ -121,6 +122,10 @@ def parse_args(argv=None):
         p.error("--validation-size and --test-size must be in [0, 1) and sum to less than 1")
     if args.num_proc < 1:
         p.error(f"--num-proc must be >= 1 (got {args.num_proc})")
+    # a Hub license id is lowercase letters, digits, dots and dashes (cc-by-4.0, apache-2.0, other): a typo such as
+    # "CC BY 4.0" would otherwise land in the card and be refused only when the dataset is pushed
+    if args.license is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", args.license):
+        p.error(f"--license {args.license!r}: give a Hub license id such as cc0-1.0, cc-by-4.0, apache-2.0 or other")
     return args
 
 

@@ -232,6 +232,26 @@ def test_num_proc_is_checked_and_capped(small_tree, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_license_that_is_no_hub_id_is_refused_before_any_capture_is_read(small_tree, tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--input",
+            str(small_tree),
+            "--output",
+            str(tmp_path / "o"),
+            "--license",
+            "CC BY 4.0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "--license 'CC BY 4.0': give a Hub license id" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "o").exists()
+
+
 # ---------------------------------------------------------------- nothing readable
 def test_only_unreadable_captures_are_listed(tmp_path):
     for name in ("chat/broken.pcap", "web/garbage.pcap"):
