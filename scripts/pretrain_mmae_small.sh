@@ -5,7 +5,9 @@
 #   bash scripts/pretrain_mmae_small.sh            # about 2 h on 2 quiet CPU cores (3-4 h on a busy machine)
 #
 # Exactly: the same seed, the same corpus, the same launch (2 gloo processes x 1 thread, global batch 64) and the same
-# torch build give the same weights. Knobs (environment): OUT (outputs), STEPS (5000), SHARED (../shared).
+# torch build give the same weights. The shipped weights were trained on the corpus as the reader built it before the
+# fix for backward capture-time jumps (commit adff07e: 22,043 train flows); today's reader builds 21,298 from the same
+# captures (jumps no longer split flows), so a run now gives a close, not a bit-identical, checkpoint. Knobs (environment): OUT (outputs), STEPS (5000), SHARED (../shared).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs}
