@@ -120,3 +120,12 @@ def test_the_recreation_script_matches_what_the_checkpoint_records():
     assert re.search(r"STEPS=\$\{STEPS:-(\d+)\}", script).group(1) == str(recorded["max_steps"])
     assert "--num_processes 2" in joined and summary["world_size"] == 2
     assert recorded["config_overrides"] in ({}, None, [])  # the preset alone: nothing hidden on the command line
+
+
+def test_the_remote_code_it_carries_is_the_package_code():
+    """The folder's remote-code files are copies (a Hub folder must carry its code): they must not drift from the
+    package, or `trust_remote_code=True` would run other code than `import mmae_hf` does."""
+    shipped = sorted((REPO / "checkpoints" / "mmae-small").glob("*.py"))
+    assert {p.name for p in shipped} >= {"configuration_mmae.py", "modeling_mmae.py"}
+    for path in shipped:
+        assert path.read_bytes() == (REPO / "mmae_hf" / path.name).read_bytes(), f"{path.name} differs from mmae_hf"
